@@ -1,0 +1,15 @@
+# The two commands of the README, and what they need.
+.PHONY: setup demo test lint
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	cargo run -- demo
+
+test: setup
+	cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

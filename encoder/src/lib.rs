@@ -1,0 +1,35 @@
+//! redrec encoder: the item and user towers (ONNX, run by ONNX Runtime) and their
+//! tokenizer, usable in-process or as the `redrec encoder` HTTP service.
+
+pub mod api;
+pub mod client;
+pub mod manifest;
+pub mod runtime;
+pub mod server;
+pub mod tower;
+
+pub use client::{EncoderClient, EncoderHandle};
+pub use manifest::Manifest;
+pub use tower::{Encoder, EncoderConfig, UserHistory};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    #[error("ONNX Runtime library not found (looked in: {searched}); run scripts/setup.sh or set REDREC_ORT_DYLIB")]
+    RuntimeMissing { searched: String },
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    #[error("model files: {0}")]
+    Model(String),
+    #[error("model does not match its manifest: {0}")]
+    Contract(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("encoder unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<ort::Error> for EncoderError {
+    fn from(e: ort::Error) -> Self {
+        Self::Runtime(e.to_string())
+    }
+}

@@ -1,0 +1,75 @@
+//! Finding and loading ONNX Runtime's shared library (nothing is downloaded: the setup
+//! step unpacks it from PyPI's `onnxruntime` wheel), once per process.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::EncoderError;
+
+/// Overrides where the library is looked for.
+pub const DYLIB_ENV: &str = "REDREC_ORT_DYLIB";
+const LIB: &str = "libonnxruntime.so";
+
+/// Where the library may be, most specific first.
+pub fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for var in [DYLIB_ENV, "ORT_DYLIB_PATH"] {
+        if let Some(p) = std::env::var_os(var) {
+            out.push(PathBuf::from(p));
+        }
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            out.push(dir.join(LIB));
+            out.push(dir.join("../lib").join(LIB));
+            // A binary under <repo>/target/...: the repo's setup output.
+            out.extend(dir.ancestors().map(|a| a.join(".redrec/lib").join(LIB)));
+        }
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        out.push(cwd.join(".redrec/lib").join(LIB));
+    }
+    out.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.redrec/lib")
+            .join(LIB),
+    );
+    out.push(PathBuf::from("/opt/redrec/lib").join(LIB));
+    out.push(PathBuf::from("/usr/local/lib").join(LIB));
+    out
+}
+
+pub fn locate() -> Result<PathBuf, EncoderError> {
+    let candidates = candidates();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| EncoderError::RuntimeMissing {
+            searched: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The process's ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<Environment, EncoderError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = locate().map_err(|e| e.to_string())?;
+            tracing::info!(library = %path.display(), "loading ONNX Runtime");
+            ort::init_from(&path)
+                .map_err(|e| format!("loading {}: {e}", path.display()))?
+                .with_name("redrec")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(EncoderError::Runtime)
+}

@@ -1,0 +1,443 @@
+//! The two towers as ONNX Runtime sessions: item text -> D-d vector, and a history of
+//! item vectors with scenarios -> Q query vectors. Sessions are pooled because running
+//! one needs exclusive access.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ndarray::{Array2, Array3};
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tokenizers::Tokenizer;
+
+use crate::manifest::Manifest;
+use crate::runtime;
+use crate::EncoderError;
+
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    /// Sessions per tower: how many batches can run at once.
+    pub sessions: usize,
+    /// Threads each session uses inside one run.
+    pub intra_threads: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Self {
+            sessions: 2,
+            intra_threads: (cores / 2).max(1),
+        }
+    }
+}
+
+/// One user's events, oldest to newest: item vectors and their scenario indices.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserHistory {
+    pub vectors: Vec<Vec<f32>>,
+    pub scenarios: Vec<i64>,
+}
+
+struct Pool {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn load(path: &Path, cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+        let env = runtime::environment()?;
+        let open = || -> Result<Session, String> {
+            let e = |e: &dyn std::fmt::Display| e.to_string();
+            Session::builder(&env)
+                .map_err(|x| e(&x))?
+                .with_intra_threads(cfg.intra_threads.max(1))
+                .map_err(|x| e(&x))?
+                .with_inter_threads(1)
+                .map_err(|x| e(&x))?
+                .commit_from_file(path)
+                .map_err(|x| e(&x))
+        };
+        let sessions = (0..cfg.sessions.max(1))
+            .map(|_| open().map(Mutex::new))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            sessions,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on a free session if there is one, else waits for the next in turn.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<T, EncoderError>,
+    ) -> Result<T, EncoderError> {
+        for s in &self.sessions {
+            if let Ok(mut guard) = s.try_lock() {
+                return f(&mut guard);
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        let mut guard = self.sessions[i].lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.sessions[0].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Encoder {
+    manifest: Manifest,
+    tokenizer: Tokenizer,
+    items: Pool,
+    users: Pool,
+}
+
+fn check_io(
+    what: &str,
+    got: &[(String, ValueType)],
+    want: &[(&str, TensorElementType, Vec<i64>)],
+) -> Result<(), EncoderError> {
+    if got.len() != want.len() {
+        return Err(EncoderError::Contract(format!(
+            "{what}: {} tensors, expected {}",
+            got.len(),
+            want.len()
+        )));
+    }
+    for ((name, ty), (want_name, want_ty, want_shape)) in got.iter().zip(want) {
+        let shape: Vec<i64> = ty
+            .tensor_shape()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let ok_shape = shape.len() == want_shape.len()
+            && shape.iter().zip(want_shape).all(|(g, w)| *w < 0 || g == w);
+        if name != want_name || ty.tensor_type() != Some(*want_ty) || !ok_shape {
+            return Err(EncoderError::Contract(format!(
+                "{what}: found {name} {:?} {shape:?}, expected {want_name} {want_ty:?} {want_shape:?} (-1: any)",
+                ty.tensor_type()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn io(session: &Session) -> (Vec<(String, ValueType)>, Vec<(String, ValueType)>) {
+    let f = |o: &ort::value::Outlet| (o.name().to_string(), o.dtype().clone());
+    (
+        session.inputs().iter().map(f).collect(),
+        session.outputs().iter().map(f).collect(),
+    )
+}
+
+impl Encoder {
+    /// Loads the towers in `dir` and checks them against its manifest.
+    pub fn load(dir: &Path, cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+        let manifest = Manifest::load(dir)?;
+        let tok_file = manifest
+            .item_tower
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| "tokenizer.json".into());
+        let tokenizer = Tokenizer::from_file(dir.join(&tok_file))
+            .map_err(|e| EncoderError::Model(format!("{}: {e}", dir.join(&tok_file).display())))?;
+        let items = Pool::load(&dir.join(&manifest.item_tower.file), cfg)?;
+        let users = Pool::load(&dir.join(&manifest.user_tower.file), cfg)?;
+        let encoder = Self {
+            manifest,
+            tokenizer,
+            items,
+            users,
+        };
+        encoder.check_contract()?;
+        Ok(encoder)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The ONNX contract: names, element types and the static dimensions D and Q.
+    fn check_contract(&self) -> Result<(), EncoderError> {
+        use TensorElementType::{Float32, Int64};
+        let (d, q) = (self.manifest.dim as i64, self.manifest.queries() as i64);
+        let m = &self.manifest;
+        let (inputs, outputs) = io(&self.items.session());
+        let names: Vec<&str> = m.item_tower.inputs.iter().map(String::as_str).collect();
+        if names != ["input_ids", "attention_mask"] || m.item_tower.output != "item_embedding" {
+            return Err(EncoderError::Contract(
+                "item tower names differ from the ONNX contract".into(),
+            ));
+        }
+        check_io(
+            "item tower inputs",
+            &inputs,
+            &[
+                ("input_ids", Int64, vec![-1, -1]),
+                ("attention_mask", Int64, vec![-1, -1]),
+            ],
+        )?;
+        check_io(
+            "item tower outputs",
+            &outputs,
+            &[("item_embedding", Float32, vec![-1, d])],
+        )?;
+        let (inputs, outputs) = io(&self.users.session());
+        let names: Vec<&str> = m.user_tower.inputs.iter().map(String::as_str).collect();
+        if names != ["history", "scenario", "mask"] || m.user_tower.output != "queries" {
+            return Err(EncoderError::Contract(
+                "user tower names differ from the ONNX contract".into(),
+            ));
+        }
+        check_io(
+            "user tower inputs",
+            &inputs,
+            &[
+                ("history", Float32, vec![-1, -1, d]),
+                ("scenario", Int64, vec![-1, -1]),
+                ("mask", Int64, vec![-1, -1]),
+            ],
+        )?;
+        check_io(
+            "user tower outputs",
+            &outputs,
+            &[("queries", Float32, vec![-1, q, d])],
+        )
+    }
+
+    /// Item texts -> one D-d vector each (L2-normalised by the tower).
+    pub fn encode_items(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EncoderError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| EncoderError::Input(format!("tokenizing: {e}")))?;
+        let t = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .clamp(1, self.manifest.max_tokens);
+        let mut ids = Array2::<i64>::zeros((texts.len(), t));
+        let mut mask = Array2::<i64>::zeros((texts.len(), t));
+        for (row, enc) in encodings.iter().enumerate() {
+            for (col, id) in enc.get_ids().iter().take(t).enumerate() {
+                ids[[row, col]] = i64::from(*id);
+                mask[[row, col]] = 1;
+            }
+        }
+        let d = self.manifest.dim;
+        self.items.with(|s| {
+            let out = s.run(ort::inputs![
+                "input_ids" => TensorRef::from_array_view(&ids)?,
+                "attention_mask" => TensorRef::from_array_view(&mask)?,
+            ])?;
+            let (shape, data) = out["item_embedding"].try_extract_tensor::<f32>()?;
+            if shape.len() != 2 || shape[1] as usize != d || shape[0] as usize != texts.len() {
+                return Err(EncoderError::Contract(format!(
+                    "item tower returned shape {shape:?}"
+                )));
+            }
+            Ok(data.chunks(d).map(<[f32]>::to_vec).collect())
+        })
+    }
+
+    /// Histories -> Q query vectors of D each, per user. Histories longer than the
+    /// tower's L keep their newest L events.
+    pub fn encode_users(&self, users: &[UserHistory]) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (d, q, max_l) = (
+            self.manifest.dim,
+            self.manifest.queries(),
+            self.manifest.max_history,
+        );
+        let n_scen = self.manifest.scenarios.len() as i64;
+        for (u, h) in users.iter().enumerate() {
+            if h.vectors.is_empty() || h.vectors.len() != h.scenarios.len() {
+                return Err(EncoderError::Input(format!(
+                    "user {u}: needs one scenario per history vector, at least one"
+                )));
+            }
+            if h.vectors
+                .iter()
+                .any(|v| v.len() != d || v.iter().any(|x| !x.is_finite()))
+            {
+                return Err(EncoderError::Input(format!(
+                    "user {u}: history vectors must be {d} finite floats"
+                )));
+            }
+            if h.scenarios.iter().any(|s| !(0..n_scen).contains(s)) {
+                return Err(EncoderError::Input(format!(
+                    "user {u}: scenario index out of 0..{n_scen}"
+                )));
+            }
+        }
+        let l = users
+            .iter()
+            .map(|h| h.vectors.len().min(max_l))
+            .max()
+            .unwrap_or(1);
+        let mut history = Array3::<f32>::zeros((users.len(), l, d));
+        let mut scenario = Array2::<i64>::zeros((users.len(), l));
+        let mut mask = Array2::<i64>::zeros((users.len(), l));
+        for (row, h) in users.iter().enumerate() {
+            let skip = h.vectors.len().saturating_sub(max_l);
+            for (col, (v, s)) in h.vectors.iter().zip(&h.scenarios).skip(skip).enumerate() {
+                for (k, x) in v.iter().enumerate() {
+                    history[[row, col, k]] = *x;
+                }
+                scenario[[row, col]] = *s;
+                mask[[row, col]] = 1;
+            }
+        }
+        self.users.with(|s| {
+            let out = s.run(ort::inputs![
+                "history" => TensorRef::from_array_view(&history)?,
+                "scenario" => TensorRef::from_array_view(&scenario)?,
+                "mask" => TensorRef::from_array_view(&mask)?,
+            ])?;
+            let (shape, data) = out["queries"].try_extract_tensor::<f32>()?;
+            if shape.len() != 3
+                || shape[0] as usize != users.len()
+                || shape[1] as usize != q
+                || shape[2] as usize != d
+            {
+                return Err(EncoderError::Contract(format!(
+                    "user tower returned shape {shape:?}"
+                )));
+            }
+            Ok(data
+                .chunks(q * d)
+                .map(|user| user.chunks(d).map(<[f32]>::to_vec).collect())
+                .collect())
+        })
+    }
+}
+
+pub type SharedEncoder = Arc<Encoder>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::default_dir;
+    use sha2::{Digest, Sha256};
+
+    fn norm(v: &[f32]) -> f32 {
+        v.iter().map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    #[test]
+    fn shipped_towers_match_their_manifest() {
+        let dir = default_dir();
+        let encoder = Encoder::load(
+            &dir,
+            &EncoderConfig {
+                sessions: 1,
+                intra_threads: 1,
+            },
+        )
+        .unwrap();
+        let m = encoder.manifest();
+        assert_eq!((m.dim, m.queries()), (64, 3));
+        assert_eq!(m.scenarios, ["homefeed", "search", "ads"]);
+        for (file, want) in &m.files {
+            let got = format!(
+                "{:x}",
+                Sha256::digest(std::fs::read(dir.join(file)).unwrap())
+            );
+            assert_eq!(&got, want, "{file} differs from the manifest's checksum");
+        }
+        assert!(m.files.contains_key("item_tower.onnx") && m.files.contains_key("user_tower.onnx"));
+    }
+
+    #[test]
+    fn a_manifest_that_lies_about_the_towers_is_refused() {
+        let src = default_dir();
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "item_tower.onnx",
+            "user_tower.onnx",
+            "tokenizer.json",
+            "manifest.json",
+        ] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let path = dir.path().join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        m["dim"] = 32.into();
+        std::fs::write(&path, m.to_string()).unwrap();
+        let err = Encoder::load(dir.path(), &EncoderConfig::default())
+            .err()
+            .expect("dim 32 must be refused");
+        assert!(matches!(err, EncoderError::Contract(_)), "{err}");
+        m["dim"] = 64.into();
+        m["query_names"] = serde_json::json!(["only"]);
+        m["mixing"] = serde_json::json!({});
+        std::fs::write(&path, m.to_string()).unwrap();
+        assert!(matches!(
+            Encoder::load(dir.path(), &EncoderConfig::default()),
+            Err(EncoderError::Contract(_))
+        ));
+    }
+
+    #[test]
+    fn towers_emit_normalised_vectors_independent_of_batching() {
+        let encoder = Encoder::load(&default_dir(), &EncoderConfig::default()).unwrap();
+        let texts: Vec<String> = [
+            "espresso grinder roast | coffee | beans",
+            "trail summit boots | hiking",
+            "a",
+        ]
+        .map(String::from)
+        .to_vec();
+        let batch = encoder.encode_items(&texts).unwrap();
+        assert_eq!(batch.len(), 3);
+        for (i, v) in batch.iter().enumerate() {
+            assert!((norm(v) - 1.0).abs() < 1e-4);
+            let alone = encoder.encode_items(&texts[i..=i]).unwrap();
+            let diff = v
+                .iter()
+                .zip(&alone[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-4, "padding changed item {i} by {diff}");
+        }
+        let short = UserHistory {
+            vectors: batch[..1].to_vec(),
+            scenarios: vec![0],
+        };
+        let long = UserHistory {
+            vectors: batch.clone(),
+            scenarios: vec![0, 1, 2],
+        };
+        let both = encoder.encode_users(&[short.clone(), long]).unwrap();
+        assert_eq!((both.len(), both[0].len(), both[0][0].len()), (2, 3, 64));
+        let alone = encoder.encode_users(&[short]).unwrap();
+        let diff = both[0]
+            .iter()
+            .flatten()
+            .zip(alone[0].iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "padding changed a user's queries by {diff}");
+        assert!(both.iter().flatten().all(|q| (norm(q) - 1.0).abs() < 1e-4));
+        let bad = UserHistory {
+            vectors: batch[..1].to_vec(),
+            scenarios: vec![7],
+        };
+        assert!(matches!(
+            encoder.encode_users(&[bad]),
+            Err(EncoderError::Input(_))
+        ));
+    }
+}

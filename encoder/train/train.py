@@ -1,0 +1,354 @@
+"""Trains redrec's reference towers on a synthetic multi-scenario dataset and exports
+them to the ONNX contract (see DESIGN: item_tower.onnx, user_tower.onnx, tokenizer.json,
+manifest.json), checking ONNX Runtime against PyTorch on every export.
+
+Run through encoder/train/train.sh, which generates the dataset with `redrec dataset synth`.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+SCENARIOS = ["homefeed", "search", "ads"]
+
+
+def load_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def build_tokenizer(texts, vocab_size):
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=32))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]"])
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def tokenize(tok, texts, max_tokens):
+    encodings = tok.encode_batch(texts)
+    max_tokens = min(max_tokens, max(len(e.ids) for e in encodings))
+    ids = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    mask = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = min(len(enc.ids), max_tokens)
+        ids[row, :n] = enc.ids[:n]
+        mask[row, :n] = 1
+    return ids, mask
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block written with plain matmuls so it exports cleanly."""
+
+    def __init__(self, d, heads, ff):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+
+    def forward(self, x, bias):
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // self.heads)) + bias
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
+        x = x + self.out(y)
+        return x + self.ff(self.ln2(x))
+
+
+class Head(nn.Module):
+    """Projection head of RED-Rec: linear, GELU MLP with residual, LayerNorm, L2 norm."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+        self.mlp = nn.Sequential(nn.Linear(d_out, 2 * d_out), nn.GELU(), nn.Linear(2 * d_out, d_out))
+        self.ln = nn.LayerNorm(d_out)
+
+    def forward(self, h):
+        z = self.proj(h)
+        return F.normalize(self.ln(z + self.mlp(z)), dim=-1)
+
+
+def small_init(module):
+    """Embeddings start small (std 0.02): at the default N(0, 1), scenario and position
+    embeddings drown the item vectors a user tower reads, and every user looks the same."""
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+    return module
+
+
+def attention_bias(mask):
+    return (1.0 - mask[:, None, None, :].float()) * -1e4
+
+
+class ItemTower(nn.Module):
+    """Text -> tiny transformer; the state at an appended learnable token -> 64-d."""
+
+    def __init__(self, vocab, dim, d=96, layers=2, heads=4, max_tokens=48):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(max_tokens, d)
+        self.emb_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.blocks = nn.ModuleList([Block(d, heads, 4 * d) for _ in range(layers)])
+        self.ln = nn.LayerNorm(d)
+        self.head = Head(d, dim)
+
+    def forward(self, input_ids, attention_mask):
+        b, t = input_ids.shape
+        x = self.tok(input_ids) + self.pos.weight[:t]
+        x = torch.cat([x, self.emb_token.expand(b, 1, -1)], 1)
+        mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
+        bias = attention_bias(mask)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.head(self.ln(x[:, -1]))
+
+
+class UserTower(nn.Module):
+    """Item-vector sequence + scenario + recency -> transformer; Q appended query tokens -> Q x 64-d."""
+
+    def __init__(self, dim, n_queries, max_history, d=96, layers=2, heads=4):
+        super().__init__()
+        self.inp = nn.Linear(dim, d)
+        self.scenario = nn.Embedding(len(SCENARIOS), d)
+        self.recency = nn.Embedding(max_history, d)
+        self.queries = nn.Parameter(torch.randn(1, n_queries, d) * 0.02)
+        self.blocks = nn.ModuleList([Block(d, heads, 4 * d) for _ in range(layers)])
+        self.ln = nn.LayerNorm(d)
+        self.head = Head(d, dim)
+        self.n_queries = n_queries
+        self.max_history = max_history
+
+    def forward(self, history, scenario, mask):
+        b = history.shape[0]
+        # Distance from the newest event, whichever side the batch is padded on.
+        from_end = (mask.sum(1, keepdim=True) - mask.cumsum(1)).clamp(0, self.max_history - 1)
+        x = self.inp(history) + self.scenario(scenario) + self.recency(from_end)
+        x = torch.cat([x, self.queries.expand(b, -1, -1)], 1)
+        m = torch.cat([mask, torch.ones(b, self.n_queries, dtype=mask.dtype)], 1)
+        bias = attention_bias(m)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.head(self.ln(x[:, -self.n_queries :]))
+
+
+def make_samples(users, item_index, max_history, targets, rng):
+    """Cut points in each user's history (never the holdout): the window before -> the next items."""
+    samples = []
+    for u in users:
+        events = [(item_index[e["item_id"]], SCENARIOS.index(e["scenario"])) for e in u["history"]]
+        for _ in range(4):
+            cut = rng.randrange(8, len(events) - 1)
+            hist = events[max(0, cut - max_history) : cut]
+            seen = {i for i, _ in hist}
+            nxt = [i for i, s in events[cut:] if s == 0 and i not in seen][:targets]
+            if nxt:
+                samples.append((hist, nxt))
+    return samples
+
+
+def pad_batch(batch, max_history):
+    b = len(batch)
+    idx = np.zeros((b, max_history), dtype=np.int64)
+    scen = np.zeros((b, max_history), dtype=np.int64)
+    mask = np.zeros((b, max_history), dtype=np.int64)
+    for row, (hist, _) in enumerate(batch):
+        n = len(hist)
+        idx[row, :n] = [i for i, _ in hist]
+        scen[row, :n] = [s for _, s in hist]
+        mask[row, :n] = 1
+    return idx, scen, mask
+
+
+def train(args):
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+
+    items = load_jsonl(os.path.join(args.data, "items.jsonl"))
+    users = load_jsonl(os.path.join(args.data, "users.jsonl"))
+    item_index = {it["id"]: n for n, it in enumerate(items)}
+    texts = [it["text"] for it in items]
+    tok = build_tokenizer(texts, args.vocab)
+    ids_np, mask_np = tokenize(tok, texts, args.max_tokens)
+    ids_all, mask_all = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
+
+    item_tower = small_init(ItemTower(tok.get_vocab_size(), args.dim, max_tokens=args.max_tokens))
+    user_tower = small_init(UserTower(args.dim, args.queries, args.max_history))
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = list(item_tower.parameters()) + list(user_tower.parameters()) + [logit_scale]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    samples = make_samples(users, item_index, args.max_history, args.targets, rng)
+    print(f"{len(items)} items, {len(users)} users, {len(samples)} training windows", flush=True)
+
+    def item_table():
+        """Every item's vector under the current item tower, without gradient."""
+        with torch.no_grad():
+            item_tower.eval()
+            table = torch.cat([item_tower(ids_all[i : i + 4096], mask_all[i : i + 4096]) for i in range(0, len(items), 4096)])
+            item_tower.train()
+        return table
+
+    started = time.time()
+    for step in range(args.steps):
+        if step % args.refresh == 0:
+            table = item_table()
+        batch = rng.sample(samples, args.batch)
+        hidx, hscen, hmask = pad_batch(batch, args.max_history)
+        # History item vectors come from a table refreshed every few steps (a memory bank,
+        # cheap on CPU); targets and negatives carry the gradient into the item tower.
+        hv = table[torch.from_numpy(hidx)]
+        queries = user_tower(hv, torch.from_numpy(hscen), torch.from_numpy(hmask))  # [B,Q,D]
+
+        positives = [rng.choice(nxt) for _, nxt in batch]
+        negatives = rng.sample(range(len(items)), args.negatives)
+        cand = np.array(positives + negatives)
+        cv = item_tower(ids_all[cand], mask_all[cand])  # [B+N, D]
+        scores = torch.einsum("bqd,nd->bqn", queries, cv).max(1).values  # max over queries
+        scores = scores * logit_scale.clamp(max=math.log(100)).exp()
+        # The same item elsewhere in the candidates is not a negative.
+        same = torch.from_numpy(cand[None, :] == np.array(positives)[:, None])
+        same[torch.arange(args.batch), torch.arange(args.batch)] = False
+        scores = scores.masked_fill(same, -1e4)
+        loss = F.cross_entropy(scores, torch.arange(args.batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  scale {logit_scale.exp().item():.1f}  {time.time() - started:.0f}s", flush=True)
+    return tok, item_tower.eval(), user_tower.eval(), time.time() - started, len(samples)
+
+
+def export(args, tok, item_tower, user_tower):
+    os.makedirs(args.out, exist_ok=True)
+    tok.save(os.path.join(args.out, "tokenizer.json"))
+    item_path = os.path.join(args.out, "item_tower.onnx")
+    user_path = os.path.join(args.out, "user_tower.onnx")
+    b, t, l = 3, 20, 17
+    ids = torch.randint(2, tok.get_vocab_size(), (b, t))
+    amask = torch.ones(b, t, dtype=torch.int64)
+    amask[1, 12:] = 0
+    hist = F.normalize(torch.randn(b, l, args.dim), dim=-1)
+    scen = torch.randint(0, len(SCENARIOS), (b, l))
+    hmask = torch.ones(b, l, dtype=torch.int64)
+    hmask[2, 9:] = 0
+    with torch.no_grad():
+        torch.onnx.export(
+            item_tower, (ids, amask), item_path, input_names=["input_ids", "attention_mask"],
+            output_names=["item_embedding"], opset_version=17, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "item_embedding": {0: "batch"}},
+        )
+        torch.onnx.export(
+            user_tower, (hist, scen, hmask), user_path, input_names=["history", "scenario", "mask"],
+            output_names=["queries"], opset_version=17, dynamo=False,
+            dynamic_axes={"history": {0: "batch", 1: "events"}, "scenario": {0: "batch", 1: "events"}, "mask": {0: "batch", 1: "events"}, "queries": {0: "batch"}},
+        )
+        pin_output_shape(item_path, ["batch", args.dim])
+        pin_output_shape(user_path, ["batch", args.queries, args.dim])
+        want_item = item_tower(ids, amask).numpy()
+        want_user = user_tower(hist, scen, hmask).numpy()
+    got_item = ort.InferenceSession(item_path).run(None, {"input_ids": ids.numpy(), "attention_mask": amask.numpy()})[0]
+    got_user = ort.InferenceSession(user_path).run(None, {"history": hist.numpy(), "scenario": scen.numpy(), "mask": hmask.numpy()})[0]
+    parity = {"item_tower": float(np.abs(got_item - want_item).max()), "user_tower": float(np.abs(got_user - want_user).max())}
+    print(f"parity (max abs diff, ONNX Runtime vs PyTorch): {parity}", flush=True)
+    if max(parity.values()) >= 1e-4:
+        raise SystemExit(f"parity check failed: {parity}")
+    return parity
+
+
+def pin_output_shape(path, dims):
+    """Declares the output's static sizes (D, Q), which tracing leaves symbolic after slicing."""
+    model = onnx.load(path)
+    shape = model.graph.output[0].type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = d
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--queries", type=int, default=3)
+    p.add_argument("--max-history", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--vocab", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--negatives", type=int, default=384)
+    p.add_argument("--targets", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--refresh", type=int, default=50, help="steps between refreshes of the history item table")
+    p.add_argument("--command", default="", help="the command line to record in the manifest")
+    args = p.parse_args()
+
+    tok, item_tower, user_tower, seconds, n_samples = train(args)
+    parity = export(args, tok, item_tower, user_tower)
+    files = {name: sha256(os.path.join(args.out, name)) for name in ["item_tower.onnx", "user_tower.onnx", "tokenizer.json"]}
+    data_meta = json.load(open(os.path.join(args.data, "meta.json")))
+    version = "reference-v0-" + hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()[:12]
+    manifest = {
+        "model_version": version,
+        "dim": args.dim,
+        "max_history": args.max_history,
+        "max_tokens": args.max_tokens,
+        "scenarios": SCENARIOS,
+        "query_names": [f"q{i}" for i in range(args.queries)],
+        "mixing": {s: [1.0] * args.queries for s in SCENARIOS},
+        "item_tower": {"file": "item_tower.onnx", "tokenizer": "tokenizer.json", "inputs": ["input_ids", "attention_mask"], "output": "item_embedding"},
+        "user_tower": {"file": "user_tower.onnx", "inputs": ["history", "scenario", "mask"], "output": "queries"},
+        "files": files,
+        "training": {
+            "command": args.command,
+            "dataset": data_meta,
+            "windows": n_samples,
+            "steps": args.steps,
+            "batch": args.batch,
+            "negatives": args.negatives,
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+            "parity_max_abs_diff": parity,
+        },
+    }
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    print(f"wrote {args.out} ({version})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+//! Request and response bodies of the public API.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub type Payload = Map<String, Value>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemText {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestTextsRequest {
+    pub items: Vec<ItemText>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemVector {
+    pub id: String,
+    pub vector: Vec<f32>,
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestVectorsRequest {
+    pub items: Vec<ItemVector>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub upserted: usize,
+    pub took_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemResponse {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub payload: Payload,
+    pub shard: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    pub id: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEvent {
+    pub item_id: String,
+    pub scenario: String,
+    /// Seconds since the epoch; when every event has one, the history is ordered by it.
+    #[serde(default)]
+    pub ts: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMode {
+    /// One list: an item's score is the max over queries of weight x dot product.
+    #[default]
+    Max,
+    /// One list per query.
+    PerQuery,
+}
+
+fn default_k() -> usize {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    pub history: Vec<HistoryEvent>,
+    /// The scenario recommended for; picks the query mixing.
+    pub scenario: String,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// A Qdrant filter over item payloads.
+    #[serde(default)]
+    pub filter: Option<Value>,
+    #[serde(default = "yes")]
+    pub exclude_seen: bool,
+    #[serde(default)]
+    pub merge: MergeMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recommendation {
+    pub id: String,
+    pub score: f32,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryList {
+    pub query: String,
+    pub weight: f32,
+    pub items: Vec<Recommendation>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Coverage {
+    pub shards: usize,
+    pub answered: usize,
+    /// Shards left out, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+/// What became of the history the request sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryReport {
+    pub received: usize,
+    /// Events the user tower read.
+    pub used: usize,
+    /// Oldest events dropped because the tower reads at most `max_history`.
+    pub truncated: usize,
+    /// Item ids no shard knows: skipped.
+    pub unknown: usize,
+    /// Items on shards that did not answer in time: skipped.
+    pub unavailable: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecommendResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Recommendation>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_query: Option<Vec<QueryList>>,
+    pub coverage: Coverage,
+    pub history: HistoryReport,
+    pub model_version: String,
+    pub took_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub index: usize,
+    pub addr: String,
+    pub slots: usize,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    pub model_version: String,
+    pub dim: usize,
+    pub scenarios: Vec<String>,
+    pub queries: Vec<String>,
+    pub max_history: usize,
+    pub slots: usize,
+    pub shards: Vec<ShardStatus>,
+}

@@ -1,0 +1,30 @@
+//! Router settings and their defaults.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Largest `k` a recommend request may ask for.
+    pub max_k: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most items one ingest request may carry.
+    pub max_items_per_request: usize,
+    /// Time a recommend request may spend on shards (history lookup and search together);
+    /// shards that have not answered by then are left out and reported in `coverage`.
+    pub deadline: Duration,
+    /// Time a write may wait for a shard before it is reported as failed.
+    pub write_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            max_k: 1000,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_items_per_request: 1024,
+            deadline: Duration::from_millis(1000),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}

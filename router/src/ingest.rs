@@ -1,0 +1,201 @@
+//! Writes and point reads: item text through the item tower, or vectors as given,
+//! upserted on the shard that owns each item's slot.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use redrec_shard::api::Point;
+use redrec_shard::store::ID_KEY;
+
+use crate::api::{
+    DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse, Payload,
+};
+use crate::error::RouterError;
+use crate::fanout::fan_out;
+use crate::server::RouterState;
+
+const MAX_ID_BYTES: usize = 512;
+
+fn check_batch<'a>(
+    state: &RouterState,
+    items: impl ExactSizeIterator<Item = (&'a str, &'a Payload)>,
+) -> Result<(), RouterError> {
+    let n = items.len();
+    if n == 0 {
+        return Err(RouterError::bad("empty_batch", "items is empty"));
+    }
+    if n > state.cfg.max_items_per_request {
+        return Err(RouterError::TooLarge(format!(
+            "{n} items in one request; at most {} (split the batch)",
+            state.cfg.max_items_per_request
+        )));
+    }
+    let mut ids = HashSet::with_capacity(n);
+    for (i, (id, payload)) in items.enumerate() {
+        check_id(id).map_err(|m| RouterError::bad("invalid_id", format!("items[{i}]: {m}")))?;
+        if !ids.insert(id) {
+            return Err(RouterError::bad(
+                "duplicate_id",
+                format!("items[{i}]: id {id:?} appears twice in the batch"),
+            ));
+        }
+        if payload.contains_key(ID_KEY) {
+            return Err(RouterError::bad(
+                "reserved_payload_key",
+                format!("items[{i}]: payload key {ID_KEY:?} is reserved"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("id is empty".into());
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!("id is longer than {MAX_ID_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// Upserts on every owning shard; succeeds only when every shard confirmed its part.
+pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, RouterError> {
+    let n = points.len();
+    let cluster = &state.cluster;
+    let groups = cluster.by_shard(points, |p| p.id.as_str());
+    let deadline = Instant::now() + state.cfg.write_timeout;
+    let outcomes = fan_out(
+        cluster,
+        groups.keys().copied(),
+        deadline,
+        |i, client, left| {
+            let part = groups[&i].clone();
+            async move { client.upsert(part, left).await }
+        },
+    )
+    .await;
+    let mut failed = Vec::new();
+    for (i, r) in outcomes {
+        match r {
+            Ok(_) => {}
+            Err(e) if e.is_client_error() => return Err(e.into()),
+            Err(e) => failed.push(format!("shard {i}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(RouterError::ShardsUnavailable(format!(
+            "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
+            failed.join("; ")
+        )));
+    }
+    metrics::counter!("redrec_items_upserted_total").increment(n as u64);
+    Ok(n)
+}
+
+pub async fn ingest_texts(
+    state: &RouterState,
+    req: IngestTextsRequest,
+) -> Result<IngestResponse, RouterError> {
+    let started = Instant::now();
+    check_batch(state, req.items.iter().map(|i| (i.id.as_str(), &i.payload)))?;
+    if let Some((i, _)) = req
+        .items
+        .iter()
+        .enumerate()
+        .find(|(_, it)| it.text.trim().is_empty())
+    {
+        return Err(RouterError::bad(
+            "empty_text",
+            format!("items[{i}].text is empty"),
+        ));
+    }
+    let texts = req.items.iter().map(|i| i.text.clone()).collect();
+    let vectors = state.encoder.encode_items(texts).await?;
+    let points = req
+        .items
+        .into_iter()
+        .zip(vectors)
+        .map(|(item, vector)| Point {
+            id: item.id,
+            vector,
+            payload: item.payload,
+        })
+        .collect();
+    let upserted = upsert(state, points).await?;
+    Ok(IngestResponse {
+        upserted,
+        took_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+pub async fn ingest_vectors(
+    state: &RouterState,
+    req: IngestVectorsRequest,
+) -> Result<IngestResponse, RouterError> {
+    let started = Instant::now();
+    check_batch(state, req.items.iter().map(|i| (i.id.as_str(), &i.payload)))?;
+    let dim = state.encoder.manifest().dim;
+    for (i, item) in req.items.iter().enumerate() {
+        if item.vector.len() != dim {
+            return Err(RouterError::bad(
+                "invalid_vector",
+                format!(
+                    "items[{i}].vector has {} dimensions, expected {dim}",
+                    item.vector.len()
+                ),
+            ));
+        }
+        if item.vector.iter().any(|x| !x.is_finite()) {
+            return Err(RouterError::bad(
+                "invalid_vector",
+                format!("items[{i}].vector has a NaN or infinite value"),
+            ));
+        }
+    }
+    let points = req
+        .items
+        .into_iter()
+        .map(|i| Point {
+            id: i.id,
+            vector: i.vector,
+            payload: i.payload,
+        })
+        .collect();
+    let upserted = upsert(state, points).await?;
+    Ok(IngestResponse {
+        upserted,
+        took_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, RouterError> {
+    check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
+    let shard = state.cluster.slots.shard_of(&id);
+    let client = &state.cluster.shards[shard];
+    let point = client
+        .get(vec![id.clone()], true, state.cfg.deadline)
+        .await?
+        .pop();
+    match point {
+        Some(p) => Ok(ItemResponse {
+            id: p.id,
+            vector: p.vector.unwrap_or_default(),
+            payload: p.payload,
+            shard,
+        }),
+        None => Err(RouterError::NotFound(format!("no item {id:?}"))),
+    }
+}
+
+pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteResponse, RouterError> {
+    check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
+    let client = &state.cluster.shards[state.cluster.slots.shard_of(&id)];
+    let deleted = client
+        .delete(vec![id.clone()], state.cfg.write_timeout)
+        .await?;
+    if deleted == 0 {
+        return Err(RouterError::NotFound(format!("no item {id:?}")));
+    }
+    Ok(DeleteResponse { id, deleted: true })
+}

@@ -1,0 +1,408 @@
+//! A recommendation, start to end: validate -> history vectors from their shards -> user
+//! tower -> query vectors to every shard -> merge -> top-k.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use redrec_encoder::{Manifest, UserHistory};
+use redrec_shard::api::SearchRequest;
+
+use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse};
+use crate::error::RouterError;
+use crate::fanout::{client_error, coverage, fan_out};
+use crate::merge;
+use crate::server::RouterState;
+
+/// A request that passed validation, its history cut to what the tower reads.
+struct Plan {
+    /// (item id, scenario index), oldest to newest, at most `max_history`.
+    events: Vec<(String, i64)>,
+    /// Every item id the request named, for `exclude_seen`.
+    seen: BTreeSet<String>,
+    /// (query index, weight) for queries with a positive weight in the target scenario.
+    queries: Vec<(usize, f32)>,
+    report: HistoryReport,
+}
+
+fn plan(req: &RecommendRequest, m: &Manifest, max_k: usize) -> Result<Plan, RouterError> {
+    if m.scenario_index(&req.scenario).is_none() {
+        return Err(RouterError::bad(
+            "unknown_scenario",
+            format!(
+                "unknown scenario {:?}; known: {:?}",
+                req.scenario, m.scenarios
+            ),
+        ));
+    }
+    if req.k == 0 || req.k > max_k {
+        return Err(RouterError::bad(
+            "invalid_k",
+            format!("k must be between 1 and {max_k}, got {}", req.k),
+        ));
+    }
+    if req.history.is_empty() {
+        return Err(RouterError::bad(
+            "empty_history",
+            "history is empty: send at least one event",
+        ));
+    }
+    if let Some(f) = &req.filter {
+        if !(f.is_object() || f.is_null()) {
+            return Err(RouterError::bad(
+                "invalid_filter",
+                "filter must be a JSON object (a Qdrant filter)",
+            ));
+        }
+    }
+    let mut events = Vec::with_capacity(req.history.len());
+    for (i, e) in req.history.iter().enumerate() {
+        if e.item_id.is_empty() {
+            return Err(RouterError::bad(
+                "invalid_history",
+                format!("history[{i}].item_id is empty"),
+            ));
+        }
+        let s = m.scenario_index(&e.scenario).ok_or_else(|| {
+            RouterError::bad(
+                "unknown_scenario",
+                format!(
+                    "history[{i}]: unknown scenario {:?}; known: {:?}",
+                    e.scenario, m.scenarios
+                ),
+            )
+        })?;
+        events.push((e.ts, e.item_id.clone(), s as i64));
+    }
+    if events.iter().all(|(ts, ..)| ts.is_some()) {
+        events.sort_by_key(|(ts, ..)| *ts); // stable: equal timestamps keep request order
+    }
+    let seen = events.iter().map(|(_, id, _)| id.clone()).collect();
+    let truncated = events.len().saturating_sub(m.max_history);
+    let events: Vec<_> = events
+        .into_iter()
+        .skip(truncated)
+        .map(|(_, id, s)| (id, s))
+        .collect();
+    let queries: Vec<(usize, f32)> = m
+        .weights(&req.scenario)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| *w > 0.0)
+        .collect();
+    let report = HistoryReport {
+        received: req.history.len(),
+        truncated,
+        ..Default::default()
+    };
+    Ok(Plan {
+        events,
+        seen,
+        queries,
+        report,
+    })
+}
+
+/// Looks up the history's item vectors on their shards; unknown and unreachable items are
+/// skipped and counted.
+async fn history_vectors(
+    state: &RouterState,
+    plan: &mut Plan,
+    deadline: Instant,
+) -> Result<UserHistory, RouterError> {
+    let cluster = &state.cluster;
+    let wanted = cluster.by_shard(
+        plan.events
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<BTreeSet<_>>(),
+        |id| id,
+    );
+    let outcomes = fan_out(
+        cluster,
+        wanted.keys().copied(),
+        deadline,
+        |i, client, left| {
+            let ids = wanted[&i].clone();
+            async move { client.get(ids, true, left).await }
+        },
+    )
+    .await;
+    let mut vectors = HashMap::new();
+    let mut down = BTreeSet::new();
+    for (shard, r) in outcomes {
+        match r {
+            Ok(points) => {
+                vectors.extend(points.into_iter().filter_map(|p| Some((p.id, p.vector?))))
+            }
+            Err(_) => {
+                down.insert(shard);
+            }
+        }
+    }
+    let mut history = UserHistory::default();
+    for (id, scenario) in &plan.events {
+        match vectors.get(id) {
+            Some(v) => {
+                history.vectors.push(v.clone());
+                history.scenarios.push(*scenario);
+            }
+            None if down.contains(&cluster.slots.shard_of(id)) => plan.report.unavailable += 1,
+            None => plan.report.unknown += 1,
+        }
+    }
+    plan.report.used = history.vectors.len();
+    if history.vectors.is_empty() {
+        return Err(if plan.report.unavailable > 0 {
+            RouterError::ShardsUnavailable(
+                "the shards holding this history did not answer in time".into(),
+            )
+        } else {
+            RouterError::bad(
+                "no_known_history",
+                format!("none of the {} history items is known", plan.events.len()),
+            )
+        });
+    }
+    Ok(history)
+}
+
+pub async fn recommend(
+    state: &RouterState,
+    req: RecommendRequest,
+) -> Result<RecommendResponse, RouterError> {
+    let started = Instant::now();
+    let deadline = started + state.cfg.deadline;
+    let m = state.encoder.manifest();
+    let mut plan = plan(&req, m, state.cfg.max_k)?;
+    let history = history_vectors(state, &mut plan, deadline).await?;
+
+    let queries = state
+        .encoder
+        .encode_users(vec![history])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    let active: Vec<Vec<f32>> = plan
+        .queries
+        .iter()
+        .filter_map(|(q, _)| queries.get(*q).cloned())
+        .collect();
+    if active.len() != plan.queries.len() {
+        return Err(RouterError::Encoder(
+            redrec_encoder::EncoderError::Contract(format!(
+                "user tower returned {} queries, manifest names {}",
+                queries.len(),
+                m.queries()
+            )),
+        ));
+    }
+
+    let cluster = &state.cluster;
+    let exclude = if req.exclude_seen {
+        cluster.by_shard(plan.seen.iter().cloned(), |id| id)
+    } else {
+        Default::default()
+    };
+    let outcomes = fan_out(
+        cluster,
+        0..cluster.shards.len(),
+        deadline,
+        |i, client, left| {
+            let request = SearchRequest {
+                queries: active.clone(),
+                k: req.k,
+                filter: req.filter.clone(),
+                exclude: exclude.get(&i).cloned().unwrap_or_default(),
+                ef: None,
+            };
+            async move { client.search(&request, left).await }
+        },
+    )
+    .await;
+    if let Some(e) = client_error(&outcomes) {
+        let message = match e {
+            redrec_shard::client::ShardClientError::Rejected { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        return Err(RouterError::bad("invalid_request", message));
+    }
+    let coverage = coverage(cluster.shards.len(), &outcomes);
+    metrics::histogram!("redrec_recommend_coverage_ratio")
+        .record(coverage.answered as f64 / coverage.shards.max(1) as f64);
+    if coverage.answered == 0 {
+        return Err(RouterError::ShardsUnavailable(format!(
+            "no shard answered: {}",
+            coverage.failed.join("; ")
+        )));
+    }
+    // Per query, its lists from every shard that answered.
+    let mut per_query: Vec<Vec<Vec<redrec_shard::api::Hit>>> = vec![Vec::new(); plan.queries.len()];
+    for (_, r) in outcomes {
+        if let Ok(resp) = r {
+            for (q, hits) in resp
+                .results
+                .into_iter()
+                .enumerate()
+                .take(plan.queries.len())
+            {
+                per_query[q].push(hits);
+            }
+        }
+    }
+    let (items, per_query) = match req.merge {
+        MergeMode::Max => {
+            let lists = plan
+                .queries
+                .iter()
+                .zip(per_query)
+                .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+            (Some(merge::max_over_queries(lists, req.k)), None)
+        }
+        MergeMode::PerQuery => {
+            let lists = plan
+                .queries
+                .iter()
+                .zip(per_query)
+                .map(|((q, w), lists)| QueryList {
+                    query: m.query_names.get(*q).cloned().unwrap_or_default(),
+                    weight: *w,
+                    items: merge::single_query(lists, req.k),
+                })
+                .collect();
+            (None, Some(lists))
+        }
+    };
+    Ok(RecommendResponse {
+        items,
+        per_query,
+        coverage,
+        history: plan.report,
+        model_version: m.model_version.clone(),
+        took_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HistoryEvent;
+
+    fn manifest() -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "model_version": "t", "dim": 4, "max_history": 3, "max_tokens": 8,
+            "scenarios": ["homefeed", "search", "ads"], "query_names": ["q0", "q1", "q2"],
+            "mixing": {"search": [0.0, 1.0, 0.5]},
+            "item_tower": {"file": "i.onnx", "inputs": [], "output": "item_embedding"},
+            "user_tower": {"file": "u.onnx", "inputs": [], "output": "queries"}
+        }))
+        .unwrap()
+    }
+
+    fn req(history: Vec<(&str, &str, Option<i64>)>, scenario: &str, k: usize) -> RecommendRequest {
+        RecommendRequest {
+            history: history
+                .into_iter()
+                .map(|(id, s, ts)| HistoryEvent {
+                    item_id: id.into(),
+                    scenario: s.into(),
+                    ts,
+                })
+                .collect(),
+            scenario: scenario.into(),
+            k,
+            filter: None,
+            exclude_seen: true,
+            merge: MergeMode::Max,
+        }
+    }
+
+    fn code(r: Result<Plan, RouterError>) -> &'static str {
+        match r {
+            Err(RouterError::BadRequest { code, .. }) => code,
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => "ok",
+        }
+    }
+
+    #[test]
+    fn rejects_what_a_client_got_wrong() {
+        let m = manifest();
+        assert_eq!(
+            code(plan(&req(vec![("a", "search", None)], "nope", 5), &m, 100)),
+            "unknown_scenario"
+        );
+        assert_eq!(
+            code(plan(
+                &req(vec![("a", "shopping", None)], "search", 5),
+                &m,
+                100
+            )),
+            "unknown_scenario"
+        );
+        assert_eq!(
+            code(plan(
+                &req(vec![("a", "search", None)], "search", 0),
+                &m,
+                100
+            )),
+            "invalid_k"
+        );
+        assert_eq!(
+            code(plan(
+                &req(vec![("a", "search", None)], "search", 101),
+                &m,
+                100
+            )),
+            "invalid_k"
+        );
+        assert_eq!(
+            code(plan(&req(vec![], "search", 5), &m, 100)),
+            "empty_history"
+        );
+        assert_eq!(
+            code(plan(&req(vec![("", "search", None)], "search", 5), &m, 100)),
+            "invalid_history"
+        );
+        let mut r = req(vec![("a", "search", None)], "search", 5);
+        r.filter = Some(serde_json::json!([1]));
+        assert_eq!(code(plan(&r, &m, 100)), "invalid_filter");
+    }
+
+    #[test]
+    fn keeps_the_newest_events_by_time_and_the_scenario_weights() {
+        let m = manifest();
+        let r = req(
+            vec![
+                ("d", "ads", Some(40)),
+                ("a", "homefeed", Some(10)),
+                ("c", "search", Some(30)),
+                ("b", "homefeed", Some(20)),
+            ],
+            "search",
+            5,
+        );
+        let p = plan(&r, &m, 100).unwrap();
+        assert_eq!(
+            p.events,
+            [
+                ("b".to_string(), 0),
+                ("c".to_string(), 1),
+                ("d".to_string(), 2)
+            ]
+        );
+        assert_eq!(p.report.truncated, 1);
+        assert_eq!(
+            p.seen.len(),
+            4,
+            "truncated events are still excluded as seen"
+        );
+        assert_eq!(p.queries, [(1, 1.0), (2, 0.5)]);
+        assert_eq!(
+            plan(&req(vec![("a", "ads", None)], "homefeed", 5), &m, 100)
+                .unwrap()
+                .queries
+                .len(),
+            3
+        );
+    }
+}

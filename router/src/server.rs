@@ -1,0 +1,162 @@
+//! The public HTTP API: routes, the shared state, request metrics.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::future::join_all;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use redrec_encoder::EncoderHandle;
+use redrec_wire::{with_fallbacks, Json};
+
+use crate::api::{
+    ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
+    ItemResponse, RecommendRequest, RecommendResponse, ShardStatus,
+};
+use crate::cluster::Cluster;
+use crate::config::RouterConfig;
+use crate::error::RouterError;
+use crate::slots::SLOTS;
+use crate::{ingest, recommend};
+
+pub struct RouterInner {
+    pub encoder: EncoderHandle,
+    pub cluster: Cluster,
+    pub cfg: RouterConfig,
+}
+
+pub type RouterState = Arc<RouterInner>;
+type Reply<T> = Result<axum::Json<T>, RouterError>;
+
+/// The process's Prometheus recorder (one per process, whatever number of routers).
+fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap_or_else(|e| {
+                tracing::warn!("metrics recorder already installed elsewhere: {e}");
+                PrometheusBuilder::new().build_recorder().handle()
+            })
+    })
+}
+
+async fn record(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("redrec_http_requests_total", "path" => path.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("redrec_http_request_duration_seconds", "path" => path)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn recommend_handler(
+    State(s): State<RouterState>,
+    Json(r): Json<RecommendRequest>,
+) -> Reply<RecommendResponse> {
+    recommend::recommend(&s, r).await.map(axum::Json)
+}
+
+async fn ingest_texts(
+    State(s): State<RouterState>,
+    Json(r): Json<IngestTextsRequest>,
+) -> Reply<IngestResponse> {
+    ingest::ingest_texts(&s, r).await.map(axum::Json)
+}
+
+async fn ingest_vectors(
+    State(s): State<RouterState>,
+    Json(r): Json<IngestVectorsRequest>,
+) -> Reply<IngestResponse> {
+    ingest::ingest_vectors(&s, r).await.map(axum::Json)
+}
+
+async fn get_item(State(s): State<RouterState>, Path(id): Path<String>) -> Reply<ItemResponse> {
+    ingest::get_item(&s, id).await.map(axum::Json)
+}
+
+async fn delete_item(
+    State(s): State<RouterState>,
+    Path(id): Path<String>,
+) -> Reply<DeleteResponse> {
+    ingest::delete_item(&s, id).await.map(axum::Json)
+}
+
+async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
+    let m = s.encoder.manifest();
+    let slots = s.cluster.slots.slots_per_shard(s.cluster.shards.len());
+    let stats = join_all(
+        s.cluster
+            .shards
+            .iter()
+            .map(|c| c.stats(Duration::from_millis(500))),
+    )
+    .await;
+    let shards = s
+        .cluster
+        .shards
+        .iter()
+        .zip(stats)
+        .enumerate()
+        .map(|(index, (c, st))| ShardStatus {
+            index,
+            addr: c.addr().to_string(),
+            slots: slots[index],
+            up: st.is_ok(),
+            points: st.as_ref().ok().map(|s| s.points),
+            error: st.err().map(|e| e.to_string()),
+        })
+        .collect();
+    axum::Json(ClusterResponse {
+        model_version: m.model_version.clone(),
+        dim: m.dim,
+        scenarios: m.scenarios.clone(),
+        queries: m.query_names.clone(),
+        max_history: m.max_history,
+        slots: SLOTS,
+        shards,
+    })
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics_handle().render(),
+    )
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+pub fn app(state: RouterState) -> Router {
+    metrics_handle();
+    let limit = state.cfg.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/recommend", post(recommend_handler))
+        .route("/v1/items", post(ingest_texts))
+        .route("/v1/items/vectors", post(ingest_vectors))
+        .route("/v1/items/{id}", get(get_item).delete(delete_item))
+        .route("/v1/cluster", get(cluster))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    with_fallbacks(api).layer(middleware::from_fn(record))
+}

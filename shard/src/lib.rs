@@ -1,0 +1,6 @@
+//! redrec shard: one embedded Qdrant shard on disk behind an internal HTTP API.
+
+pub mod api;
+pub mod client;
+pub mod server;
+pub mod store;
