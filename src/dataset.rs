@@ -285,7 +285,7 @@ const GENERIC: [&str; 24] = [
 ];
 const SUBTOPICS: usize = 4;
 const ENTITIES_PER_SUBTOPIC: usize = 6;
-const WORLD_SEED: u64 = 0x5eed_0f_a11;
+const WORLD_SEED: u64 = 0x0005_eed0_fa11;
 
 #[derive(Debug, Clone)]
 pub struct SynthConfig {

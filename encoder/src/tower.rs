@@ -127,7 +127,10 @@ fn check_io(
     Ok(())
 }
 
-fn io(session: &Session) -> (Vec<(String, ValueType)>, Vec<(String, ValueType)>) {
+/// Names and types of a session's inputs and outputs.
+type Signature = Vec<(String, ValueType)>;
+
+fn io(session: &Session) -> (Signature, Signature) {
     let f = |o: &ort::value::Outlet| (o.name().to_string(), o.dtype().clone());
     (
         session.inputs().iter().map(f).collect(),

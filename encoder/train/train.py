@@ -191,6 +191,12 @@ def train(args):
     tok = build_tokenizer(texts, args.vocab)
     ids_np, mask_np = tokenize(tok, texts, args.max_tokens)
     ids_all, mask_all = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
+    # Two views of each item (title; category and tags) for the item tower's own contrastive
+    # loss: it spreads items by content from the start, which keeps the towers from
+    # collapsing onto one vector before the user signal takes hold.
+    views = [tokenize(tok, [it["title"] for it in items], args.max_tokens),
+             tokenize(tok, [it["category"] + " | " + " ".join(it["tags"]) for it in items], args.max_tokens)]
+    views = [(torch.from_numpy(i), torch.from_numpy(m)) for i, m in views]
 
     item_tower = small_init(ItemTower(tok.get_vocab_size(), args.dim, max_tokens=args.max_tokens))
     user_tower = small_init(UserTower(args.dim, args.queries, args.max_history))
@@ -209,6 +215,20 @@ def train(args):
         return table
 
     started = time.time()
+    def item_views_loss():
+        pick = torch.from_numpy(np.array(rng.sample(range(len(items)), args.batch * 2)))
+        a = item_tower(views[0][0][pick], views[0][1][pick])
+        b = item_tower(views[1][0][pick], views[1][1][pick])
+        return F.cross_entropy(a @ b.T * 20.0, torch.arange(len(pick)))
+
+    for step in range(args.warmup):
+        loss = item_views_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.log_every == 0 or step == args.warmup - 1:
+            print(f"warm-up {step:4d}  item views loss {loss.item():.4f}  {time.time() - started:.0f}s", flush=True)
+
     for step in range(args.steps):
         if step % args.refresh == 0:
             table = item_table()
@@ -230,11 +250,12 @@ def train(args):
         same[torch.arange(args.batch), torch.arange(args.batch)] = False
         scores = scores.masked_fill(same, -1e4)
         loss = F.cross_entropy(scores, torch.arange(args.batch))
+        aux = item_views_loss()
         opt.zero_grad()
-        loss.backward()
+        (loss + args.aux_weight * aux).backward()
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  scale {logit_scale.exp().item():.1f}  {time.time() - started:.0f}s", flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  views {aux.item():.3f}  scale {logit_scale.exp().item():.1f}  {time.time() - started:.0f}s", flush=True)
     return tok, item_tower.eval(), user_tower.eval(), time.time() - started, len(samples)
 
 
@@ -304,14 +325,16 @@ def main():
     p.add_argument("--max-history", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--vocab", type=int, default=4000)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=900)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--negatives", type=int, default=384)
     p.add_argument("--targets", type=int, default=10)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=150, help="item-tower-only steps before joint training")
+    p.add_argument("--aux-weight", type=float, default=0.3)
     p.add_argument("--refresh", type=int, default=50, help="steps between refreshes of the history item table")
     p.add_argument("--command", default="", help="the command line to record in the manifest")
     args = p.parse_args()

@@ -10,7 +10,8 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Most items one ingest request may carry.
     pub max_items_per_request: usize,
-    /// Time a recommend request may spend on shards (history lookup and search together);
+    /// Time a recommend request may spend on shards: the history lookup gets at most half,
+    /// the search the rest;
     /// shards that have not answered by then are left out and reported in `coverage`.
     pub deadline: Duration,
     /// Time a write may wait for a shard before it is reported as failed.

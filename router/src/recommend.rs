@@ -174,7 +174,8 @@ pub async fn recommend(
     let deadline = started + state.cfg.deadline;
     let m = state.encoder.manifest();
     let mut plan = plan(&req, m, state.cfg.max_k)?;
-    let history = history_vectors(state, &mut plan, deadline).await?;
+    // The lookup may use half the deadline: a hung shard must not leave the search no time.
+    let history = history_vectors(state, &mut plan, started + state.cfg.deadline / 2).await?;
 
     let queries = state
         .encoder
