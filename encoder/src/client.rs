@@ -1,7 +1,7 @@
 //! Reaching the towers either in-process or over the encoder's HTTP API, through one type.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,7 +10,8 @@ use crate::api::{
     EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, UserInput,
 };
 use crate::manifest::Manifest;
-use crate::tower::{Encoder, UserHistory};
+use crate::service::Towers;
+use crate::tower::UserHistory;
 use crate::EncoderError;
 
 #[derive(Clone)]
@@ -51,19 +52,40 @@ impl EncoderClient {
         &self,
         path: &str,
         body: &B,
+        deadline: Option<Instant>,
     ) -> Result<T, EncoderError> {
+        let timeout = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map_or(self.timeout, |left| left.min(self.timeout));
         let resp = self
             .http
             .post(format!("{}{path}", self.addr))
-            .timeout(self.timeout)
+            .timeout(timeout)
             .json(body)
             .send()
             .await
-            .map_err(|e| EncoderError::Unavailable(format!("{}: {e}", self.addr)))?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    EncoderError::DeadlineExceeded
+                } else {
+                    EncoderError::Unavailable(format!("{}: {e}", self.addr))
+                }
+            })?;
         let status = resp.status();
         if status.is_client_error() {
             let text = resp.text().await.unwrap_or_default();
             return Err(EncoderError::Input(text));
+        }
+        if status == reqwest::StatusCode::GATEWAY_TIMEOUT {
+            return Err(EncoderError::DeadlineExceeded);
+        }
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && resp.headers().contains_key(reqwest::header::RETRY_AFTER)
+        {
+            return Err(EncoderError::Overloaded(format!(
+                "{} is shedding load",
+                self.addr
+            )));
         }
         if !status.is_success() {
             return Err(EncoderError::Unavailable(format!(
@@ -77,49 +99,52 @@ impl EncoderClient {
     }
 }
 
+fn timeout_ms(deadline: Option<Instant>) -> Option<u64> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+}
+
 /// An encoder in this process or behind HTTP; callers cannot tell the difference.
 #[derive(Clone)]
 pub enum EncoderHandle {
-    Local(Arc<Encoder>),
+    Local(Arc<Towers>),
     Remote(EncoderClient),
 }
 
 impl EncoderHandle {
     pub fn manifest(&self) -> &Manifest {
         match self {
-            Self::Local(e) => e.manifest(),
+            Self::Local(t) => t.manifest(),
             Self::Remote(c) => &c.manifest,
         }
     }
 
-    pub async fn encode_items(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncoderError> {
+    /// Item texts -> vectors; `deadline` bounds the wait (queue included).
+    pub async fn encode_items(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, EncoderError> {
         match self {
-            Self::Local(e) => {
-                let e = e.clone();
-                tokio::task::spawn_blocking(move || e.encode_items(&texts))
-                    .await
-                    .map_err(|e| EncoderError::Runtime(e.to_string()))?
-            }
+            Self::Local(t) => t.encode_items(texts, deadline).await,
             Self::Remote(c) => {
-                let r: EncodeItemsResponse = c
-                    .post("/v1/encode/items", &EncodeItemsRequest { texts })
-                    .await?;
+                let body = EncodeItemsRequest {
+                    texts,
+                    timeout_ms: timeout_ms(deadline),
+                };
+                let r: EncodeItemsResponse = c.post("/v1/encode/items", &body, deadline).await?;
                 Ok(r.vectors)
             }
         }
     }
 
+    /// Histories -> Q query vectors each; `deadline` bounds the wait (queue included).
     pub async fn encode_users(
         &self,
         users: Vec<UserHistory>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
         match self {
-            Self::Local(e) => {
-                let e = e.clone();
-                tokio::task::spawn_blocking(move || e.encode_users(&users))
-                    .await
-                    .map_err(|e| EncoderError::Runtime(e.to_string()))?
-            }
+            Self::Local(t) => t.encode_users(users, deadline).await,
             Self::Remote(c) => {
                 let names = &c.manifest.scenarios;
                 let users = users
@@ -133,9 +158,11 @@ impl EncoderHandle {
                         history: u.vectors,
                     })
                     .collect();
-                let r: EncodeUsersResponse = c
-                    .post("/v1/encode/users", &EncodeUsersRequest { users })
-                    .await?;
+                let body = EncodeUsersRequest {
+                    users,
+                    timeout_ms: timeout_ms(deadline),
+                };
+                let r: EncodeUsersResponse = c.post("/v1/encode/users", &body, deadline).await?;
                 Ok(r.queries)
             }
         }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::session::builder::SessionBuilder;
 
+use crate::tower::Device;
 use crate::EncoderError;
 
 /// Overrides where the library is looked for.
@@ -72,4 +74,56 @@ pub fn environment() -> Result<Environment, EncoderError> {
         })
         .clone()
         .map_err(EncoderError::Runtime)
+}
+
+/// The device the towers can actually use: CUDA only where this build has the `cuda`
+/// feature and the loaded library carries the CUDA execution provider.
+pub fn usable_device(wanted: Device) -> Device {
+    match wanted {
+        Device::Cpu => Device::Cpu,
+        Device::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                use ort::ep::ExecutionProvider;
+                match ort::ep::CUDA::is_available() {
+                    Ok(true) => return Device::Cuda,
+                    Ok(false) => tracing::warn!(
+                        "this ONNX Runtime library has no CUDA execution provider \
+                         (install onnxruntime-gpu: scripts/setup.sh --gpu); running on the CPU"
+                    ),
+                    Err(e) => tracing::warn!("probing CUDA: {e}; running on the CPU"),
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            tracing::warn!("built without the `cuda` feature; running on the CPU");
+            Device::Cpu
+        }
+    }
+}
+
+/// Registers the device's execution provider on a session builder. CUDA registration
+/// failing (no GPU, missing CUDA libraries) leaves the session on the CPU, with a log line.
+pub fn with_device(builder: SessionBuilder, device: Device) -> Result<SessionBuilder, String> {
+    match device {
+        Device::Cpu => Ok(builder),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(0)
+                .build()
+                .error_on_failure();
+            match builder.with_execution_providers([cuda]) {
+                Ok(b) => {
+                    tracing::info!("towers run on CUDA device 0");
+                    Ok(b)
+                }
+                Err(e) => {
+                    tracing::warn!("CUDA execution provider unusable ({e}); running on the CPU");
+                    Ok(e.recover())
+                }
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Ok(builder),
+    }
 }

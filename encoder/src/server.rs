@@ -1,6 +1,7 @@
-//! The `redrec encoder` HTTP service over an in-process [`Encoder`].
+//! The `redrec encoder` HTTP service over in-process [`Towers`].
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,10 +10,12 @@ use axum::Router;
 use redrec_wire::{with_fallbacks, HttpError, Json};
 
 use crate::api::{
-    EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, MAX_BATCH,
+    EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, EncoderStats,
+    MAX_BATCH,
 };
 use crate::manifest::Manifest;
-use crate::tower::{Encoder, UserHistory};
+use crate::service::Towers;
+use crate::tower::UserHistory;
 use crate::EncoderError;
 
 pub fn http_error(e: EncoderError) -> HttpError {
@@ -21,6 +24,12 @@ pub fn http_error(e: EncoderError) -> HttpError {
         EncoderError::Unavailable(m) => {
             HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "encoder_unavailable", m)
         }
+        EncoderError::Overloaded(m) => HttpError::overloaded("overloaded", m, 1),
+        e @ EncoderError::DeadlineExceeded => HttpError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            e.to_string(),
+        ),
         other => HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoder_error",
@@ -40,36 +49,31 @@ fn check_batch(n: usize) -> Result<(), HttpError> {
     Ok(())
 }
 
-async fn run<T: Send + 'static>(
-    enc: &Arc<Encoder>,
-    f: impl FnOnce(&Encoder) -> Result<T, EncoderError> + Send + 'static,
-) -> Result<T, HttpError> {
-    let enc = enc.clone();
-    tokio::task::spawn_blocking(move || f(&enc))
-        .await
-        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(http_error)
+fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
+    timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms))
 }
 
 async fn items(
-    State(enc): State<Arc<Encoder>>,
+    State(towers): State<Arc<Towers>>,
     Json(r): Json<EncodeItemsRequest>,
 ) -> Result<axum::Json<EncodeItemsResponse>, HttpError> {
     check_batch(r.texts.len())?;
-    let version = enc.manifest().model_version.clone();
-    let vectors = run(&enc, move |e| e.encode_items(&r.texts)).await?;
+    let vectors = towers
+        .encode_items(r.texts, deadline(r.timeout_ms))
+        .await
+        .map_err(http_error)?;
     Ok(axum::Json(EncodeItemsResponse {
         vectors,
-        model_version: version,
+        model_version: towers.manifest().model_version.clone(),
     }))
 }
 
 async fn users(
-    State(enc): State<Arc<Encoder>>,
+    State(towers): State<Arc<Towers>>,
     Json(r): Json<EncodeUsersRequest>,
 ) -> Result<axum::Json<EncodeUsersResponse>, HttpError> {
     check_batch(r.users.len())?;
-    let m = enc.manifest();
+    let m = towers.manifest();
     let histories = r
         .users
         .into_iter()
@@ -92,30 +96,49 @@ async fn users(
             })
         })
         .collect::<Result<Vec<_>, HttpError>>()?;
-    let version = m.model_version.clone();
-    let queries = run(&enc, move |e| e.encode_users(&histories)).await?;
+    let queries = towers
+        .encode_users(histories, deadline(r.timeout_ms))
+        .await
+        .map_err(http_error)?;
     Ok(axum::Json(EncodeUsersResponse {
         queries,
-        model_version: version,
+        model_version: m.model_version.clone(),
     }))
 }
 
-async fn manifest(State(enc): State<Arc<Encoder>>) -> axum::Json<Manifest> {
-    axum::Json(enc.manifest().clone())
+async fn manifest(State(towers): State<Arc<Towers>>) -> axum::Json<Manifest> {
+    axum::Json(towers.manifest().clone())
+}
+
+async fn stats(State(towers): State<Arc<Towers>>) -> axum::Json<EncoderStats> {
+    let cfg = towers.batch_config();
+    let (items, users) = towers.queued();
+    axum::Json(EncoderStats {
+        model_version: towers.manifest().model_version.clone(),
+        device: towers.encoder().device(),
+        sessions: towers.encoder().sessions(),
+        batching: cfg.enabled,
+        max_batch: cfg.max_batch,
+        max_wait_us: cfg.max_wait.as_micros() as u64,
+        queue_rows: cfg.queue_rows,
+        queued_item_rows: items.queued_rows,
+        queued_user_rows: users.queued_rows,
+    })
 }
 
 async fn ok() -> &'static str {
     "ok"
 }
 
-pub fn router(encoder: Arc<Encoder>) -> Router {
+pub fn router(towers: Arc<Towers>) -> Router {
     let api = Router::new()
         .route("/v1/encode/items", post(items))
         .route("/v1/encode/users", post(users))
         .route("/v1/manifest", get(manifest))
+        .route("/v1/stats", get(stats))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
-        .with_state(encoder);
+        .with_state(towers);
     with_fallbacks(api)
 }

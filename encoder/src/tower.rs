@@ -15,22 +15,49 @@ use crate::manifest::Manifest;
 use crate::runtime;
 use crate::EncoderError;
 
+/// Where the towers run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider (the `cuda` cargo feature and a GPU build
+    /// of the library); without either, the towers run on the CPU and say so in the log.
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device {other:?}; cpu or cuda")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EncoderConfig {
     /// Sessions per tower: how many batches can run at once.
     pub sessions: usize,
     /// Threads each session uses inside one run.
     pub intra_threads: usize,
+    pub device: Device,
 }
 
 impl Default for EncoderConfig {
+    /// Sessions × threads fill the machine's cores: on small machines one thread per
+    /// session (batches run side by side), on large ones a few sessions of several threads.
     fn default() -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let sessions = (cores / 4).clamp(2, 8);
         Self {
-            sessions: 2,
-            intra_threads: (cores / 2).max(1),
+            sessions,
+            intra_threads: (cores / sessions).max(1),
+            device: Device::Cpu,
         }
     }
 }
@@ -48,34 +75,44 @@ struct Pool {
 }
 
 impl Pool {
-    fn load(path: &Path, cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+    fn load(path: &Path, cfg: &EncoderConfig) -> Result<(Self, Device), EncoderError> {
         let env = runtime::environment()?;
+        let device = runtime::usable_device(cfg.device);
         let open = || -> Result<Session, String> {
             let e = |e: &dyn std::fmt::Display| e.to_string();
-            Session::builder(&env)
+            let builder = Session::builder(&env)
                 .map_err(|x| e(&x))?
                 .with_intra_threads(cfg.intra_threads.max(1))
                 .map_err(|x| e(&x))?
                 .with_inter_threads(1)
-                .map_err(|x| e(&x))?
-                .commit_from_file(path)
-                .map_err(|x| e(&x))
+                .map_err(|x| e(&x))?;
+            let mut builder = runtime::with_device(builder, device)?;
+            builder.commit_from_file(path).map_err(|x| e(&x))
         };
         let sessions = (0..cfg.sessions.max(1))
             .map(|_| open().map(Mutex::new))
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            sessions,
-            next: AtomicUsize::new(0),
-        })
+        Ok((
+            Self {
+                sessions,
+                next: AtomicUsize::new(0),
+            },
+            device,
+        ))
     }
 
-    /// Runs `f` on a free session if there is one, else waits for the next in turn.
+    /// Runs `f` on session `worker` when given (a batch worker owns one session), else
+    /// on a free session if there is one, else on the next in turn.
     fn with<T>(
         &self,
+        worker: Option<usize>,
         f: impl FnOnce(&mut Session) -> Result<T, EncoderError>,
     ) -> Result<T, EncoderError> {
+        if let Some(i) = worker {
+            let i = i % self.sessions.len();
+            return f(&mut self.sessions[i].lock().unwrap_or_else(|p| p.into_inner()));
+        }
         for s in &self.sessions {
             if let Ok(mut guard) = s.try_lock() {
                 return f(&mut guard);
@@ -96,6 +133,7 @@ pub struct Encoder {
     tokenizer: Tokenizer,
     items: Pool,
     users: Pool,
+    device: Device,
 }
 
 fn check_io(
@@ -149,13 +187,14 @@ impl Encoder {
             .unwrap_or_else(|| "tokenizer.json".into());
         let tokenizer = Tokenizer::from_file(dir.join(&tok_file))
             .map_err(|e| EncoderError::Model(format!("{}: {e}", dir.join(&tok_file).display())))?;
-        let items = Pool::load(&dir.join(&manifest.item_tower.file), cfg)?;
-        let users = Pool::load(&dir.join(&manifest.user_tower.file), cfg)?;
+        let (items, device) = Pool::load(&dir.join(&manifest.item_tower.file), cfg)?;
+        let (users, _) = Pool::load(&dir.join(&manifest.user_tower.file), cfg)?;
         let encoder = Self {
             manifest,
             tokenizer,
             items,
             users,
+            device,
         };
         encoder.check_contract()?;
         Ok(encoder)
@@ -163,6 +202,16 @@ impl Encoder {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Where the towers actually run (CUDA falls back to the CPU when unusable).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Sessions per tower: one batch worker each.
+    pub fn sessions(&self) -> usize {
+        self.items.sessions.len()
     }
 
     /// The ONNX contract: names, element types and the static dimensions D and Q.
@@ -215,6 +264,12 @@ impl Encoder {
 
     /// Item texts -> one D-d vector each (L2-normalised by the tower).
     pub fn encode_items(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EncoderError> {
+        let tokens = self.tokenize(texts)?;
+        self.run_items(None, &tokens)
+    }
+
+    /// Token ids of each text, cut to the tower's T.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<i64>>, EncoderError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -222,28 +277,51 @@ impl Encoder {
             .tokenizer
             .encode_batch(texts.to_vec(), false)
             .map_err(|e| EncoderError::Input(format!("tokenizing: {e}")))?;
-        let t = encodings
+        let t = self.manifest.max_tokens;
+        Ok(encodings
             .iter()
-            .map(|e| e.get_ids().len())
+            .map(|e| {
+                e.get_ids()
+                    .iter()
+                    .take(t)
+                    .map(|&id| i64::from(id))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Runs the item tower over tokenized texts, padded to the longest; `worker` picks
+    /// the session (see [`crate::batcher`]).
+    pub fn run_items(
+        &self,
+        worker: Option<usize>,
+        tokens: &[Vec<i64>],
+    ) -> Result<Vec<Vec<f32>>, EncoderError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = tokens
+            .iter()
+            .map(Vec::len)
             .max()
             .unwrap_or(0)
             .clamp(1, self.manifest.max_tokens);
-        let mut ids = Array2::<i64>::zeros((texts.len(), t));
-        let mut mask = Array2::<i64>::zeros((texts.len(), t));
-        for (row, enc) in encodings.iter().enumerate() {
-            for (col, id) in enc.get_ids().iter().take(t).enumerate() {
-                ids[[row, col]] = i64::from(*id);
+        let mut ids = Array2::<i64>::zeros((tokens.len(), t));
+        let mut mask = Array2::<i64>::zeros((tokens.len(), t));
+        for (row, text) in tokens.iter().enumerate() {
+            for (col, id) in text.iter().take(t).enumerate() {
+                ids[[row, col]] = *id;
                 mask[[row, col]] = 1;
             }
         }
         let d = self.manifest.dim;
-        self.items.with(|s| {
+        self.items.with(worker, |s| {
             let out = s.run(ort::inputs![
                 "input_ids" => TensorRef::from_array_view(&ids)?,
                 "attention_mask" => TensorRef::from_array_view(&mask)?,
             ])?;
             let (shape, data) = out["item_embedding"].try_extract_tensor::<f32>()?;
-            if shape.len() != 2 || shape[1] as usize != d || shape[0] as usize != texts.len() {
+            if shape.len() != 2 || shape[1] as usize != d || shape[0] as usize != tokens.len() {
                 return Err(EncoderError::Contract(format!(
                     "item tower returned shape {shape:?}"
                 )));
@@ -255,54 +333,80 @@ impl Encoder {
     /// Histories -> Q query vectors of D each, per user. Histories longer than the
     /// tower's L keep their newest L events.
     pub fn encode_users(&self, users: &[UserHistory]) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
+        let users = self.check_users(users.to_vec())?;
+        self.run_users(None, &users)
+    }
+
+    /// Validates histories and keeps the newest L events of each.
+    pub fn check_users(&self, users: Vec<UserHistory>) -> Result<Vec<UserHistory>, EncoderError> {
+        let (d, max_l) = (self.manifest.dim, self.manifest.max_history);
+        let n_scen = self.manifest.scenarios.len() as i64;
+        users
+            .into_iter()
+            .enumerate()
+            .map(|(u, mut h)| {
+                if h.vectors.is_empty() || h.vectors.len() != h.scenarios.len() {
+                    return Err(EncoderError::Input(format!(
+                        "user {u}: needs one scenario per history vector, at least one"
+                    )));
+                }
+                if h.vectors
+                    .iter()
+                    .any(|v| v.len() != d || v.iter().any(|x| !x.is_finite()))
+                {
+                    return Err(EncoderError::Input(format!(
+                        "user {u}: history vectors must be {d} finite floats"
+                    )));
+                }
+                if h.scenarios.iter().any(|s| !(0..n_scen).contains(s)) {
+                    return Err(EncoderError::Input(format!(
+                        "user {u}: scenario index out of 0..{n_scen}"
+                    )));
+                }
+                let skip = h.vectors.len().saturating_sub(max_l);
+                h.vectors.drain(..skip);
+                h.scenarios.drain(..skip);
+                Ok(h)
+            })
+            .collect()
+    }
+
+    /// Runs the user tower over checked histories (see [`Self::check_users`]), padded to
+    /// the longest.
+    pub fn run_users(
+        &self,
+        worker: Option<usize>,
+        users: &[UserHistory],
+    ) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let (d, q, max_l) = (
-            self.manifest.dim,
-            self.manifest.queries(),
-            self.manifest.max_history,
-        );
-        let n_scen = self.manifest.scenarios.len() as i64;
-        for (u, h) in users.iter().enumerate() {
-            if h.vectors.is_empty() || h.vectors.len() != h.scenarios.len() {
-                return Err(EncoderError::Input(format!(
-                    "user {u}: needs one scenario per history vector, at least one"
-                )));
-            }
-            if h.vectors
-                .iter()
-                .any(|v| v.len() != d || v.iter().any(|x| !x.is_finite()))
-            {
-                return Err(EncoderError::Input(format!(
-                    "user {u}: history vectors must be {d} finite floats"
-                )));
-            }
-            if h.scenarios.iter().any(|s| !(0..n_scen).contains(s)) {
-                return Err(EncoderError::Input(format!(
-                    "user {u}: scenario index out of 0..{n_scen}"
-                )));
-            }
-        }
+        let (d, q) = (self.manifest.dim, self.manifest.queries());
         let l = users
             .iter()
-            .map(|h| h.vectors.len().min(max_l))
+            .map(|h| h.vectors.len())
             .max()
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .clamp(1, self.manifest.max_history);
         let mut history = Array3::<f32>::zeros((users.len(), l, d));
         let mut scenario = Array2::<i64>::zeros((users.len(), l));
         let mut mask = Array2::<i64>::zeros((users.len(), l));
         for (row, h) in users.iter().enumerate() {
-            let skip = h.vectors.len().saturating_sub(max_l);
-            for (col, (v, s)) in h.vectors.iter().zip(&h.scenarios).skip(skip).enumerate() {
-                for (k, x) in v.iter().enumerate() {
-                    history[[row, col, k]] = *x;
+            for (col, (v, s)) in h.vectors.iter().zip(&h.scenarios).take(l).enumerate() {
+                if v.len() != d {
+                    return Err(EncoderError::Input(format!(
+                        "user {row}: vector of {}",
+                        v.len()
+                    )));
                 }
+                history
+                    .slice_mut(ndarray::s![row, col, ..])
+                    .assign(&ndarray::ArrayView1::from(v.as_slice()));
                 scenario[[row, col]] = *s;
                 mask[[row, col]] = 1;
             }
         }
-        self.users.with(|s| {
+        self.users.with(worker, |s| {
             let out = s.run(ort::inputs![
                 "history" => TensorRef::from_array_view(&history)?,
                 "scenario" => TensorRef::from_array_view(&scenario)?,
@@ -326,6 +430,12 @@ impl Encoder {
     }
 }
 
+impl crate::batcher::Row for UserHistory {
+    fn positions(&self) -> usize {
+        self.vectors.len()
+    }
+}
+
 pub type SharedEncoder = Arc<Encoder>;
 
 #[cfg(test)]
@@ -346,6 +456,7 @@ mod tests {
             &EncoderConfig {
                 sessions: 1,
                 intra_threads: 1,
+                device: Device::Cpu,
             },
         )
         .unwrap();
@@ -442,5 +553,72 @@ mod tests {
             encoder.encode_users(&[bad]),
             Err(EncoderError::Input(_))
         ));
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))
+    }
+
+    fn sample_outputs(encoder: &Encoder) -> (Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>) {
+        let texts: Vec<String> = (0..8)
+            .map(|i| format!("item {i} | roast grinder trail summit | tag{i}"))
+            .collect();
+        let items = encoder.encode_items(&texts).unwrap();
+        let user = UserHistory {
+            vectors: items.clone(),
+            scenarios: (0..8).map(|i| i % 3).collect(),
+        };
+        let users = encoder.encode_users(&[user]).unwrap();
+        (items, users)
+    }
+
+    /// Asks for CUDA. Where no GPU is usable (no `cuda` feature, a CPU-only library, no
+    /// device) the towers must fall back to the CPU and give the CPU's answers; where one
+    /// is, they must run on it and agree with the CPU.
+    #[test]
+    fn cuda_runs_on_a_gpu_or_falls_back_to_the_cpu() {
+        let cpu = Encoder::load(&default_dir(), &EncoderConfig::default()).unwrap();
+        let cfg = EncoderConfig {
+            device: Device::Cuda,
+            ..EncoderConfig::default()
+        };
+        let cuda = Encoder::load(&default_dir(), &cfg).unwrap();
+        let (want_items, want_users) = sample_outputs(&cpu);
+        let (items, users) = sample_outputs(&cuda);
+        let worst = items
+            .iter()
+            .zip(&want_items)
+            .chain(users[0].iter().zip(&want_users[0]))
+            .map(|(a, b)| cosine(a, b))
+            .fold(1.0, f32::min);
+        if cuda.device() == Device::Cpu {
+            eprintln!("no usable GPU: checked the CPU fallback");
+            assert_eq!((items, users), (want_items, want_users));
+        } else {
+            assert!(worst > 0.999, "GPU and CPU disagree: cosine {worst}");
+        }
+    }
+
+    #[test]
+    fn fp16_towers_agree_with_fp32() {
+        let dir = default_dir().with_file_name("reference-fp16");
+        let fp16 = Encoder::load(&dir, &EncoderConfig::default()).unwrap();
+        for (file, want) in &fp16.manifest().files {
+            let got = format!(
+                "{:x}",
+                Sha256::digest(std::fs::read(dir.join(file)).unwrap())
+            );
+            assert_eq!(&got, want, "{file} differs from the manifest's checksum");
+        }
+        let fp32 = Encoder::load(&default_dir(), &EncoderConfig::default()).unwrap();
+        let (items16, users16) = sample_outputs(&fp16);
+        let (items32, users32) = sample_outputs(&fp32);
+        let worst = items16
+            .iter()
+            .zip(&items32)
+            .chain(users16[0].iter().zip(&users32[0]))
+            .map(|(a, b)| cosine(a, b))
+            .fold(1.0, f32::min);
+        assert!(worst > 0.999, "fp16 towers drift from fp32: cosine {worst}");
     }
 }

@@ -57,6 +57,12 @@ impl IntoResponse for RouterError {
                 "encoder_unavailable",
                 e.to_string(),
             ),
+            Self::Encoder(EncoderError::Overloaded(m)) => HttpError::overloaded("overloaded", m, 1),
+            Self::Encoder(e @ EncoderError::DeadlineExceeded) => HttpError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                e.to_string(),
+            ),
             Self::Encoder(e) => HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoder_error",

@@ -111,7 +111,10 @@ pub async fn ingest_texts(
         ));
     }
     let texts = req.items.iter().map(|i| i.text.clone()).collect();
-    let vectors = state.encoder.encode_items(texts).await?;
+    let vectors = state
+        .encoder
+        .encode_items(texts, Some(started + state.cfg.write_timeout))
+        .await?;
     let points = req
         .items
         .into_iter()

@@ -30,6 +30,8 @@ pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds a client should wait before retrying (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -38,6 +40,15 @@ impl HttpError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A load-shedding answer: the server is fine, just full; retry after `secs`.
+    pub fn overloaded(code: &'static str, message: impl Into<String>, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
@@ -48,7 +59,8 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // Shed load is expected under overload; logging each refusal would add to it.
+        if self.status.is_server_error() && self.retry_after.is_none() {
             tracing::warn!(code = self.code, "{}", self.message);
         }
         let body = ErrorBody {
@@ -57,7 +69,13 @@ impl IntoResponse for HttpError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
