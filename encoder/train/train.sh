@@ -12,3 +12,5 @@ data=.redrec/train-data
 cargo run -q -- dataset synth --out "$data" --items 20000 --users 6000 --seed 7
 "$venv/bin/python" encoder/train/train.py --data "$data" --out models/reference \
   --command "encoder/train/train.sh $*" "$@"
+# The same towers in fp16 (float32 inputs and outputs), for GPUs.
+"$venv/bin/python" encoder/train/export_fp16.py models/reference models/reference-fp16
