@@ -171,6 +171,15 @@ fn per_query_merge_and_filters_hold_across_shards() {
         .iter()
         .any(|i| seen.contains(i["id"].as_str().unwrap())));
 
+    // A repeated call for the same user and history reuses the query vectors.
+    let again = json!({"user_id": "u-cache", "history": history, "scenario": "homefeed", "k": 10});
+    let (_, first) = post(&cluster.url("/v1/recommend"), &again);
+    let (_, second) = post(&cluster.url("/v1/recommend"), &again);
+    assert_eq!(first["history"]["cached"], false, "{first}");
+    assert_eq!(second["history"]["cached"], true, "{second}");
+    assert_eq!(first["items"], second["items"]);
+    assert_eq!(first["history"]["used"], second["history"]["used"]);
+
     // Delete and read back.
     let id = data.items[0]["id"].as_str().unwrap();
     let resp = http()

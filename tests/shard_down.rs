@@ -11,7 +11,8 @@ use support::*;
 
 #[test]
 fn partial_answers_within_the_deadline_and_no_false_acks() {
-    let mut cluster = Cluster::start(3, &["--deadline-ms", "600"]);
+    // No user cache: every call must look its history up on the shards.
+    let mut cluster = Cluster::start(3, &["--deadline-ms", "600", "--user-cache", "0"]);
     let data = synth(cluster.dir.path(), 1_200, 5, 9);
     ingest(&cluster, &data.items);
     let rec = cluster.url("/v1/recommend");

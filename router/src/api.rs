@@ -86,6 +86,9 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
+    /// Optional: keys the cache of query vectors together with the history.
+    #[serde(default)]
+    pub user_id: Option<String>,
     pub history: Vec<HistoryEvent>,
     /// The scenario recommended for; picks the query mixing.
     pub scenario: String,
@@ -135,6 +138,9 @@ pub struct HistoryReport {
     pub unknown: usize,
     /// Items on shards that did not answer in time: skipped.
     pub unavailable: usize,
+    /// The query vectors came from the cache (same user, history and towers recently).
+    #[serde(default)]
+    pub cached: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

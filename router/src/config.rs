@@ -16,6 +16,10 @@ pub struct RouterConfig {
     pub deadline: Duration,
     /// Time a write may wait for a shard before it is reported as failed.
     pub write_timeout: Duration,
+    /// Users whose query vectors are kept for repeated calls (0: no cache).
+    pub user_cache_capacity: u64,
+    /// How long cached query vectors stay valid.
+    pub user_cache_ttl: Duration,
 }
 
 impl Default for RouterConfig {
@@ -26,6 +30,8 @@ impl Default for RouterConfig {
             max_items_per_request: 1024,
             deadline: Duration::from_millis(1000),
             write_timeout: Duration::from_secs(10),
+            user_cache_capacity: 100_000,
+            user_cache_ttl: Duration::from_secs(60),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod merge;
 pub mod recommend;
 pub mod server;
 pub mod slots;
+pub mod user_cache;
 
 pub use config::RouterConfig;
 pub use server::{app, RouterState};

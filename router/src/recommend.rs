@@ -12,6 +12,7 @@ use crate::error::RouterError;
 use crate::fanout::{client_error, coverage, fan_out};
 use crate::merge;
 use crate::server::RouterState;
+use crate::user_cache::{CachedUser, UserCache};
 
 /// A request that passed validation, its history cut to what the tower reads.
 struct Plan {
@@ -174,15 +175,41 @@ pub async fn recommend(
     let deadline = started + state.cfg.deadline;
     let m = state.encoder.manifest();
     let mut plan = plan(&req, m, state.cfg.max_k)?;
-    // The lookup may use half the deadline: a hung shard must not leave the search no time.
-    let history = history_vectors(state, &mut plan, started + state.cfg.deadline / 2).await?;
-
-    let queries = state
-        .encoder
-        .encode_users(vec![history])
-        .await?
-        .pop()
-        .unwrap_or_default();
+    let key = UserCache::key(req.user_id.as_deref(), &plan.events, &m.model_version);
+    let queries = match state.users.get(key) {
+        Some(hit) => {
+            metrics::counter!("redrec_user_cache_total", "result" => "hit").increment(1);
+            plan.report = HistoryReport {
+                received: plan.report.received,
+                truncated: plan.report.truncated,
+                cached: true,
+                ..hit.report
+            };
+            hit.queries
+        }
+        None => {
+            metrics::counter!("redrec_user_cache_total", "result" => "miss").increment(1);
+            // The lookup may use half the deadline: a hung shard must not leave the
+            // search no time.
+            let history =
+                history_vectors(state, &mut plan, started + state.cfg.deadline / 2).await?;
+            // The user tower may run until three quarters of it: the search needs the rest.
+            let queries = state
+                .encoder
+                .encode_users(vec![history], Some(started + state.cfg.deadline * 3 / 4))
+                .await?
+                .pop()
+                .unwrap_or_default();
+            if plan.report.unavailable == 0 {
+                let entry = CachedUser {
+                    queries: queries.clone(),
+                    report: plan.report.clone(),
+                };
+                state.users.insert(key, entry);
+            }
+            queries
+        }
+    };
     let active: Vec<Vec<f32>> = plan
         .queries
         .iter()
@@ -301,6 +328,7 @@ mod tests {
 
     fn req(history: Vec<(&str, &str, Option<i64>)>, scenario: &str, k: usize) -> RecommendRequest {
         RecommendRequest {
+            user_id: None,
             history: history
                 .into_iter()
                 .map(|(id, s, ts)| HistoryEvent {

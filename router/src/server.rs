@@ -21,12 +21,25 @@ use crate::cluster::Cluster;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::slots::SLOTS;
+use crate::user_cache::UserCache;
 use crate::{ingest, recommend};
 
 pub struct RouterInner {
     pub encoder: EncoderHandle,
     pub cluster: Cluster,
     pub cfg: RouterConfig,
+    pub users: UserCache,
+}
+
+impl RouterInner {
+    pub fn new(encoder: EncoderHandle, cluster: Cluster, cfg: RouterConfig) -> Self {
+        Self {
+            users: UserCache::new(cfg.user_cache_capacity, cfg.user_cache_ttl),
+            encoder,
+            cluster,
+            cfg,
+        }
+    }
 }
 
 pub type RouterState = Arc<RouterInner>;
