@@ -2,28 +2,67 @@
 # Installs what redrec needs at run time that cargo does not build: ONNX Runtime's shared
 # library, taken from PyPI's pinned `onnxruntime` wheel and unpacked into .redrec/lib
 # (or $REDREC_ORT_DIR). Nothing is downloaded at run time. Safe to run again.
+#
+#   scripts/setup.sh           CPU library (what the demo and the tests use)
+#   scripts/setup.sh --gpu     the library from `onnxruntime-gpu`, with its CUDA provider
+#                              (for builds with `--features cuda`; CUDA and cuDNN come from
+#                              the host or from PyPI's nvidia-* wheels)
+#   scripts/setup.sh --bench   also a Python with numpy and onnxruntime in .redrec/bench-venv,
+#                              the raw baseline of `redrec bench encoder`
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=${REDREC_ORT_VERSION:-1.32.0}
-lib=${REDREC_ORT_DIR:-.redrec/lib}
-if [ -f "$lib/libonnxruntime.so" ] && [ "$(cat "$lib/VERSION" 2>/dev/null)" = "$version" ]; then
-  exit 0
+gpu=0
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    --bench) bench=1 ;;
+    *) echo "unknown option $arg (--gpu, --bench)" >&2; exit 2 ;;
+  esac
+done
+if [ "$gpu" = 1 ]; then
+  package=onnxruntime-gpu
+  version=${REDREC_ORT_VERSION:-1.31.1}
+else
+  package=onnxruntime
+  version=${REDREC_ORT_VERSION:-1.32.0}
 fi
-wheels=$(mktemp -d)
-trap 'rm -rf "$wheels"' EXIT
-python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-  --dest "$wheels" "onnxruntime==$version"
-mkdir -p "$lib"
-python3 - "$lib" "$wheels"/onnxruntime-*.whl <<'PY'
+lib=${REDREC_ORT_DIR:-.redrec/lib}
+
+if [ -f "$lib/libonnxruntime.so" ] && [ "$(cat "$lib/VERSION" 2>/dev/null)" = "$package $version" ]; then
+  echo "ONNX Runtime ($package $version) already in $lib"
+else
+  wheels=$(mktemp -d)
+  trap 'rm -rf "$wheels"' EXIT
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --dest "$wheels" "$package==$version"
+  mkdir -p "$lib"
+  rm -f "$lib"/libonnxruntime*.so*
+  python3 - "$lib" "$wheels"/onnxruntime*.whl <<'PY'
 import os, shutil, sys, zipfile
 lib, wheel = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
-    libs = [n for n in z.namelist() if n.startswith("onnxruntime/capi/libonnxruntime.so")]
-    if not libs:
+    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/libonnxruntime")]
+    main = [n for n in names if os.path.basename(n).startswith("libonnxruntime.so")]
+    if not main:
         sys.exit(f"no libonnxruntime.so in {wheel}")
-    for name in libs:
-        with z.open(name) as src, open(os.path.join(lib, "libonnxruntime.so"), "wb") as dst:
+    for name in names:
+        base = os.path.basename(name)
+        # The main library under its plain name; providers (CUDA, shared) as they are.
+        target = "libonnxruntime.so" if name in main else base
+        with z.open(name) as src, open(os.path.join(lib, target), "wb") as dst:
             shutil.copyfileobj(src, dst)
 PY
-echo "$version" > "$lib/VERSION"
-echo "ONNX Runtime $version installed in $lib"
+  echo "$package $version" > "$lib/VERSION"
+  echo "ONNX Runtime ($package $version) installed in $lib"
+fi
+
+if [ "$bench" = 1 ]; then
+  venv=.redrec/bench-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "onnxruntime==${REDREC_BENCH_ORT_VERSION:-1.32.0}" numpy
+  echo "benchmark Python ready: $venv/bin/python"
+fi

@@ -1,5 +1,6 @@
 //! The `redrec` binary: one executable, the role chosen by subcommand.
 
+mod bench;
 mod dataset;
 mod demo;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use redrec_encoder::{Encoder, EncoderClient, EncoderConfig, EncoderHandle};
+use redrec_encoder::{
+    BatchConfig, Device, Encoder, EncoderClient, EncoderConfig, EncoderHandle, Towers,
+};
 use redrec_router::cluster::Cluster;
 use redrec_router::server::RouterInner;
 use redrec_router::RouterConfig;
@@ -41,6 +44,16 @@ enum Command {
     /// Datasets for training and evaluation.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Benchmarks, each against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Tower throughput and latency, in-process and over HTTP, with and without dynamic
+    /// batching, against raw onnxruntime in Python at equal batch sizes.
+    Encoder(bench::EncoderBenchArgs),
 }
 
 #[derive(Args)]
@@ -61,26 +74,80 @@ pub struct TowerArgs {
     /// Directory holding manifest.json and the towers (default: the reference towers).
     #[arg(long, env = "REDREC_MODELS")]
     models: Option<PathBuf>,
-    /// ONNX Runtime sessions per tower.
+    /// ONNX Runtime sessions per tower, each with its own batch worker (default: from the cores).
     #[arg(long, env = "REDREC_ENCODER_SESSIONS")]
     sessions: Option<usize>,
-    /// Threads per session run.
+    /// Threads per session run (default: cores / sessions).
     #[arg(long, env = "REDREC_ENCODER_THREADS")]
     intra_threads: Option<usize>,
+    /// Where the towers run: cpu, or cuda (needs the `cuda` feature; falls back to the CPU).
+    #[arg(long, env = "REDREC_DEVICE", default_value = "cpu")]
+    device: Device,
+    /// Run each request alone instead of batching concurrent ones.
+    #[arg(long, env = "REDREC_NO_BATCHING")]
+    no_batching: bool,
+    /// Most rows (texts or users) in one batch.
+    #[arg(long, env = "REDREC_MAX_BATCH", default_value_t = BatchConfig::default().max_batch)]
+    max_batch: usize,
+    /// Most padded positions (rows × length) in one batch.
+    #[arg(long, env = "REDREC_MAX_BATCH_TOKENS", default_value_t = BatchConfig::default().max_tokens)]
+    max_batch_tokens: usize,
+    /// Longest a request waits for others to share its batch, in microseconds.
+    #[arg(long, env = "REDREC_MAX_WAIT_US", default_value_t = BatchConfig::default().max_wait.as_micros() as u64)]
+    max_wait_us: u64,
+    /// Most rows queued per tower; past it requests are refused with 503 and Retry-After.
+    #[arg(long, env = "REDREC_QUEUE_ROWS", default_value_t = BatchConfig::default().queue_rows)]
+    queue_rows: usize,
 }
 
 impl TowerArgs {
-    fn load(&self) -> Result<Encoder> {
-        let dir = self
-            .models
+    fn model_dir(&self) -> PathBuf {
+        self.models
             .clone()
-            .unwrap_or_else(redrec_encoder::manifest::default_dir);
-        let defaults = EncoderConfig::default();
+            .unwrap_or_else(redrec_encoder::manifest::default_dir)
+    }
+
+    fn intra_threads_for(&self, sessions: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.intra_threads.unwrap_or((cores / sessions).max(1))
+    }
+
+    fn load(&self) -> Result<Encoder> {
+        let dir = self.model_dir();
+        let sessions = self
+            .sessions
+            .unwrap_or(EncoderConfig::default().sessions)
+            .max(1);
         let cfg = EncoderConfig {
-            sessions: self.sessions.unwrap_or(defaults.sessions),
-            intra_threads: self.intra_threads.unwrap_or(defaults.intra_threads),
+            sessions,
+            intra_threads: self.intra_threads_for(sessions),
+            device: self.device,
         };
         Encoder::load(&dir, &cfg).with_context(|| format!("loading towers from {}", dir.display()))
+    }
+
+    fn batching(&self) -> BatchConfig {
+        BatchConfig {
+            enabled: !self.no_batching,
+            max_batch: self.max_batch.max(1),
+            max_tokens: self.max_batch_tokens.max(1),
+            max_wait: Duration::from_micros(self.max_wait_us),
+            queue_rows: self.queue_rows.max(1),
+            ..BatchConfig::default()
+        }
+    }
+
+    /// Loads the towers (blocking work, off the async threads) and starts their batchers.
+    async fn start(&self) -> Result<Arc<Towers>> {
+        let args = self.clone();
+        let encoder = tokio::task::spawn_blocking(move || args.load()).await??;
+        tracing::info!(
+            model_version = %encoder.manifest().model_version,
+            device = ?encoder.device(),
+            sessions = encoder.sessions(),
+            "towers loaded"
+        );
+        Ok(Arc::new(Towers::new(Arc::new(encoder), self.batching())))
     }
 }
 
@@ -116,6 +183,12 @@ struct RouterArgs {
     /// Most items per ingest request.
     #[arg(long, env = "REDREC_MAX_ITEMS", default_value_t = 1024)]
     max_items: usize,
+    /// Users whose query vectors are cached for repeated calls (0 turns the cache off).
+    #[arg(long, env = "REDREC_USER_CACHE", default_value_t = 100_000)]
+    user_cache: u64,
+    /// Seconds cached query vectors stay valid.
+    #[arg(long, env = "REDREC_USER_CACHE_TTL_S", default_value_t = 60)]
+    user_cache_ttl_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -159,15 +232,8 @@ async fn run_shard(a: ShardArgs) -> Result<()> {
 }
 
 async fn run_encoder(a: EncoderArgs) -> Result<()> {
-    let towers = a.towers.clone();
-    let encoder = tokio::task::spawn_blocking(move || towers.load()).await??;
-    tracing::info!(model_version = %encoder.manifest().model_version, "towers loaded");
-    redrec_wire::serve(
-        "encoder",
-        a.listen,
-        redrec_encoder::server::router(Arc::new(encoder)),
-    )
-    .await?;
+    let towers = a.towers.start().await?;
+    redrec_wire::serve("encoder", a.listen, redrec_encoder::server::router(towers)).await?;
     Ok(())
 }
 
@@ -179,25 +245,22 @@ async fn run_router(a: RouterArgs) -> Result<()> {
                 .await
                 .context("connecting to the encoder")?,
         ),
-        None => {
-            let towers = a.towers.clone();
-            EncoderHandle::Local(Arc::new(
-                tokio::task::spawn_blocking(move || towers.load()).await??,
-            ))
-        }
+        None => EncoderHandle::Local(a.towers.start().await?),
     };
     let cfg = RouterConfig {
         max_k: a.max_k,
         max_body_bytes: a.max_body_bytes,
         max_items_per_request: a.max_items,
         deadline: Duration::from_millis(a.deadline_ms),
+        user_cache_capacity: a.user_cache,
+        user_cache_ttl: Duration::from_secs(a.user_cache_ttl_s),
         ..Default::default()
     };
-    let state = Arc::new(RouterInner {
+    let state = Arc::new(RouterInner::new(
         encoder,
-        cluster: Cluster::fixed(&a.shards, http),
+        Cluster::fixed(&a.shards, http),
         cfg,
-    });
+    ));
     redrec_wire::serve("router", a.listen, redrec_router::app(state)).await?;
     Ok(())
 }
@@ -216,6 +279,7 @@ async fn main() -> Result<()> {
         Command::Shard(a) => run_shard(a).await,
         Command::Encoder(a) => run_encoder(a).await,
         Command::Router(a) => run_router(a).await,
+        Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Dataset(DatasetCommand::Synth(a)) => {
             let cfg = dataset::SynthConfig {
                 items: a.items,

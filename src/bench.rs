@@ -1,0 +1,472 @@
+//! `redrec bench encoder`: throughput and latency of the towers, in-process and over HTTP,
+//! against baselines measured in the same run: the same ONNX files through raw
+//! `onnxruntime` in Python at the same batch sizes, and redrec with batching disabled.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use redrec_encoder::{BatchConfig, Encoder, EncoderClient, EncoderHandle, Towers, UserHistory};
+use serde::Serialize;
+
+use crate::dataset::Catalogue;
+use crate::TowerArgs;
+
+#[derive(Args, Clone)]
+pub struct EncoderBenchArgs {
+    #[command(flatten)]
+    towers: TowerArgs,
+    /// Seconds each measurement runs (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Batch sizes of the equal-batch comparison with raw onnxruntime.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    batch_sizes: Vec<usize>,
+    /// Concurrent single-row requests of the batching comparison.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Events per user history.
+    #[arg(long, default_value_t = 32)]
+    history: usize,
+    /// Which towers to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "users,items")]
+    tower: Vec<Tower>,
+    /// Python with numpy and onnxruntime for the raw baseline (scripts/setup.sh --bench
+    /// installs one); without it that baseline is skipped and the report says so.
+    #[arg(long, env = "REDREC_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Also print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Tower {
+    Users,
+    Items,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Measurement {
+    tower: Tower,
+    setup: String,
+    batch: usize,
+    concurrency: usize,
+    rows_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    sessions: usize,
+    intra_threads: usize,
+    model_version: String,
+    measurements: Vec<Measurement>,
+    ratios: Vec<(String, f64)>,
+    notes: Vec<String>,
+}
+
+/// Inputs shared by every setup: real item texts, and histories of their vectors.
+struct Workload {
+    texts: Vec<String>,
+    users: Vec<UserHistory>,
+}
+
+impl Workload {
+    fn build(encoder: &Encoder, history: usize) -> Result<Self> {
+        let cat = Catalogue::generate(4000, 11)?;
+        let texts: Vec<String> = cat.items.into_iter().map(|i| i.text).collect();
+        let vectors = encoder.encode_items(&texts[..2000])?;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let scenarios = encoder.manifest().scenarios.len() as i64;
+        let users = (0..512)
+            .map(|_| UserHistory {
+                vectors: (0..history)
+                    .map(|_| vectors.choose(&mut rng).cloned().unwrap_or_default())
+                    .collect(),
+                scenarios: (0..history)
+                    .map(|_| rng.random_range(0..scenarios))
+                    .collect(),
+            })
+            .collect();
+        Ok(Self { texts, users })
+    }
+
+    fn texts(&self, rng: &mut ChaCha8Rng, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| self.texts.choose(rng).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    fn users(&self, rng: &mut ChaCha8Rng, n: usize) -> Vec<UserHistory> {
+        (0..n)
+            .map(|_| self.users.choose(rng).cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// Runs `concurrency` loops of requests of `batch` rows for `seconds` after a warm-up.
+async fn drive(
+    handle: &EncoderHandle,
+    work: &Arc<Workload>,
+    tower: Tower,
+    batch: usize,
+    concurrency: usize,
+    seconds: f64,
+) -> Result<(f64, Histogram<u64>, u64)> {
+    let warmup = Duration::from_secs_f64(seconds / 5.0);
+    let measure = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let (handle, work, stop) = (handle.clone(), work.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(c as u64);
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                let (mut rows, mut errors) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let ok = match tower {
+                        Tower::Users => {
+                            let users = work.users(&mut rng, batch);
+                            handle.encode_users(users, None).await.is_ok()
+                        }
+                        Tower::Items => {
+                            let texts = work.texts(&mut rng, batch);
+                            handle.encode_items(texts, None).await.is_ok()
+                        }
+                    };
+                    if t0 < start + warmup {
+                        continue;
+                    }
+                    if ok {
+                        rows += batch as u64;
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (rows, hist, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(warmup + measure).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut rows, mut errors) = (0u64, 0u64);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        let (r, h, e) = t.await?;
+        rows += r;
+        errors += e;
+        hist.add(h)?;
+    }
+    // The last requests end after `stop`; count the time they took.
+    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    Ok((rows as f64 / elapsed, hist, errors))
+}
+
+fn measurement(
+    tower: Tower,
+    setup: &str,
+    batch: usize,
+    concurrency: usize,
+    (rows_per_s, hist, errors): (f64, Histogram<u64>, u64),
+) -> Measurement {
+    let m = Measurement {
+        tower,
+        setup: setup.into(),
+        batch,
+        concurrency,
+        rows_per_s,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    };
+    eprintln!(
+        "  {:<6} {:<34} batch {:>4} × {:>3} concurrent: {:>9.0} rows/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+        format!("{tower:?}").to_lowercase(),
+        setup,
+        batch,
+        concurrency,
+        m.rows_per_s,
+        m.p50_ms,
+        m.p99_ms,
+        if errors > 0 {
+            format!("  ({errors} errors)")
+        } else {
+            String::new()
+        }
+    );
+    m
+}
+
+/// An encoder HTTP server in this process, on a free loopback port.
+async fn serve(towers: Arc<Towers>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = redrec_encoder::server::router(towers);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+fn default_python() -> Option<PathBuf> {
+    let here = std::env::current_dir().ok()?;
+    here.ancestors()
+        .map(|d| d.join(".redrec/bench-venv/bin/python"))
+        .find(|p| p.exists())
+}
+
+#[derive(serde::Deserialize)]
+struct PyResult {
+    rows_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn python_baseline(
+    python: &Path,
+    model: &Path,
+    tower: Tower,
+    batch: usize,
+    len: usize,
+    threads: usize,
+    vocab: usize,
+    seconds: f64,
+) -> Result<PyResult> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--model", &model.to_string_lossy()])
+        .args([
+            "--tower",
+            if tower == Tower::Users {
+                "users"
+            } else {
+                "items"
+            },
+        ])
+        .args(["--batch", &batch.to_string(), "--len", &len.to_string()])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--vocab",
+            &vocab.to_string(),
+        ])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--warmup", &(seconds / 5.0).to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores available")
+}
+
+pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
+    let base = a.towers.start().await?;
+    let encoder = base.encoder().clone();
+    drop(base);
+    let m = encoder.manifest().clone();
+    let dir = a.towers.model_dir();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let work = Arc::new({
+        let e = encoder.clone();
+        let history = a.history;
+        tokio::task::spawn_blocking(move || Workload::build(&e, history)).await??
+    });
+    let mut report = Report {
+        machine: machine(),
+        sessions: encoder.sessions(),
+        intra_threads: a.towers.intra_threads_for(encoder.sessions()),
+        model_version: m.model_version.clone(),
+        measurements: Vec::new(),
+        ratios: Vec::new(),
+        notes: Vec::new(),
+    };
+    eprintln!(
+        "redrec bench encoder: {} · {} sessions × {} threads · towers {}",
+        report.machine, report.sessions, report.intra_threads, m.model_version
+    );
+    let python = a.python.clone().or_else(default_python);
+    if python.is_none() {
+        report.notes.push(
+            "raw onnxruntime baseline skipped: no Python found (scripts/setup.sh --bench)".into(),
+        );
+    }
+    let batching = a.towers.batching();
+    let unbatched = BatchConfig {
+        enabled: false,
+        ..batching.clone()
+    };
+    let sessions = encoder.sessions();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let vocab = 1000;
+
+    for &tower in &a.tower {
+        // Equal batch sizes: as many requests in flight as sessions, each one batch.
+        eprintln!("{tower:?} tower, equal batch sizes:");
+        for &b in &a.batch_sizes {
+            let towers = Arc::new(Towers::new(encoder.clone(), unbatched.clone()));
+            let local = EncoderHandle::Local(towers.clone());
+            let r = drive(&local, &work, tower, b, sessions, a.seconds).await?;
+            let ours = measurement(tower, "redrec in-process", b, sessions, r);
+            let (addr, server) = serve(towers.clone()).await?;
+            let remote = EncoderHandle::Remote(
+                EncoderClient::connect(
+                    &format!("http://{addr}"),
+                    http.clone(),
+                    Duration::from_secs(30),
+                )
+                .await?,
+            );
+            let r = drive(&remote, &work, tower, b, sessions, a.seconds).await?;
+            let over_http = measurement(tower, "redrec over HTTP", b, sessions, r);
+            server.abort();
+            if let Some(py) = &python {
+                let (model, len) = match tower {
+                    Tower::Users => (dir.join(&m.user_tower.file), a.history.min(m.max_history)),
+                    Tower::Items => (
+                        dir.join(&m.item_tower.file),
+                        padded_len(&encoder, &work, b)?,
+                    ),
+                };
+                let secs = a.seconds;
+                let py = py.clone();
+                let raw = tokio::task::spawn_blocking(move || {
+                    python_baseline(&py, &model, tower, b, len, cores, vocab, secs)
+                })
+                .await?;
+                match raw {
+                    Ok(raw) => {
+                        let setup = format!("raw onnxruntime (Python, {cores} threads)");
+                        eprintln!(
+                            "  {:<6} {:<34} batch {:>4} ×   1 concurrent: {:>9.0} rows/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                            format!("{tower:?}").to_lowercase(),
+                            setup,
+                            b,
+                            raw.rows_per_s,
+                            raw.p50_ms,
+                            raw.p99_ms
+                        );
+                        report.ratios.push((
+                            format!("{tower:?} batch {b}: redrec in-process / raw onnxruntime")
+                                .to_lowercase(),
+                            ours.rows_per_s / raw.rows_per_s,
+                        ));
+                        report.ratios.push((
+                            format!("{tower:?} batch {b}: redrec over HTTP / raw onnxruntime")
+                                .to_lowercase(),
+                            over_http.rows_per_s / raw.rows_per_s,
+                        ));
+                        report.measurements.push(Measurement {
+                            tower,
+                            setup,
+                            batch: b,
+                            concurrency: 1,
+                            rows_per_s: raw.rows_per_s,
+                            p50_ms: raw.p50_ms,
+                            p99_ms: raw.p99_ms,
+                            errors: 0,
+                        });
+                    }
+                    Err(e) => report
+                        .notes
+                        .push(format!("raw onnxruntime baseline failed: {e}")),
+                }
+            }
+            report.measurements.push(ours);
+            report.measurements.push(over_http);
+        }
+
+        // Many concurrent single-row requests: dynamic batching against none.
+        let c = a.concurrency;
+        eprintln!("{tower:?} tower, {c} concurrent single-row requests:");
+        let mut by_setup = Vec::new();
+        for (name, cfg) in [("batching", &batching), ("no batching", &unbatched)] {
+            let towers = Arc::new(Towers::new(encoder.clone(), cfg.clone()));
+            let local = EncoderHandle::Local(towers.clone());
+            let r = drive(&local, &work, tower, 1, c, a.seconds).await?;
+            let inproc = measurement(tower, &format!("redrec in-process, {name}"), 1, c, r);
+            let (addr, server) = serve(towers.clone()).await?;
+            let remote = EncoderHandle::Remote(
+                EncoderClient::connect(
+                    &format!("http://{addr}"),
+                    http.clone(),
+                    Duration::from_secs(30),
+                )
+                .await?,
+            );
+            let r = drive(&remote, &work, tower, 1, c, a.seconds).await?;
+            let over_http = measurement(tower, &format!("redrec over HTTP, {name}"), 1, c, r);
+            server.abort();
+            by_setup.push((inproc.rows_per_s, over_http.rows_per_s));
+            report.measurements.push(inproc);
+            report.measurements.push(over_http);
+        }
+        report.ratios.push((
+            format!("{tower:?} {c} concurrent: batching / no batching, in-process").to_lowercase(),
+            by_setup[0].0 / by_setup[1].0,
+        ));
+        report.ratios.push((
+            format!("{tower:?} {c} concurrent: batching / no batching, over HTTP").to_lowercase(),
+            by_setup[0].1 / by_setup[1].1,
+        ));
+    }
+
+    println!("\nratios (same run):");
+    for (name, r) in &report.ratios {
+        println!("  {name:<62} {r:>6.2}×");
+    }
+    for n in &report.notes {
+        println!("  note: {n}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// Mean padded length of item batches of `b` random texts, so the raw baseline runs
+/// inputs of the shape redrec's batches had.
+fn padded_len(encoder: &Encoder, work: &Workload, b: usize) -> Result<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut total = 0;
+    let rounds = 50;
+    for _ in 0..rounds {
+        let tokens = encoder.tokenize(&work.texts(&mut rng, b))?;
+        total += tokens.iter().map(Vec::len).max().unwrap_or(1);
+    }
+    Ok((total as f64 / rounds as f64).round().max(1.0) as usize)
+}
