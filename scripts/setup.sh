@@ -63,6 +63,6 @@ if [ "$bench" = 1 ]; then
     python3 -m venv "$venv"
   fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "onnxruntime==${REDREC_BENCH_ORT_VERSION:-1.32.0}" numpy
+    "onnxruntime==${REDREC_BENCH_ORT_VERSION:-1.32.0}" numpy "tokenizers==0.23.3"
   echo "benchmark Python ready: $venv/bin/python"
 fi

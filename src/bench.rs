@@ -238,40 +238,45 @@ struct PyResult {
     p99_ms: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn python_baseline(
-    python: &Path,
-    model: &Path,
+/// One raw-onnxruntime measurement; `items` is the tokenizer and a file of texts.
+struct PyRun<'a> {
+    python: &'a Path,
+    model: PathBuf,
     tower: Tower,
     batch: usize,
     len: usize,
     threads: usize,
-    vocab: usize,
+    items: Option<(PathBuf, PathBuf)>,
     seconds: f64,
-) -> Result<PyResult> {
+}
+
+fn python_baseline(r: PyRun<'_>) -> Result<PyResult> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(["--model", &model.to_string_lossy()])
+    let mut cmd = std::process::Command::new(r.python);
+    cmd.arg(&script)
+        .arg("--model")
+        .arg(&r.model)
         .args([
             "--tower",
-            if tower == Tower::Users {
+            if r.tower == Tower::Users {
                 "users"
             } else {
                 "items"
             },
         ])
-        .args(["--batch", &batch.to_string(), "--len", &len.to_string()])
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--vocab",
-            &vocab.to_string(),
-        ])
-        .args(["--seconds", &seconds.to_string()])
-        .args(["--warmup", &(seconds / 5.0).to_string()])
+        .args(["--batch", &r.batch.to_string(), "--len", &r.len.to_string()])
+        .args(["--threads", &r.threads.to_string()])
+        .args(["--seconds", &r.seconds.to_string()])
+        .args(["--warmup", &(r.seconds / 5.0).to_string()]);
+    if let Some((tokenizer, texts)) = &r.items {
+        cmd.arg("--tokenizer")
+            .arg(tokenizer)
+            .arg("--texts")
+            .arg(texts);
+    }
+    let out = cmd
         .output()
-        .with_context(|| format!("running {}", python.display()))?;
+        .with_context(|| format!("running {}", r.python.display()))?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -332,7 +337,15 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let vocab = 1000;
+    // The texts the item tower reads, for the raw baseline to tokenize as redrec does.
+    let texts_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(texts_file.path(), work.texts.join("\n"))?;
+    let tokenizer = dir.join(
+        m.item_tower
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| "tokenizer.json".into()),
+    );
 
     for &tower in &a.tower {
         // Equal batch sizes: as many requests in flight as sessions, each one batch.
@@ -355,19 +368,24 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
             let over_http = measurement(tower, "redrec over HTTP", b, sessions, r);
             server.abort();
             if let Some(py) = &python {
-                let (model, len) = match tower {
-                    Tower::Users => (dir.join(&m.user_tower.file), a.history.min(m.max_history)),
-                    Tower::Items => (
-                        dir.join(&m.item_tower.file),
-                        padded_len(&encoder, &work, b)?,
-                    ),
+                let run = PyRun {
+                    python: py,
+                    model: match tower {
+                        Tower::Users => dir.join(&m.user_tower.file),
+                        Tower::Items => dir.join(&m.item_tower.file),
+                    },
+                    tower,
+                    batch: b,
+                    len: match tower {
+                        Tower::Users => a.history.min(m.max_history),
+                        Tower::Items => m.max_tokens,
+                    },
+                    threads: cores,
+                    items: (tower == Tower::Items)
+                        .then(|| (tokenizer.clone(), texts_file.path().to_path_buf())),
+                    seconds: a.seconds,
                 };
-                let secs = a.seconds;
-                let py = py.clone();
-                let raw = tokio::task::spawn_blocking(move || {
-                    python_baseline(&py, &model, tower, b, len, cores, vocab, secs)
-                })
-                .await?;
+                let raw = tokio::task::block_in_place(|| python_baseline(run));
                 match raw {
                     Ok(raw) => {
                         let setup = format!("raw onnxruntime (Python, {cores} threads)");
@@ -456,17 +474,4 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
-}
-
-/// Mean padded length of item batches of `b` random texts, so the raw baseline runs
-/// inputs of the shape redrec's batches had.
-fn padded_len(encoder: &Encoder, work: &Workload, b: usize) -> Result<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let mut total = 0;
-    let rounds = 50;
-    for _ in 0..rounds {
-        let tokens = encoder.tokenize(&work.texts(&mut rng, b))?;
-        total += tokens.iter().map(Vec::len).max().unwrap_or(1);
-    }
-    Ok((total as f64 / rounds as f64).round().max(1.0) as usize)
 }

@@ -101,11 +101,15 @@ pub fn usable_device(wanted: Device) -> Device {
     }
 }
 
-/// Registers the device's execution provider on a session builder. CUDA registration
-/// failing (no GPU, missing CUDA libraries) leaves the session on the CPU, with a log line.
-pub fn with_device(builder: SessionBuilder, device: Device) -> Result<SessionBuilder, String> {
+/// Registers the device's execution provider on a session builder, and says where the
+/// session will run. CUDA registration failing (no GPU, missing CUDA libraries) leaves the
+/// session on the CPU, with a log line.
+pub fn with_device(
+    builder: SessionBuilder,
+    device: Device,
+) -> Result<(SessionBuilder, Device), String> {
     match device {
-        Device::Cpu => Ok(builder),
+        Device::Cpu => Ok((builder, Device::Cpu)),
         #[cfg(feature = "cuda")]
         Device::Cuda => {
             let cuda = ort::ep::CUDA::default()
@@ -113,17 +117,14 @@ pub fn with_device(builder: SessionBuilder, device: Device) -> Result<SessionBui
                 .build()
                 .error_on_failure();
             match builder.with_execution_providers([cuda]) {
-                Ok(b) => {
-                    tracing::info!("towers run on CUDA device 0");
-                    Ok(b)
-                }
+                Ok(b) => Ok((b, Device::Cuda)),
                 Err(e) => {
                     tracing::warn!("CUDA execution provider unusable ({e}); running on the CPU");
-                    Ok(e.recover())
+                    Ok((e.recover(), Device::Cpu))
                 }
             }
         }
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Ok(builder),
+        Device::Cuda => Ok((builder, Device::Cpu)),
     }
 }

@@ -77,7 +77,9 @@ struct Pool {
 impl Pool {
     fn load(path: &Path, cfg: &EncoderConfig) -> Result<(Self, Device), EncoderError> {
         let env = runtime::environment()?;
-        let device = runtime::usable_device(cfg.device);
+        let wanted = runtime::usable_device(cfg.device);
+        // Where the sessions really run: the CPU as soon as one of them could not use CUDA.
+        let device = std::cell::Cell::new(wanted);
         let open = || -> Result<Session, String> {
             let e = |e: &dyn std::fmt::Display| e.to_string();
             let builder = Session::builder(&env)
@@ -86,7 +88,10 @@ impl Pool {
                 .map_err(|x| e(&x))?
                 .with_inter_threads(1)
                 .map_err(|x| e(&x))?;
-            let mut builder = runtime::with_device(builder, device)?;
+            let (mut builder, got) = runtime::with_device(builder, wanted)?;
+            if got == Device::Cpu {
+                device.set(Device::Cpu);
+            }
             builder.commit_from_file(path).map_err(|x| e(&x))
         };
         let sessions = (0..cfg.sessions.max(1))
@@ -98,7 +103,7 @@ impl Pool {
                 sessions,
                 next: AtomicUsize::new(0),
             },
-            device,
+            device.get(),
         ))
     }
 
@@ -187,8 +192,13 @@ impl Encoder {
             .unwrap_or_else(|| "tokenizer.json".into());
         let tokenizer = Tokenizer::from_file(dir.join(&tok_file))
             .map_err(|e| EncoderError::Model(format!("{}: {e}", dir.join(&tok_file).display())))?;
-        let (items, device) = Pool::load(&dir.join(&manifest.item_tower.file), cfg)?;
-        let (users, _) = Pool::load(&dir.join(&manifest.user_tower.file), cfg)?;
+        let (items, item_device) = Pool::load(&dir.join(&manifest.item_tower.file), cfg)?;
+        let (users, user_device) = Pool::load(&dir.join(&manifest.user_tower.file), cfg)?;
+        let device = if item_device == user_device {
+            item_device
+        } else {
+            Device::Cpu
+        };
         let encoder = Self {
             manifest,
             tokenizer,
