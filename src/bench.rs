@@ -2,7 +2,6 @@
 //! against baselines measured in the same run: the same ONNX files through raw
 //! `onnxruntime` in Python at the same batch sizes, and redrec with batching disabled.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -213,15 +212,24 @@ fn measurement(
     m
 }
 
-/// An encoder HTTP server in this process, on a free loopback port.
-async fn serve(towers: Arc<Towers>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// An encoder HTTP server in this process, on a free loopback port, and a client of it.
+async fn serve(
+    towers: Arc<Towers>,
+    http: &reqwest::Client,
+) -> Result<(EncoderHandle, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = redrec_encoder::server::router(towers);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((addr, task))
+    let client = EncoderClient::connect(
+        &format!("http://{addr}"),
+        http.clone(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok((EncoderHandle::Remote(client), task))
 }
 
 fn default_python() -> Option<PathBuf> {
@@ -355,15 +363,7 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
             let local = EncoderHandle::Local(towers.clone());
             let r = drive(&local, &work, tower, b, sessions, a.seconds).await?;
             let ours = measurement(tower, "redrec in-process", b, sessions, r);
-            let (addr, server) = serve(towers.clone()).await?;
-            let remote = EncoderHandle::Remote(
-                EncoderClient::connect(
-                    &format!("http://{addr}"),
-                    http.clone(),
-                    Duration::from_secs(30),
-                )
-                .await?,
-            );
+            let (remote, server) = serve(towers.clone(), &http).await?;
             let r = drive(&remote, &work, tower, b, sessions, a.seconds).await?;
             let over_http = measurement(tower, "redrec over HTTP", b, sessions, r);
             server.abort();
@@ -437,15 +437,7 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
             let local = EncoderHandle::Local(towers.clone());
             let r = drive(&local, &work, tower, 1, c, a.seconds).await?;
             let inproc = measurement(tower, &format!("redrec in-process, {name}"), 1, c, r);
-            let (addr, server) = serve(towers.clone()).await?;
-            let remote = EncoderHandle::Remote(
-                EncoderClient::connect(
-                    &format!("http://{addr}"),
-                    http.clone(),
-                    Duration::from_secs(30),
-                )
-                .await?,
-            );
+            let (remote, server) = serve(towers.clone(), &http).await?;
             let r = drive(&remote, &work, tower, 1, c, a.seconds).await?;
             let over_http = measurement(tower, &format!("redrec over HTTP, {name}"), 1, c, r);
             server.abort();

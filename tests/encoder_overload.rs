@@ -33,27 +33,26 @@ fn heavy_request(users: usize) -> Value {
     json!({ "users": vec![user; users] })
 }
 
+/// An encoder process with one single-thread session per tower, plus `extra` flags.
+fn one_session_encoder(dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "encoder",
+        "--listen",
+        "127.0.0.1:0",
+        "--sessions",
+        "1",
+        "--intra-threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn("encoder", &args, dir)
+}
+
 #[test]
 fn past_capacity_the_encoder_sheds_load_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     // One session, small batches and a queue of 64 rows: capacity is easy to pass.
-    let mut encoder = Proc::spawn(
-        "encoder",
-        &[
-            "encoder",
-            "--listen",
-            "127.0.0.1:0",
-            "--sessions",
-            "1",
-            "--intra-threads",
-            "1",
-            "--max-batch",
-            "8",
-            "--queue-rows",
-            "64",
-        ],
-        dir.path(),
-    );
+    let mut encoder = one_session_encoder(dir.path(), &["--max-batch", "8", "--queue-rows", "64"]);
     let url = format!("{}/v1/encode/users", encoder.addr);
     let client = http();
     let one = heavy_request(1);
@@ -151,19 +150,7 @@ fn past_capacity_the_encoder_sheds_load_and_recovers() {
 #[test]
 fn a_request_whose_deadline_passes_in_the_queue_gets_504() {
     let dir = tempfile::tempdir().unwrap();
-    let encoder = Proc::spawn(
-        "encoder",
-        &[
-            "encoder",
-            "--listen",
-            "127.0.0.1:0",
-            "--sessions",
-            "1",
-            "--intra-threads",
-            "1",
-        ],
-        dir.path(),
-    );
+    let encoder = one_session_encoder(dir.path(), &[]);
     let url = format!("{}/v1/encode/users", encoder.addr);
     let client = http();
     // Keep the only session busy with large requests, then ask with a 1 ms deadline.
