@@ -306,9 +306,7 @@ fn machine() -> String {
 }
 
 pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
-    let base = a.towers.start().await?;
-    let encoder = base.encoder().clone();
-    drop(base);
+    let encoder = a.towers.load().await?;
     let m = encoder.manifest().clone();
     let dir = a.towers.model_dir();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -320,7 +318,7 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
     let mut report = Report {
         machine: machine(),
         sessions: encoder.sessions(),
-        intra_threads: a.towers.intra_threads_for(encoder.sessions()),
+        intra_threads: a.towers.encoder_config().intra_threads,
         model_version: m.model_version.clone(),
         measurements: Vec::new(),
         ratios: Vec::new(),

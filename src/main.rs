@@ -107,23 +107,33 @@ impl TowerArgs {
             .unwrap_or_else(redrec_encoder::manifest::default_dir)
     }
 
-    fn intra_threads_for(&self, sessions: usize) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.intra_threads.unwrap_or((cores / sessions).max(1))
+    fn encoder_config(&self) -> EncoderConfig {
+        let base = match self.sessions {
+            Some(n) => EncoderConfig::with_sessions(n),
+            None => EncoderConfig::default(),
+        };
+        EncoderConfig {
+            intra_threads: self.intra_threads.unwrap_or(base.intra_threads).max(1),
+            device: self.device,
+            ..base
+        }
     }
 
-    fn load(&self) -> Result<Encoder> {
-        let dir = self.model_dir();
-        let sessions = self
-            .sessions
-            .unwrap_or(EncoderConfig::default().sessions)
-            .max(1);
-        let cfg = EncoderConfig {
-            sessions,
-            intra_threads: self.intra_threads_for(sessions),
-            device: self.device,
-        };
-        Encoder::load(&dir, &cfg).with_context(|| format!("loading towers from {}", dir.display()))
+    /// Loads the towers (blocking work, off the async threads).
+    async fn load(&self) -> Result<Arc<Encoder>> {
+        let (dir, cfg) = (self.model_dir(), self.encoder_config());
+        let encoder = tokio::task::spawn_blocking(move || {
+            Encoder::load(&dir, &cfg)
+                .with_context(|| format!("loading towers from {}", dir.display()))
+        })
+        .await??;
+        tracing::info!(
+            model_version = %encoder.manifest().model_version,
+            device = ?encoder.device(),
+            sessions = encoder.sessions(),
+            "towers loaded"
+        );
+        Ok(Arc::new(encoder))
     }
 
     fn batching(&self) -> BatchConfig {
@@ -137,17 +147,9 @@ impl TowerArgs {
         }
     }
 
-    /// Loads the towers (blocking work, off the async threads) and starts their batchers.
+    /// Loads the towers and starts their batchers.
     async fn start(&self) -> Result<Arc<Towers>> {
-        let args = self.clone();
-        let encoder = tokio::task::spawn_blocking(move || args.load()).await??;
-        tracing::info!(
-            model_version = %encoder.manifest().model_version,
-            device = ?encoder.device(),
-            sessions = encoder.sessions(),
-            "towers loaded"
-        );
-        Ok(Arc::new(Towers::new(Arc::new(encoder), self.batching())))
+        Ok(Arc::new(Towers::new(self.load().await?, self.batching())))
     }
 }
 

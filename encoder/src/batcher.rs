@@ -314,11 +314,11 @@ fn take<R: Row, O>(st: &mut State<R, O>, b: usize, cfg: &BatchConfig) -> Vec<Job
 fn drop_expired<R: Row, O>(st: &mut State<R, O>, now: Instant) {
     let mut dropped = 0;
     for bucket in &mut st.buckets {
-        let before = bucket.jobs.len();
-        if before == 0 {
+        // The common case, on every wake: nothing expired, nothing to rebuild.
+        if !bucket.jobs.iter().any(|j| j.deadline <= now) {
             continue;
         }
-        let mut kept = VecDeque::with_capacity(before);
+        let mut kept = VecDeque::with_capacity(bucket.jobs.len());
         for job in bucket.jobs.drain(..) {
             if job.deadline <= now {
                 bucket.rows -= job.rows.len();

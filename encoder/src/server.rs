@@ -18,12 +18,15 @@ use crate::service::Towers;
 use crate::tower::UserHistory;
 use crate::EncoderError;
 
+/// The HTTP answer for an encoder error, the same from the encoder service and a router.
 pub fn http_error(e: EncoderError) -> HttpError {
     match e {
         EncoderError::Input(m) => HttpError::bad_request("invalid_input", m),
-        EncoderError::Unavailable(m) => {
-            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "encoder_unavailable", m)
-        }
+        e @ EncoderError::Unavailable(_) => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "encoder_unavailable",
+            e.to_string(),
+        ),
         EncoderError::Overloaded(m) => HttpError::overloaded("overloaded", m, 1),
         e @ EncoderError::DeadlineExceeded => HttpError::new(
             StatusCode::GATEWAY_TIMEOUT,

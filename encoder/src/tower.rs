@@ -46,19 +46,25 @@ pub struct EncoderConfig {
     pub device: Device,
 }
 
-impl Default for EncoderConfig {
-    /// Sessions × threads fill the machine's cores: on small machines one thread per
-    /// session (batches run side by side), on large ones a few sessions of several threads.
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let sessions = (cores / 4).clamp(2, 8);
+impl EncoderConfig {
+    /// `sessions` sessions sharing the machine's cores: cores / sessions threads each.
+    pub fn with_sessions(sessions: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sessions = sessions.max(1);
         Self {
             sessions,
             intra_threads: (cores / sessions).max(1),
             device: Device::Cpu,
         }
+    }
+}
+
+impl Default for EncoderConfig {
+    /// Sessions × threads fill the machine's cores: on small machines one thread per
+    /// session (batches run side by side), on large ones a few sessions of several threads.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_sessions((cores / 4).clamp(2, 8))
     }
 }
 
@@ -343,36 +349,21 @@ impl Encoder {
     /// Histories -> Q query vectors of D each, per user. Histories longer than the
     /// tower's L keep their newest L events.
     pub fn encode_users(&self, users: &[UserHistory]) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
-        let users = self.check_users(users.to_vec())?;
-        self.run_users(None, &users)
+        for (u, h) in users.iter().enumerate() {
+            self.check_user(u, h)?;
+        }
+        self.run_users(None, users)
     }
 
-    /// Validates histories and keeps the newest L events of each.
+    /// Validates histories and keeps the newest L events of each, so that their length
+    /// is what the tower reads (the batcher buckets rows by it).
     pub fn check_users(&self, users: Vec<UserHistory>) -> Result<Vec<UserHistory>, EncoderError> {
-        let (d, max_l) = (self.manifest.dim, self.manifest.max_history);
-        let n_scen = self.manifest.scenarios.len() as i64;
+        let max_l = self.manifest.max_history;
         users
             .into_iter()
             .enumerate()
             .map(|(u, mut h)| {
-                if h.vectors.is_empty() || h.vectors.len() != h.scenarios.len() {
-                    return Err(EncoderError::Input(format!(
-                        "user {u}: needs one scenario per history vector, at least one"
-                    )));
-                }
-                if h.vectors
-                    .iter()
-                    .any(|v| v.len() != d || v.iter().any(|x| !x.is_finite()))
-                {
-                    return Err(EncoderError::Input(format!(
-                        "user {u}: history vectors must be {d} finite floats"
-                    )));
-                }
-                if h.scenarios.iter().any(|s| !(0..n_scen).contains(s)) {
-                    return Err(EncoderError::Input(format!(
-                        "user {u}: scenario index out of 0..{n_scen}"
-                    )));
-                }
+                self.check_user(u, &h)?;
                 let skip = h.vectors.len().saturating_sub(max_l);
                 h.vectors.drain(..skip);
                 h.scenarios.drain(..skip);
@@ -381,8 +372,32 @@ impl Encoder {
             .collect()
     }
 
-    /// Runs the user tower over checked histories (see [`Self::check_users`]), padded to
-    /// the longest.
+    fn check_user(&self, u: usize, h: &UserHistory) -> Result<(), EncoderError> {
+        let d = self.manifest.dim;
+        let n_scen = self.manifest.scenarios.len() as i64;
+        if h.vectors.is_empty() || h.vectors.len() != h.scenarios.len() {
+            return Err(EncoderError::Input(format!(
+                "user {u}: needs one scenario per history vector, at least one"
+            )));
+        }
+        if h.vectors
+            .iter()
+            .any(|v| v.len() != d || v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(EncoderError::Input(format!(
+                "user {u}: history vectors must be {d} finite floats"
+            )));
+        }
+        if h.scenarios.iter().any(|s| !(0..n_scen).contains(s)) {
+            return Err(EncoderError::Input(format!(
+                "user {u}: scenario index out of 0..{n_scen}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the user tower over validated histories, each cut to its newest L events and
+    /// padded to the longest.
     pub fn run_users(
         &self,
         worker: Option<usize>,
@@ -402,7 +417,9 @@ impl Encoder {
         let mut scenario = Array2::<i64>::zeros((users.len(), l));
         let mut mask = Array2::<i64>::zeros((users.len(), l));
         for (row, h) in users.iter().enumerate() {
-            for (col, (v, s)) in h.vectors.iter().zip(&h.scenarios).take(l).enumerate() {
+            let skip = h.vectors.len().saturating_sub(l);
+            let events = h.vectors.iter().zip(&h.scenarios).skip(skip);
+            for (col, (v, s)) in events.enumerate() {
                 if v.len() != d {
                     return Err(EncoderError::Input(format!(
                         "user {row}: vector of {}",

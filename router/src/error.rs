@@ -51,23 +51,8 @@ impl IntoResponse for RouterError {
             Self::ShardsUnavailable(m) => {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable", m)
             }
-            Self::Encoder(EncoderError::Input(m)) => HttpError::bad_request("invalid_input", m),
-            Self::Encoder(e @ EncoderError::Unavailable(_)) => HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "encoder_unavailable",
-                e.to_string(),
-            ),
-            Self::Encoder(EncoderError::Overloaded(m)) => HttpError::overloaded("overloaded", m, 1),
-            Self::Encoder(e @ EncoderError::DeadlineExceeded) => HttpError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "deadline_exceeded",
-                e.to_string(),
-            ),
-            Self::Encoder(e) => HttpError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoder_error",
-                e.to_string(),
-            ),
+            // Mapped as the encoder service maps them, in-process or remote alike.
+            Self::Encoder(e) => redrec_encoder::server::http_error(e),
         };
         e.into_response()
     }
