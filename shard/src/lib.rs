@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod client;
+pub mod raft;
 pub mod server;
 pub mod store;

@@ -1,0 +1,4 @@
+//! Raft replication of shard groups (raft-rs): the durable log here, apart from the state
+//! machine (the Qdrant shard) and the driver that moves Readies between them.
+
+pub mod log;
