@@ -2,3 +2,4 @@
 //! machine (the Qdrant shard) and the driver that moves Readies between them.
 
 pub mod log;
+pub mod machine;
