@@ -26,6 +26,7 @@ impl MessageExt for EntryExt {
 
 /// One engine per process, shared by the groups it hosts.
 pub fn open_engine(dir: &std::path::Path) -> Result<Arc<Engine>, raft_engine::Error> {
+    std::fs::create_dir_all(dir)?;
     let cfg = raft_engine::Config {
         dir: dir.to_string_lossy().into_owned(),
         ..Default::default()
