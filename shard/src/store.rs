@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use qdrant_edge::{
     Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter, NamedQuery, PointId,
-    PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, SearchParams,
-    SearchRequest as EdgeSearch, UpdateOperation, VectorInternal, VectorStructInternal,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, ScrollRequest,
+    SearchParams, SearchRequest as EdgeSearch, UpdateOperation, VectorInternal,
+    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -48,6 +48,30 @@ pub trait VectorStore: Send + Sync + 'static {
     /// One top-k list per query vector.
     fn search(&self, request: &SearchRequest) -> StoreResult<Vec<Vec<Hit>>>;
     fn stats(&self) -> StoreResult<Stats>;
+    /// A page of up to `limit` points (with vectors) in storage order, starting at `cursor`
+    /// (from the previous page; `None` for the first), and the cursor of the next page.
+    fn scroll(&self, cursor: Option<&str>, limit: usize) -> StoreResult<Page>;
+
+    /// Deletes every point; durable when it returns. Returns how many there were.
+    fn clear(&self) -> StoreResult<usize> {
+        let mut deleted = 0;
+        loop {
+            let page = self.scroll(None, 1024)?;
+            if page.points.is_empty() {
+                return Ok(deleted);
+            }
+            let ids: Vec<String> = page.points.into_iter().map(|p| p.id).collect();
+            deleted += self.delete(&ids)?;
+        }
+    }
+}
+
+/// One page of a scroll over a store.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Page {
+    pub points: Vec<StoredPoint>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<String>,
 }
 
 /// Deterministic Qdrant point id of an item id.
@@ -361,6 +385,43 @@ impl VectorStore for EdgeStore {
             .collect()
     }
 
+    fn scroll(&self, cursor: Option<&str>, limit: usize) -> StoreResult<Page> {
+        let offset = cursor
+            .map(|c| {
+                Uuid::parse_str(c)
+                    .map(PointId::Uuid)
+                    .map_err(|e| StoreError::BadRequest(format!("invalid cursor {c:?}: {e}")))
+            })
+            .transpose()?;
+        let (records, next) = self
+            .shard
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(limit.max(1)),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(true),
+                order_by: None,
+            })
+            .map_err(engine)?;
+        let points = records
+            .into_iter()
+            .map(|r| {
+                let (id, payload) = split_payload(r.payload);
+                StoredPoint {
+                    id,
+                    vector: dense(r.vector),
+                    payload,
+                }
+            })
+            .collect();
+        let next = next.map(|id| match id {
+            PointId::Uuid(u) => u.to_string(),
+            PointId::NumId(n) => n.to_string(),
+        });
+        Ok(Page { points, next })
+    }
+
     fn stats(&self) -> StoreResult<Stats> {
         let info = self.shard.info();
         Ok(Stats {
@@ -444,12 +505,28 @@ mod tests {
             Err(StoreError::BadRequest(_))
         ));
 
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.scroll(cursor.as_deref(), 2).unwrap();
+            assert!(page.points.iter().all(|p| p.vector.is_some()));
+            seen.extend(page.points.into_iter().map(|p| p.id));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+
         assert_eq!(store.delete(&["a".into(), "nope".into()]).unwrap(), 1);
         drop(store);
         let reopened = EdgeStore::open(dir.path(), 8).unwrap();
         assert_eq!(reopened.stats().unwrap().points, 2);
         assert!(reopened.get(&["a".into()], false).unwrap().is_empty());
         assert!(EdgeStore::open(dir.path(), 16).is_err());
+        assert_eq!(reopened.clear().unwrap(), 2);
+        assert_eq!(reopened.stats().unwrap().points, 0);
     }
 
     #[test]

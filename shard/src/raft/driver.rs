@@ -1,8 +1,14 @@
 //! The Raft driver of one replica of a shard group: a thread that ticks the clock, steps
 //! incoming messages, takes proposals, and turns each Ready into (in this order) messages a
-//! leader may send before persisting, applied committed entries, one synced log write,
-//! and the messages that had to wait for it. The log ([`RaftLog`]) and the state machine
-//! ([`StateMachine`]) know nothing of each other; only this loop moves data between them.
+//! leader may send before persisting, a restored snapshot, applied committed entries, one
+//! synced log write, and the messages that had to wait for it. The log ([`RaftLog`]) and
+//! the state machine ([`StateMachine`]) know nothing of each other; only this loop moves
+//! data between them.
+//!
+//! Snapshots are logical: the metadata says "everything up to index I"; the data is the
+//! group's points, pulled page by page from the leader's live shard. The pages may already
+//! hold writes past I, which is harmless: every write replaces or removes whole points by
+//! id, so replaying the log from I+1 on top converges to the leader's state.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -10,16 +16,35 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{Entry, Message};
-use raft::{RawNode, StateRole};
-use tokio::sync::oneshot;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, Snapshot, SnapshotMetadata};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::{oneshot, watch};
 
 use super::log::{LogWrite, RaftLog};
-use super::machine::{Applied, Command, MachineError, StateMachine};
+use super::machine::{Applied, AppliedState, Command, MachineError, StateMachine};
+use crate::api::{Point, StoredPoint};
+
+/// Receives one page of a snapshot's points.
+pub type SnapshotSink<'a> = dyn FnMut(Vec<StoredPoint>) -> Result<(), String> + 'a;
 
 /// Sends Raft messages to other replicas; best effort, Raft retries what is lost.
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, group: u64, messages: Vec<Message>);
+
+    /// Learns where a node listens (from a committed membership change).
+    fn add_peer(&self, _node: u64, _addr: &str) {}
+
+    /// Streams group `group`'s points from node `from`, page by page, into `sink`.
+    fn fetch_snapshot(
+        &self,
+        group: u64,
+        from: u64,
+        _sink: &mut SnapshotSink,
+    ) -> Result<(), String> {
+        Err(format!(
+            "no snapshot source for group {group} on node {from}"
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +52,9 @@ pub struct DriverConfig {
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Applied entries kept in the log before it is compacted; a follower further behind
+    /// than this is caught up by a snapshot.
+    pub compact_after: u64,
 }
 
 impl Default for DriverConfig {
@@ -35,6 +63,7 @@ impl Default for DriverConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
+            compact_after: 10_000,
         }
     }
 }
@@ -50,15 +79,22 @@ pub enum ProposeError {
     Unknown(String),
     #[error("rejected: {0}")]
     Rejected(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("replica stopped")]
     Stopped,
 }
 
 type Reply = oneshot::Sender<Result<usize, ProposeError>>;
+type IndexReply = oneshot::Sender<Result<u64, ProposeError>>;
 
 enum Input {
     Raft(Message),
     Propose(Command, Reply),
+    ConfChange(ConfChange, Reply),
+    ReadIndex(IndexReply),
+    SnapshotFailed(u64),
+    TransferLeader(u64),
     Stop,
 }
 
@@ -69,15 +105,23 @@ pub struct Replica {
     id: u64,
     tx: Sender<Input>,
     status: Arc<Mutex<ReplicaStatus>>,
+    applied: watch::Receiver<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaStatus {
     pub leader: Option<u64>,
     pub is_leader: bool,
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// First index still in the log (earlier ones are compacted into the snapshot point).
+    pub first_index: u64,
+    pub voters: Vec<u64>,
+    /// A snapshot is being restored: the shard's contents are incomplete.
+    pub restoring: bool,
+    /// The replica stopped on a storage error and serves nothing.
+    pub halted: bool,
 }
 
 impl Replica {
@@ -90,7 +134,10 @@ impl Replica {
     }
 
     pub fn status(&self) -> ReplicaStatus {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn step(&self, m: Message) {
@@ -105,6 +152,56 @@ impl Replica {
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
     }
+
+    /// Proposes a membership change and waits until it is applied here.
+    pub async fn change_membership(&self, cc: ConfChange) -> Result<(), ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Input::ConfChange(cc, tx))
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?.map(|_| ())
+    }
+
+    /// Waits until this replica has applied everything the group had committed when the
+    /// call was made (Raft's ReadIndex, confirmed by a quorum of heartbeats): a read
+    /// after it sees every write acknowledged before it.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<u64, ProposeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Input::ReadIndex(tx))
+            .map_err(|_| ProposeError::Stopped)?;
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(r) => r.map_err(|_| ProposeError::Stopped)??,
+            Err(_) => {
+                return Err(ProposeError::Timeout(
+                    "no quorum confirmed the read index".into(),
+                ))
+            }
+        };
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, async {
+            applied.wait_for(|a| *a >= index).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(index),
+            Ok(false) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout(format!(
+                "not caught up to index {index} in time"
+            ))),
+        }
+    }
+
+    /// Hands leadership to `to` (a graceful stop does this before exiting).
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Input::TransferLeader(to));
+    }
+
+    /// A snapshot for `node` could not be delivered: let the leader send another.
+    pub fn snapshot_failed(&self, node: u64) {
+        let _ = self.tx.send(Input::SnapshotFailed(node));
+    }
 }
 
 /// The running replica; dropping it stops its thread.
@@ -115,7 +212,9 @@ pub struct Driver {
 
 impl Driver {
     /// Starts replica `id` of `group` over its log and state machine. `voters` bootstraps
-    /// a group whose log is empty; a replica with state ignores it.
+    /// a group whose log is empty; a replica with state ignores it. A replica joining a
+    /// running group gets no voters: it starts empty and waits for the leader to catch it
+    /// up (after the group added it as a member).
     pub fn start(
         group: u64,
         id: u64,
@@ -125,7 +224,10 @@ impl Driver {
         transport: Arc<dyn Transport>,
         cfg: DriverConfig,
     ) -> raft::Result<Self> {
-        if log.conf_state().voters.is_empty() && log.hard_state().term == 0 {
+        if log.conf_state().voters.is_empty()
+            && log.snapshot_metadata().index == 0
+            && voters.contains(&id)
+        {
             let mut w = LogWrite::default();
             let cs = raft::eraftpb::ConfState {
                 voters: voters.to_vec(),
@@ -150,11 +252,13 @@ impl Driver {
         let node = RawNode::new(&raft_cfg, log, &logger)?;
         let (tx, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(ReplicaStatus::default()));
+        let (applied_tx, applied_rx) = watch::channel(machine.applied().index);
         let replica = Replica {
             group,
             id,
             tx,
             status: status.clone(),
+            applied: applied_rx,
         };
         let mut state = Loop {
             group,
@@ -162,8 +266,11 @@ impl Driver {
             machine,
             transport,
             pending: HashMap::new(),
+            reads: HashMap::new(),
             next_proposal: 1,
             status,
+            applied: applied_tx,
+            compact_after: cfg.compact_after.max(1),
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-g{group}-r{id}"))
@@ -196,8 +303,22 @@ struct Loop {
     transport: Arc<dyn Transport>,
     /// Proposals waiting for their entry to apply, by the id carried in its context.
     pending: HashMap<u64, (u64, Reply)>,
+    /// ReadIndex requests waiting for a quorum, by the id carried in their context.
+    reads: HashMap<u64, IndexReply>,
     next_proposal: u64,
     status: Arc<Mutex<ReplicaStatus>>,
+    applied: watch::Sender<u64>,
+    compact_after: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HaltError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("raft log: {0}")]
+    Log(#[from] raft::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl Loop {
@@ -226,27 +347,49 @@ impl Loop {
             if let Err(e) = self.on_ready() {
                 // The log or the shard failed to persist: this replica must not go on.
                 tracing::error!(group = self.group, "replica halted: {e}");
+                self.status.lock().unwrap_or_else(|p| p.into_inner()).halted = true;
                 break;
             }
         }
         self.fail_all("replica stopped");
     }
 
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        id
+    }
+
+    fn not_leader(&self) -> Option<ProposeError> {
+        (self.node.raft.state != StateRole::Leader).then(|| {
+            let leader = self.node.raft.leader_id;
+            ProposeError::NotLeader((leader != 0).then_some(leader))
+        })
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(m) => {
+                // A leader that believes this replica holds more than it does (its data was
+                // lost) would make raft-rs panic; the replica has to be re-added instead.
+                let last = self.node.raft.raft_log.last_index();
+                if m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat && m.commit > last {
+                    tracing::warn!(
+                        group = self.group,
+                        commit = m.commit,
+                        last,
+                        "the leader counts on entries this replica lost; it must be re-added"
+                    );
+                    return;
+                }
                 let _ = self.node.step(m);
             }
             Input::Propose(cmd, reply) => {
-                if self.node.raft.state != StateRole::Leader {
-                    let leader = self.node.raft.leader_id;
-                    let _ = reply.send(Err(ProposeError::NotLeader(
-                        (leader != 0).then_some(leader),
-                    )));
+                if let Some(e) = self.not_leader() {
+                    let _ = reply.send(Err(e));
                     return;
                 }
-                let id = self.next_proposal;
-                self.next_proposal += 1;
+                let id = self.next_id();
                 let term = self.node.raft.term;
                 match self.node.propose(id.to_le_bytes().to_vec(), cmd.encode()) {
                     Ok(()) => {
@@ -257,11 +400,39 @@ impl Loop {
                     }
                 }
             }
+            Input::ConfChange(cc, reply) => {
+                if let Some(e) = self.not_leader() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let id = self.next_id();
+                let term = self.node.raft.term;
+                match self.node.propose_conf_change(id.to_le_bytes().to_vec(), cc) {
+                    Ok(()) => {
+                        self.pending.insert(id, (term, reply));
+                    }
+                    // Typically: another membership change is still pending.
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Rejected(e.to_string())));
+                    }
+                }
+            }
+            Input::ReadIndex(reply) => {
+                let id = self.next_id();
+                // A follower forwards it to the leader; with no leader it is dropped and
+                // the caller times out.
+                self.node.read_index(id.to_le_bytes().to_vec());
+                self.reads.insert(id, reply);
+            }
+            Input::SnapshotFailed(node) => {
+                self.node.report_snapshot(node, SnapshotStatus::Failure);
+            }
+            Input::TransferLeader(to) => self.node.transfer_leader(to),
             Input::Stop => {}
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), MachineError> {
+    fn on_ready(&mut self) -> Result<(), HaltError> {
         if !self.node.has_ready() {
             self.publish();
             return Ok(());
@@ -270,18 +441,28 @@ impl Loop {
         if !rd.messages().is_empty() {
             self.transport.send(self.group, rd.take_messages());
         }
-        // Snapshots carry only metadata here; restoring a shard's points comes with the
-        // snapshot transfer.
+        if !rd.snapshot().is_empty() {
+            let snapshot = rd.snapshot().clone();
+            self.restore(&snapshot)?;
+        }
+        for rs in rd.take_read_states() {
+            let id = <[u8; 8]>::try_from(&rs.request_ctx[..])
+                .ok()
+                .map(u64::from_le_bytes);
+            if let Some(reply) = id.and_then(|id| self.reads.remove(&id)) {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
         self.apply(rd.take_committed_entries())?;
         let mut w = LogWrite::default();
         let store = self.node.mut_store();
         if !rd.entries().is_empty() {
-            store.append(&mut w, rd.entries()).map_err(log_err)?;
+            store.append(&mut w, rd.entries())?;
         }
         if let Some(hs) = rd.hs() {
-            store.set_hard_state(&mut w, hs).map_err(log_err)?;
+            store.set_hard_state(&mut w, hs)?;
         }
-        store.commit(w, true).map_err(log_err)?;
+        store.commit(w, true)?;
         if !rd.persisted_messages().is_empty() {
             self.transport
                 .send(self.group, rd.take_persisted_messages());
@@ -292,19 +473,110 @@ impl Loop {
             let mut hs = store.hard_state().clone();
             hs.commit = commit;
             let mut w = LogWrite::default();
-            store.set_hard_state(&mut w, &hs).map_err(log_err)?;
-            store.commit(w, true).map_err(log_err)?;
+            store.set_hard_state(&mut w, &hs)?;
+            store.commit(w, true)?;
         }
         if !light.messages().is_empty() {
             self.transport.send(self.group, light.take_messages());
         }
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
+        self.maybe_compact()?;
         self.publish();
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), MachineError> {
+    /// Replaces the shard's contents with the leader's and the log with the snapshot
+    /// point. The restore mark makes a crash halfway start this replica over, empty.
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), HaltError> {
+        let meta = snapshot.get_metadata();
+        let from = self.node.raft.leader_id;
+        tracing::info!(
+            group = self.group,
+            index = meta.index,
+            from,
+            "restoring a snapshot"
+        );
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restoring = true;
+        let started = Instant::now();
+        self.machine.begin_restore()?;
+        let store = self.machine.store().clone();
+        let points = std::cell::Cell::new(0usize);
+        let mut sink = |page: Vec<StoredPoint>| -> Result<(), String> {
+            let page: Vec<Point> = page
+                .into_iter()
+                .filter_map(|p| {
+                    Some(Point {
+                        vector: p.vector?,
+                        id: p.id,
+                        payload: p.payload,
+                    })
+                })
+                .collect();
+            points.set(points.get() + page.len());
+            store.upsert(page).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let mut attempt = 0;
+        loop {
+            match self.transport.fetch_snapshot(self.group, from, &mut sink) {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(group = self.group, "snapshot pull failed ({e}); retrying");
+                    self.machine.store().clear().map_err(MachineError::from)?;
+                    points.set(0);
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+                Err(e) => return Err(HaltError::Snapshot(e)),
+            }
+        }
+        let store = self.node.mut_store();
+        let mut w = LogWrite::default();
+        store.apply_snapshot(&mut w, meta)?;
+        store.commit(w, true)?;
+        self.machine.finish_restore(AppliedState {
+            index: meta.index,
+            term: meta.term,
+        })?;
+        self.applied.send_replace(meta.index);
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restoring = false;
+        tracing::info!(
+            group = self.group,
+            index = meta.index,
+            points = points.get(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot restored"
+        );
+        Ok(())
+    }
+
+    /// Once enough applied entries pile up, drops them from the log: the shard holds
+    /// them, and the applied point becomes the snapshot a lagging follower is sent.
+    fn maybe_compact(&mut self) -> Result<(), HaltError> {
+        let applied = self.machine.applied();
+        let store = self.node.mut_store();
+        if applied.index < store.snapshot_metadata().index + self.compact_after {
+            return Ok(());
+        }
+        let mut meta = SnapshotMetadata {
+            index: applied.index,
+            term: applied.term,
+            ..Default::default()
+        };
+        meta.set_conf_state(store.conf_state().clone());
+        let mut w = LogWrite::default();
+        store.compact(&mut w, &meta)?;
+        store.commit(w, false)?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), HaltError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -319,7 +591,7 @@ impl Loop {
             .collect();
         for (index, applied) in self.machine.apply(&entries)? {
             if let Applied::ConfChange(e) = &applied {
-                self.apply_conf_change(e);
+                self.apply_conf_change(e)?;
             }
             let Some(Some(id)) = contexts.get(&index) else {
                 continue;
@@ -332,6 +604,7 @@ impl Loop {
                 });
             }
         }
+        self.applied.send_replace(self.machine.applied().index);
         // Proposals from an older term whose entries can no longer be ours.
         let term = self.node.raft.term;
         if self.node.raft.state != StateRole::Leader {
@@ -340,54 +613,59 @@ impl Loop {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) {
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), HaltError> {
         use protobuf::Message as _;
-        let cs = if e.get_entry_type() == raft::eraftpb::EntryType::EntryConfChangeV2 {
-            raft::eraftpb::ConfChangeV2::parse_from_bytes(&e.data)
-                .ok()
-                .and_then(|cc| self.node.apply_conf_change(&cc).ok())
-        } else {
-            raft::eraftpb::ConfChange::parse_from_bytes(&e.data)
-                .ok()
-                .and_then(|cc| self.node.apply_conf_change(&cc).ok())
-        };
-        if let Some(cs) = cs {
-            let store = self.node.mut_store();
-            let mut w = LogWrite::default();
-            if store.set_conf_state(&mut w, &cs).is_ok() {
-                let _ = store.commit(w, true);
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(group = self.group, "undecodable membership change: {err}");
+                return Ok(());
             }
+        };
+        if cc.get_change_type() == ConfChangeType::AddNode && !cc.context.is_empty() {
+            self.transport
+                .add_peer(cc.node_id, &String::from_utf8_lossy(&cc.context));
         }
+        let cs = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                tracing::warn!(group = self.group, "membership change refused: {err}");
+                return Ok(());
+            }
+        };
+        tracing::info!(group = self.group, voters = ?cs.voters, "membership changed");
+        let store = self.node.mut_store();
+        let mut w = LogWrite::default();
+        store.set_conf_state(&mut w, &cs)?;
+        store.commit(w, true)?;
+        Ok(())
     }
 
     fn publish(&mut self) {
-        let r = &self.node.raft;
-        let term = r.term;
         // A replica that lost leadership cannot know whether its proposals commit.
-        if r.state != StateRole::Leader && !self.pending.is_empty() {
+        if self.node.raft.state != StateRole::Leader && !self.pending.is_empty() {
             self.fail_all("leadership changed before the write applied");
         }
+        self.reads.retain(|_, r| !r.is_closed());
         let r = &self.node.raft;
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = ReplicaStatus {
+        let status = ReplicaStatus {
             leader: (r.leader_id != 0).then_some(r.leader_id),
             is_leader: r.state == StateRole::Leader,
-            term,
+            term: r.term,
             commit: r.raft_log.committed,
             applied: self.machine.applied().index,
+            first_index: r.raft_log.first_index(),
+            voters: self.node.store().conf_state().voters.clone(),
+            restoring: false,
+            halted: false,
         };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 
     fn fail_all(&mut self, why: &str) {
         for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Unknown(why.into())));
         }
-    }
-}
-
-fn log_err(e: raft::Error) -> MachineError {
-    MachineError::Io {
-        path: "raft log".into(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
 
@@ -403,10 +681,31 @@ mod tests {
     #[derive(Default)]
     struct Loopback {
         replicas: RwLock<HashMap<u64, Replica>>,
+        stores: RwLock<HashMap<u64, Arc<dyn VectorStore>>>,
         down: RwLock<Vec<u64>>,
     }
 
     impl Transport for Loopback {
+        fn fetch_snapshot(
+            &self,
+            _group: u64,
+            from: u64,
+            sink: &mut SnapshotSink,
+        ) -> Result<(), String> {
+            let store = self.stores.read().unwrap()[&from].clone();
+            let mut cursor = None;
+            loop {
+                let page = store
+                    .scroll(cursor.as_deref(), 3)
+                    .map_err(|e| e.to_string())?;
+                sink(page.points)?;
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(()),
+                }
+            }
+        }
+
         fn send(&self, _group: u64, messages: Vec<Message>) {
             let down = self.down.read().unwrap();
             let replicas = self.replicas.read().unwrap();
@@ -422,15 +721,21 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path, id: u64, net: &Arc<Loopback>) -> Driver {
+        start_with(dir, id, net, &[1, 2, 3])
+    }
+
+    fn start_with(dir: &std::path::Path, id: u64, net: &Arc<Loopback>, voters: &[u64]) -> Driver {
         let d = dir.join(format!("r{id}"));
         let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 1).unwrap();
         let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::open(&d.join("shard"), 4).unwrap());
+        net.stores.write().unwrap().insert(id, store.clone());
         let machine = StateMachine::open(store, &d).unwrap();
         let cfg = DriverConfig {
             tick: Duration::from_millis(20),
+            compact_after: 5,
             ..Default::default()
         };
-        let driver = Driver::start(1, id, &[1, 2, 3], log, machine, net.clone(), cfg).unwrap();
+        let driver = Driver::start(1, id, voters, log, machine, net.clone(), cfg).unwrap();
         net.replicas
             .write()
             .unwrap()
@@ -461,8 +766,18 @@ mod tests {
         }])
     }
 
+    /// Stops a replica and lets go of its shard (the engine locks its files while open).
+    fn stop(drivers: &mut Vec<Driver>, i: usize, net: &Loopback) {
+        let id = drivers.remove(i).replica().id();
+        net.stores.write().unwrap().remove(&id);
+    }
+
+    fn count(net: &Loopback, id: u64) -> usize {
+        net.stores.read().unwrap()[&id].stats().unwrap().points
+    }
+
     #[test]
-    fn three_replicas_elect_commit_and_survive_a_leader_restart() {
+    fn three_replicas_elect_commit_survive_a_leader_restart_and_restore_a_wiped_one() {
         let dir = tempfile::tempdir().unwrap();
         let net = Arc::new(Loopback::default());
         let mut drivers: Vec<Driver> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
@@ -477,11 +792,20 @@ mod tests {
             rt.block_on(drivers[follower].replica().propose(upsert("x"))),
             Err(ProposeError::NotLeader(Some(_)))
         ));
+        // A follower's ReadIndex goes through the leader and waits for its own apply.
+        let index = rt
+            .block_on(drivers[follower].replica().catch_up(Duration::from_secs(5)))
+            .unwrap();
+        assert!(drivers[follower].replica().status().applied >= index);
+        assert!(
+            drivers[l].replica().status().first_index > 5,
+            "log not compacted"
+        );
 
         // Restart the leader: the others elect a new one; all 20 writes are there, and the
         // old leader catches up from its own log and the new leader's.
         let old_id = drivers[l].replica().id();
-        drivers.remove(l);
+        stop(&mut drivers, l, &net);
         let l2 = wait_leader(&drivers);
         let r = rt.block_on(drivers[l2].replica().propose(upsert("after")));
         assert_eq!(r, Ok(1));
@@ -492,5 +816,48 @@ mod tests {
             assert!(Instant::now() < until, "replicas did not converge");
             std::thread::sleep(Duration::from_millis(10));
         }
+
+        // Wipe a follower: it is removed and added back as a new member, and as the log
+        // it needs is compacted away, the leader sends it a snapshot.
+        let l3 = wait_leader(&drivers);
+        let f = (l3 + 1) % 3;
+        let fid = drivers[f].replica().id();
+        stop(&mut drivers, f, &net);
+        std::fs::remove_dir_all(dir.path().join(format!("r{fid}"))).unwrap();
+        let change = |kind: ConfChangeType| ConfChange {
+            change_type: kind,
+            node_id: fid,
+            ..Default::default()
+        };
+        let l = wait_leader(&drivers);
+        rt.block_on(
+            drivers[l]
+                .replica()
+                .change_membership(change(ConfChangeType::RemoveNode)),
+        )
+        .unwrap();
+        for i in 0..10 {
+            let l = wait_leader(&drivers);
+            let r = rt.block_on(drivers[l].replica().propose(upsert(&format!("q{i}"))));
+            assert_eq!(r, Ok(1));
+        }
+        drivers.push(start_with(dir.path(), fid, &net, &[]));
+        let l = wait_leader(&drivers);
+        rt.block_on(
+            drivers[l]
+                .replica()
+                .change_membership(change(ConfChangeType::AddNode)),
+        )
+        .unwrap();
+        let lid = drivers[wait_leader(&drivers)].replica().id();
+        while count(&net, fid) != count(&net, lid) || count(&net, fid) != 31 {
+            assert!(
+                Instant::now() < until + Duration::from_secs(10),
+                "no snapshot catch-up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = drivers.last().unwrap().replica().status();
+        assert!(!status.halted && status.first_index > 1, "{status:?}");
     }
 }

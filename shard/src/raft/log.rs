@@ -118,10 +118,36 @@ impl RaftLog {
     }
 
     /// A snapshot replaces the whole log: entries go, its metadata and conf state stay.
+    /// (`Clean` drops every key of the group, so the hard state is written again; a newer
+    /// one set later in the same batch wins.)
     pub fn apply_snapshot(&self, w: &mut LogWrite, meta: &SnapshotMetadata) -> raft::Result<()> {
         w.batch.add_command(self.group, Command::Clean);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(w, &hs)?;
         self.set_snapshot(w, meta)?;
         self.set_conf_state(w, meta.get_conf_state())
+    }
+
+    /// Empties the log of a replica whose state machine was emptied, keeping its term and
+    /// vote (so it never votes twice in a term): it will be caught up from a leader.
+    pub fn reset(&mut self) -> raft::Result<()> {
+        let mut w = LogWrite::default();
+        w.batch.add_command(self.group, Command::Clean);
+        let mut hs = self.hard_state.clone();
+        hs.commit = 0;
+        self.set_hard_state(&mut w, &hs)?;
+        self.commit(w, true)?;
+        self.conf_state = ConfState::default();
+        self.snapshot = SnapshotMetadata::default();
+        Ok(())
+    }
+
+    /// Fsyncs nothing new; lets the engine drop files holding only compacted entries.
+    pub fn purge(engine: &Engine) {
+        if let Err(e) = engine.purge_expired_files() {
+            tracing::warn!("raft log purge: {e}");
+        }
     }
 
     /// Drops entries up to and including `meta.index`, which the state machine has

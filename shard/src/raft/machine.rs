@@ -130,9 +130,48 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// Records that the machine holds everything up to `state` (after a snapshot restore).
-    pub fn set_applied(&mut self, state: AppliedState) -> Result<(), MachineError> {
-        self.persist(state)
+    fn marker(&self) -> PathBuf {
+        self.path.with_file_name("restoring")
+    }
+
+    /// True when a snapshot restore was cut short: the shard holds part of a snapshot and
+    /// must be emptied (with the log) before the replica starts.
+    pub fn restore_interrupted(&self) -> bool {
+        self.marker().exists()
+    }
+
+    /// Starts replacing the shard's contents with a snapshot: marks the replica as
+    /// restoring (durably, first), then empties the shard.
+    pub fn begin_restore(&mut self) -> Result<(), MachineError> {
+        let marker = self.marker();
+        let io = |source| MachineError::Io {
+            path: marker.clone(),
+            source,
+        };
+        fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        sync_dir(&marker).map_err(io)?;
+        self.store.clear()?;
+        Ok(())
+    }
+
+    /// The shard holds the snapshot taken at `state`: record it and clear the mark.
+    pub fn finish_restore(&mut self, state: AppliedState) -> Result<(), MachineError> {
+        self.persist(state)?;
+        let marker = self.marker();
+        fs::remove_file(&marker)
+            .and_then(|_| sync_dir(&marker))
+            .map_err(|source| MachineError::Io {
+                path: marker,
+                source,
+            })
+    }
+
+    /// Empties a replica whose restore was cut short (its log is emptied by the caller).
+    pub fn reset(&mut self) -> Result<(), MachineError> {
+        self.store.clear()?;
+        self.finish_restore(AppliedState::default())
     }
 
     fn persist(&mut self, state: AppliedState) -> Result<(), MachineError> {
@@ -146,11 +185,17 @@ impl StateMachine {
             .map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        sync_dir(&self.path).map_err(io)?;
         self.applied = state;
         Ok(())
+    }
+}
+
+/// Makes a file's creation, rename or removal durable.
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
 }
 
