@@ -1,6 +1,7 @@
 //! The `redrec` binary: one executable, the role chosen by subcommand.
 
 mod bench;
+mod cluster;
 mod dataset;
 mod demo;
 
@@ -35,7 +36,8 @@ enum Command {
     /// Run a local cluster (3 shards, encoder, router) on the reference towers and a
     /// synthetic catalogue, serving the public API until Ctrl-C.
     Demo(demo::DemoArgs),
-    /// Serve one shard: an embedded Qdrant shard on disk behind the internal API.
+    /// Serve one shard: an embedded Qdrant shard on disk behind the internal API; with
+    /// --node-id, a node hosting Raft-replicated shard groups.
     Shard(ShardArgs),
     /// Serve the item and user towers over HTTP.
     Encoder(EncoderArgs),
@@ -47,6 +49,9 @@ enum Command {
     /// Benchmarks, each against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inspect and administer a cluster of shard nodes.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -67,6 +72,43 @@ struct ShardArgs {
     /// Dimension of item vectors.
     #[arg(long, env = "REDREC_DIM", default_value_t = 64)]
     dim: usize,
+    #[command(flatten)]
+    raft: RaftArgs,
+}
+
+#[derive(Args)]
+struct RaftArgs {
+    /// This node's id (1, 2, …): hosts Raft-replicated shard groups instead of one lone shard.
+    #[arg(long, env = "REDREC_NODE_ID")]
+    node_id: Option<u64>,
+    /// The other shard nodes, as id=http://host:port, comma-separated.
+    #[arg(long, env = "REDREC_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Shard groups this node hosts a replica of.
+    #[arg(
+        long,
+        env = "REDREC_GROUPS",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    groups: Vec<u64>,
+    /// Nodes forming each new group (default: this node and its peers). A node that is not
+    /// among them, or whose data was lost, asks the group to add it.
+    #[arg(long, env = "REDREC_VOTERS", value_delimiter = ',')]
+    voters: Vec<u64>,
+    /// Where other nodes reach this one (default: http://<listen>).
+    #[arg(long, env = "REDREC_ADVERTISE")]
+    advertise: Option<String>,
+    /// Raft clock tick, in milliseconds.
+    #[arg(long, env = "REDREC_RAFT_TICK_MS", default_value_t = 100)]
+    raft_tick_ms: u64,
+    /// Ticks without a leader's heartbeat before an election.
+    #[arg(long, env = "REDREC_RAFT_ELECTION_TICKS", default_value_t = 10)]
+    election_ticks: usize,
+    /// Applied entries kept in the log before compaction; a replica further behind is
+    /// caught up by a snapshot.
+    #[arg(long, env = "REDREC_RAFT_COMPACT_AFTER", default_value_t = 10_000)]
+    compact_after: u64,
 }
 
 #[derive(Args, Clone)]
@@ -165,9 +207,23 @@ struct EncoderArgs {
 struct RouterArgs {
     #[arg(long, env = "REDREC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Shard addresses, comma-separated (http://host:port).
-    #[arg(long, env = "REDREC_SHARDS", value_delimiter = ',', required = true)]
+    /// Lone (unreplicated) shard addresses, comma-separated (http://host:port).
+    #[arg(
+        long,
+        env = "REDREC_SHARDS",
+        value_delimiter = ',',
+        required_unless_present = "group"
+    )]
     shards: Vec<String>,
+    /// A Raft-replicated shard group: the addresses of the nodes hosting its replicas,
+    /// comma-separated. Repeat for groups 0, 1, … (in the environment: `;` between groups).
+    #[arg(
+        long,
+        env = "REDREC_SHARD_GROUPS",
+        value_delimiter = ';',
+        conflicts_with = "shards"
+    )]
+    group: Vec<String>,
     /// Encoder address; without it the towers run in this process.
     #[arg(long, env = "REDREC_ENCODER")]
     encoder: Option<String>,
@@ -219,7 +275,75 @@ fn http_client() -> Result<reqwest::Client> {
         .build()?)
 }
 
+fn parse_peers(peers: &[String]) -> Result<std::collections::HashMap<u64, String>> {
+    peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer {p:?}: expected id=http://host:port"))?;
+            let id = id
+                .trim()
+                .parse()
+                .with_context(|| format!("peer {p:?}: bad id"))?;
+            Ok((id, addr.trim().trim_end_matches('/').to_string()))
+        })
+        .collect()
+}
+
+async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
+    use redrec_shard::raft::driver::DriverConfig;
+    use redrec_shard::raft::node::{Node, NodeConfig};
+    let r = &a.raft;
+    if a.listen.port() == 0 {
+        anyhow::bail!("a shard node needs a fixed port: its peers must know where it listens");
+    }
+    let peers = parse_peers(&r.peers)?;
+    let voters = if r.voters.is_empty() {
+        let mut v: Vec<u64> = peers.keys().copied().chain([id]).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    } else {
+        r.voters.clone()
+    };
+    let cfg = NodeConfig {
+        id,
+        data: a.data.clone(),
+        dim: a.dim,
+        advertise: r
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", a.listen)),
+        peers,
+        groups: r.groups.clone(),
+        voters,
+        driver: DriverConfig {
+            tick: Duration::from_millis(r.raft_tick_ms.max(1)),
+            election_ticks: r.election_ticks.max(3),
+            heartbeat_ticks: (r.election_ticks / 5).max(1),
+            compact_after: r.compact_after,
+        },
+    };
+    let node = Node::start(cfg, http_client()?)
+        .await
+        .with_context(|| format!("starting shard node {id} in {}", a.data.display()))?;
+    tracing::info!(node = id, groups = ?r.groups, "shard node started");
+    redrec_wire::serve(
+        "shard",
+        a.listen,
+        redrec_shard::server::groups::router(node.clone()),
+    )
+    .await?;
+    node.step_down().await;
+    Ok(())
+}
+
 async fn run_shard(a: ShardArgs) -> Result<()> {
+    if let Some(id) = a.raft.node_id {
+        return run_node(a, id).await;
+    }
     let store = tokio::task::spawn_blocking(move || {
         EdgeStore::open(&a.data, a.dim).with_context(|| format!("opening {}", a.data.display()))
     })
@@ -258,11 +382,25 @@ async fn run_router(a: RouterArgs) -> Result<()> {
         user_cache_ttl: Duration::from_secs(a.user_cache_ttl_s),
         ..Default::default()
     };
-    let state = Arc::new(RouterInner::new(
-        encoder,
-        Cluster::fixed(&a.shards, http),
-        cfg,
-    ));
+    let cluster = if a.group.is_empty() {
+        Cluster::fixed(&a.shards, http)
+    } else {
+        let groups: Vec<Vec<String>> = a
+            .group
+            .iter()
+            .map(|g| {
+                g.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .collect();
+        if let Some(i) = groups.iter().position(Vec::is_empty) {
+            anyhow::bail!("--group number {i} names no replica");
+        }
+        Cluster::replicated(&groups, http)
+    };
+    let state = Arc::new(RouterInner::new(encoder, cluster, cfg));
     redrec_wire::serve("router", a.listen, redrec_router::app(state)).await?;
     Ok(())
 }
@@ -282,6 +420,7 @@ async fn main() -> Result<()> {
         Command::Encoder(a) => run_encoder(a).await,
         Command::Router(a) => run_router(a).await,
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
+        Command::Cluster(c) => cluster::run(c, http_client()?).await,
         Command::Dataset(DatasetCommand::Synth(a)) => {
             let cfg = dataset::SynthConfig {
                 items: a.items,

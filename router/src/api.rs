@@ -101,7 +101,14 @@ pub struct RecommendRequest {
     pub exclude_seen: bool,
     #[serde(default)]
     pub merge: MergeMode,
+    /// `strong` reads every shard group on its leader after a ReadIndex round, so the
+    /// answer reflects every write acknowledged before the request; `any` (the default)
+    /// reads any caught-up replica.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
+
+pub use redrec_shard::api::Consistency;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Recommendation {
@@ -163,6 +170,27 @@ pub struct ShardStatus {
     pub up: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The replicas of a Raft-replicated group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub addr: String,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_up: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -1,35 +1,42 @@
-//! Calling many shards at once under one deadline, and accounting for who answered.
+//! Calling many shard groups at once under one deadline, and accounting for who answered.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::join_all;
-use redrec_shard::client::{ShardClient, ShardClientError};
+use redrec_shard::client::ShardClientError;
 
 use crate::api::Coverage;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Group};
 
 pub type Outcome<T> = (usize, Result<T, ShardClientError>);
 
-/// Calls `call` on each listed shard concurrently. Each call is bounded by what is left
-/// of `deadline`; one past it fails as unavailable instead of holding the answer back.
+/// Calls `call` on each listed group concurrently; one still running at `deadline`
+/// fails as unavailable instead of holding the answer back.
 pub async fn fan_out<T, F, Fut>(
     cluster: &Cluster,
-    shards: impl IntoIterator<Item = usize>,
+    groups: impl IntoIterator<Item = usize>,
     deadline: Instant,
     call: F,
 ) -> Vec<Outcome<T>>
 where
-    F: Fn(usize, ShardClient, Duration) -> Fut,
+    F: Fn(usize, Arc<Group>) -> Fut,
     Fut: Future<Output = Result<T, ShardClientError>>,
 {
-    let calls = shards.into_iter().map(|i| {
-        let client = cluster.shards[i].clone();
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let fut = call(i, client, left);
-        async move { (i, fut.await) }
+    let calls = groups.into_iter().map(|i| {
+        let group = cluster.groups[i].clone();
+        let fut = call(i, group);
+        async move {
+            let r = match tokio::time::timeout_at(deadline.into(), fut).await {
+                Ok(r) => r,
+                Err(_) => Err(ShardClientError::Unavailable {
+                    addr: format!("group {i}"),
+                    message: "no answer before the deadline".into(),
+                }),
+            };
+            (i, r)
+        }
     });
     let outcomes = join_all(calls).await;
     for (i, r) in &outcomes {

@@ -65,15 +65,17 @@ pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, Ro
     let cluster = &state.cluster;
     let groups = cluster.by_shard(points, |p| p.id.as_str());
     let deadline = Instant::now() + state.cfg.write_timeout;
-    let outcomes = fan_out(
-        cluster,
-        groups.keys().copied(),
-        deadline,
-        |i, client, left| {
-            let part = groups[&i].clone();
-            async move { client.upsert(part, left).await }
-        },
-    )
+    let outcomes = fan_out(cluster, groups.keys().copied(), deadline, |i, group| {
+        let part = groups[&i].clone();
+        async move {
+            group
+                .leader_call(deadline, |c, left| {
+                    let part = part.clone();
+                    async move { c.upsert(part, left).await }
+                })
+                .await
+        }
+    })
     .await;
     let mut failed = Vec::new();
     for (i, r) in outcomes {
@@ -174,10 +176,14 @@ pub async fn ingest_vectors(
 
 pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
-    let shard = state.cluster.slots.shard_of(&id);
-    let client = &state.cluster.shards[shard];
-    let point = client
-        .get(vec![id.clone()], true, state.cfg.deadline)
+    let group = state.cluster.group_of(&id);
+    let shard = group.index;
+    let deadline = Instant::now() + state.cfg.deadline;
+    let point = group
+        .read(deadline, |c, left| {
+            let ids = vec![id.clone()];
+            async move { c.get(ids, true, left).await }
+        })
         .await?
         .pop();
     match point {
@@ -193,9 +199,14 @@ pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, R
 
 pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
-    let client = &state.cluster.shards[state.cluster.slots.shard_of(&id)];
-    let deleted = client
-        .delete(vec![id.clone()], state.cfg.write_timeout)
+    let deadline = Instant::now() + state.cfg.write_timeout;
+    let deleted = state
+        .cluster
+        .group_of(&id)
+        .leader_call(deadline, |c, left| {
+            let ids = vec![id.clone()];
+            async move { c.delete(ids, left).await }
+        })
         .await?;
     if deleted == 0 {
         return Err(RouterError::NotFound(format!("no item {id:?}")));

@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use redrec_encoder::{Manifest, UserHistory};
-use redrec_shard::api::SearchRequest;
+use redrec_shard::api::{Consistency, SearchRequest};
+use redrec_shard::client::ShardClient;
 
 use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse};
 use crate::error::RouterError;
@@ -118,15 +119,17 @@ async fn history_vectors(
             .collect::<BTreeSet<_>>(),
         |id| id,
     );
-    let outcomes = fan_out(
-        cluster,
-        wanted.keys().copied(),
-        deadline,
-        |i, client, left| {
-            let ids = wanted[&i].clone();
-            async move { client.get(ids, true, left).await }
-        },
-    )
+    let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {
+        let ids = wanted[&i].clone();
+        async move {
+            group
+                .read(deadline, |c, left| {
+                    let ids = ids.clone();
+                    async move { c.get(ids, true, left).await }
+                })
+                .await
+        }
+    })
     .await;
     let mut vectors = HashMap::new();
     let mut down = BTreeSet::new();
@@ -231,21 +234,26 @@ pub async fn recommend(
     } else {
         Default::default()
     };
-    let outcomes = fan_out(
-        cluster,
-        0..cluster.shards.len(),
-        deadline,
-        |i, client, left| {
-            let request = SearchRequest {
-                queries: active.clone(),
-                k: req.k,
-                filter: req.filter.clone(),
-                exclude: exclude.get(&i).cloned().unwrap_or_default(),
-                ef: None,
+    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |i, group| {
+        let request = SearchRequest {
+            queries: active.clone(),
+            k: req.k,
+            filter: req.filter.clone(),
+            exclude: exclude.get(&i).cloned().unwrap_or_default(),
+            ef: None,
+            consistency: req.consistency,
+        };
+        async move {
+            let call = |c: ShardClient, left| {
+                let request = &request;
+                async move { c.search(request, left).await }
             };
-            async move { client.search(&request, left).await }
-        },
-    )
+            match request.consistency {
+                Consistency::Strong => group.leader_call(deadline, call).await,
+                Consistency::Any => group.read(deadline, call).await,
+            }
+        }
+    })
     .await;
     if let Some(e) = client_error(&outcomes) {
         let message = match e {
@@ -254,7 +262,7 @@ pub async fn recommend(
         };
         return Err(RouterError::bad("invalid_request", message));
     }
-    let coverage = coverage(cluster.shards.len(), &outcomes);
+    let coverage = coverage(cluster.groups.len(), &outcomes);
     metrics::histogram!("redrec_recommend_coverage_ratio")
         .record(coverage.answered as f64 / coverage.shards.max(1) as f64);
     if coverage.answered == 0 {

@@ -11,11 +11,12 @@ use axum::Router;
 use futures::future::join_all;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use redrec_encoder::EncoderHandle;
+use redrec_shard::client::ShardClient;
 use redrec_wire::{with_fallbacks, Json};
 
 use crate::api::{
     ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
-    ItemResponse, RecommendRequest, RecommendResponse, ShardStatus,
+    ItemResponse, RecommendRequest, RecommendResponse, ReplicaInfo, ShardStatus,
 };
 use crate::cluster::Cluster;
 use crate::config::RouterConfig;
@@ -107,29 +108,58 @@ async fn delete_item(
     ingest::delete_item(&s, id).await.map(axum::Json)
 }
 
+async fn replica_info(c: &ShardClient, replicated: bool) -> ReplicaInfo {
+    let timeout = Duration::from_millis(500);
+    let stats = c.stats(timeout).await;
+    let status = if replicated {
+        c.status(timeout).await.ok()
+    } else {
+        None
+    };
+    ReplicaInfo {
+        addr: c.addr().to_string(),
+        up: stats.is_ok(),
+        points: stats.as_ref().ok().map(|s| s.points),
+        leader: status.as_ref().map(|s| s.raft.is_leader),
+        caught_up: status.as_ref().map(|s| s.caught_up),
+        applied: status.as_ref().map(|s| s.raft.applied),
+        term: status.as_ref().map(|s| s.raft.term),
+        error: stats.err().map(|e| e.to_string()),
+    }
+}
+
 async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
     let m = s.encoder.manifest();
-    let slots = s.cluster.slots.slots_per_shard(s.cluster.shards.len());
-    let stats = join_all(
-        s.cluster
-            .shards
-            .iter()
-            .map(|c| c.stats(Duration::from_millis(500))),
-    )
+    let slots = s.cluster.slots.slots_per_shard(s.cluster.groups.len());
+    let replicated = s.cluster.replicated;
+    let groups = join_all(s.cluster.groups.iter().map(|g| async move {
+        join_all(g.replicas.iter().map(|c| replica_info(c, replicated))).await
+    }))
     .await;
     let shards = s
         .cluster
-        .shards
+        .groups
         .iter()
-        .zip(stats)
-        .enumerate()
-        .map(|(index, (c, st))| ShardStatus {
-            index,
-            addr: c.addr().to_string(),
-            slots: slots[index],
-            up: st.is_ok(),
-            points: st.as_ref().ok().map(|s| s.points),
-            error: st.err().map(|e| e.to_string()),
+        .zip(groups)
+        .map(|(g, replicas)| {
+            // The group's face: its leader if one is known, else the first that answered.
+            let face = replicas
+                .iter()
+                .position(|r| r.leader == Some(true))
+                .or_else(|| replicas.iter().position(|r| r.up))
+                .unwrap_or(0);
+            let r = &replicas[face];
+            ShardStatus {
+                index: g.index,
+                addr: r.addr.clone(),
+                slots: slots[g.index],
+                up: replicas.iter().any(|r| r.up),
+                points: r.points,
+                error: (!replicas.iter().any(|r| r.up))
+                    .then(|| r.error.clone())
+                    .flatten(),
+                replicas: if replicated { replicas } else { Vec::new() },
+            }
         })
         .collect();
     axum::Json(ClusterResponse {

@@ -70,6 +70,56 @@ pub struct SearchRequest {
     /// HNSW beam width; the shard's default when absent.
     #[serde(default)]
     pub ef: Option<usize>,
+    /// `strong`: read on the group's leader after a ReadIndex round, so every write
+    /// acknowledged before the request is seen. Default: any caught-up replica.
+    #[serde(default, skip_serializing_if = "Consistency::is_default")]
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    #[default]
+    Any,
+    Strong,
+}
+
+impl Consistency {
+    pub fn is_default(&self) -> bool {
+        *self == Self::Any
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrollRequest {
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default = "default_page")]
+    pub limit: usize,
+}
+
+fn default_page() -> usize {
+    1024
+}
+
+/// What a replica holds, in a form replicas can compare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub points: usize,
+    /// xxh3 over every (id, vector bits) pair, in id order.
+    pub checksum: String,
+    /// The replica's applied index when the digest was taken.
+    pub applied: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipRequest {
+    /// `add` or `remove`.
+    pub action: String,
+    pub node: u64,
+    /// Where the added node listens (needed to add).
+    #[serde(default)]
+    pub addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -28,7 +28,7 @@ impl From<StoreError> for ShardHttpError {
     }
 }
 
-pub struct ShardHttpError(HttpError);
+pub struct ShardHttpError(pub HttpError);
 
 impl axum::response::IntoResponse for ShardHttpError {
     fn into_response(self) -> axum::response::Response {
@@ -105,4 +105,345 @@ pub fn router(store: Shared) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(store);
     with_fallbacks(api)
+}
+
+/// The API of a shard node hosting Raft groups: the same point and search calls under
+/// `/v1/groups/{g}/…` (writes go through the group's log and are acknowledged once a
+/// majority committed them and the leader applied them), replica status and digests,
+/// membership administration, and the Raft transport.
+pub mod groups {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::extract::{DefaultBodyLimit, Path, State};
+    use axum::http::{HeaderMap, HeaderValue, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use axum::Router;
+    use redrec_wire::{with_fallbacks, HttpError, Json};
+
+    use super::MAX_BODY_BYTES;
+    use crate::api::{
+        Consistency, DeleteRequest, DeleteResponse, Digest, GetRequest, GetResponse,
+        MembershipRequest, SearchRequest, SearchResponse, Stats, UpsertRequest, UpsertResponse,
+    };
+    use crate::raft::driver::ProposeError;
+    use crate::raft::machine::Command;
+    use crate::raft::node::{Group, GroupStatus, Node};
+    use crate::raft::transport;
+    use crate::store::{check_vector, Page, StoreError, VectorStore};
+
+    /// Header naming the leader's address on a `not_leader` answer.
+    pub const LEADER_HEADER: &str = "x-redrec-leader";
+    /// Longest a write waits for its entry to commit and apply.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Longest a strong read waits for the ReadIndex round and the apply behind it.
+    const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
+    type Shared = Arc<Node>;
+
+    pub struct GroupError {
+        error: HttpError,
+        leader: Option<String>,
+    }
+
+    impl From<HttpError> for GroupError {
+        fn from(error: HttpError) -> Self {
+            Self {
+                error,
+                leader: None,
+            }
+        }
+    }
+
+    impl From<StoreError> for GroupError {
+        fn from(e: StoreError) -> Self {
+            super::ShardHttpError::from(e).0.into()
+        }
+    }
+
+    impl IntoResponse for GroupError {
+        fn into_response(self) -> Response {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = self.leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                headers.insert(LEADER_HEADER, v);
+            }
+            (headers, self.error).into_response()
+        }
+    }
+
+    type Reply<T> = Result<axum::Json<T>, GroupError>;
+
+    fn unavailable(code: &'static str, message: impl Into<String>) -> GroupError {
+        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into()
+    }
+
+    fn propose_error(node: &Node, g: u64, e: ProposeError) -> GroupError {
+        match e {
+            ProposeError::NotLeader(_) => GroupError {
+                error: HttpError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "not_leader",
+                    format!("node {} does not lead group {g}", node.id),
+                ),
+                leader: node.leader_addr(g),
+            },
+            ProposeError::Rejected(m) => HttpError::bad_request("invalid_request", m).into(),
+            ProposeError::Unknown(m) | ProposeError::Timeout(m) => unavailable(
+                "outcome_unknown",
+                format!("the write may or may not have been applied ({m}); retrying is safe"),
+            ),
+            ProposeError::Stopped => unavailable("replica_stopped", "the replica has stopped"),
+        }
+    }
+
+    fn group(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
+        node.group(g).cloned().ok_or_else(|| {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_group",
+                format!("group {g} is not hosted on node {}", node.id),
+            )
+            .into()
+        })
+    }
+
+    /// A replica serving default reads must have caught up with its group.
+    fn readable(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
+        let group = group(node, g)?;
+        if !group.caught_up() {
+            return Err(unavailable(
+                "not_ready",
+                format!("replica of group {g} on node {} has not caught up", node.id),
+            ));
+        }
+        Ok(group)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        store: Arc<dyn VectorStore>,
+        f: impl FnOnce(&dyn VectorStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Reply<T> {
+        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+            Ok(r) => r.map(axum::Json).map_err(GroupError::from),
+            Err(e) => {
+                Err(
+                    HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                        .into(),
+                )
+            }
+        }
+    }
+
+    async fn propose(node: &Node, g: u64, cmd: Command) -> Result<usize, GroupError> {
+        let group = group(node, g)?;
+        match tokio::time::timeout(WRITE_TIMEOUT, group.replica.propose(cmd)).await {
+            Ok(r) => r.map_err(|e| propose_error(node, g, e)),
+            Err(_) => Err(propose_error(
+                node,
+                g,
+                ProposeError::Timeout("not committed in time".into()),
+            )),
+        }
+    }
+
+    async fn upsert(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<UpsertRequest>,
+    ) -> Reply<UpsertResponse> {
+        let dim = group(&node, g)?.store.dim();
+        for (i, p) in r.points.iter().enumerate() {
+            if p.id.is_empty() {
+                return Err(HttpError::bad_request(
+                    "invalid_request",
+                    format!("points[{i}]: id is empty"),
+                )
+                .into());
+            }
+            check_vector(&p.vector, dim).map_err(|e| {
+                GroupError::from(HttpError::bad_request(
+                    "invalid_request",
+                    format!("points[{i}]: {e}"),
+                ))
+            })?;
+        }
+        if r.points.is_empty() {
+            return Ok(axum::Json(UpsertResponse { upserted: 0 }));
+        }
+        let upserted = propose(&node, g, Command::Upsert(r.points)).await?;
+        Ok(axum::Json(UpsertResponse { upserted }))
+    }
+
+    async fn delete(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<DeleteRequest>,
+    ) -> Reply<DeleteResponse> {
+        let deleted = propose(&node, g, Command::Delete(r.ids)).await?;
+        Ok(axum::Json(DeleteResponse { deleted }))
+    }
+
+    async fn get_points(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<GetRequest>,
+    ) -> Reply<GetResponse> {
+        let group = readable(&node, g)?;
+        blocking(group.store.clone(), move |st| {
+            st.get(&r.ids, r.with_vector)
+                .map(|points| GetResponse { points })
+        })
+        .await
+    }
+
+    async fn search(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<SearchRequest>,
+    ) -> Reply<SearchResponse> {
+        let group = match r.consistency {
+            Consistency::Any => readable(&node, g)?,
+            Consistency::Strong => {
+                let group = group(&node, g)?;
+                if !group.replica.status().is_leader {
+                    return Err(propose_error(&node, g, ProposeError::NotLeader(None)));
+                }
+                group
+                    .replica
+                    .catch_up(READ_INDEX_TIMEOUT)
+                    .await
+                    .map_err(|e| match e {
+                        ProposeError::Timeout(m) => unavailable("no_quorum", m),
+                        other => propose_error(&node, g, other),
+                    })?;
+                group
+            }
+        };
+        blocking(group.store.clone(), move |st| {
+            st.search(&r).map(|results| SearchResponse { results })
+        })
+        .await
+    }
+
+    async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
+        blocking(group(&node, g)?.store.clone(), |st| st.stats()).await
+    }
+
+    async fn status(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<GroupStatus> {
+        Ok(axum::Json(group(&node, g)?.status()))
+    }
+
+    /// A page of the replica's points: what a snapshot transfer pulls.
+    async fn scroll(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<crate::api::ScrollRequest>,
+    ) -> Reply<Page> {
+        let limit = r.limit.clamp(1, 4096);
+        blocking(group(&node, g)?.store.clone(), move |st| {
+            st.scroll(r.cursor.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn digest(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Digest> {
+        let group = group(&node, g)?;
+        let applied = group.replica.status().applied;
+        blocking(group.store.clone(), move |st| {
+            crate::store::digest(st).map(|(points, checksum)| Digest {
+                points,
+                checksum,
+                applied,
+            })
+        })
+        .await
+    }
+
+    async fn membership(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<MembershipRequest>,
+    ) -> Reply<GroupStatus> {
+        let add = match r.action.as_str() {
+            "add" => true,
+            "remove" => false,
+            other => {
+                return Err(HttpError::bad_request(
+                    "invalid_action",
+                    format!("action {other:?}: expected \"add\" or \"remove\""),
+                )
+                .into())
+            }
+        };
+        if add && r.addr.as_deref().is_none_or(str::is_empty) {
+            return Err(HttpError::bad_request(
+                "missing_addr",
+                "adding a replica needs the address of its node",
+            )
+            .into());
+        }
+        node.change_membership(g, add, r.node, r.addr)
+            .await
+            .map_err(|e| propose_error(&node, g, e))?;
+        Ok(axum::Json(group(&node, g)?.status()))
+    }
+
+    #[derive(serde::Serialize)]
+    struct NodeStatus {
+        node: u64,
+        addr: String,
+        ready: bool,
+        groups: Vec<GroupStatus>,
+    }
+
+    async fn node_status(State(node): State<Shared>) -> axum::Json<NodeStatus> {
+        axum::Json(NodeStatus {
+            node: node.id,
+            addr: node.advertise.clone(),
+            ready: node.ready(),
+            groups: node.groups.values().map(|g| g.status()).collect(),
+        })
+    }
+
+    async fn readyz(State(node): State<Shared>) -> Response {
+        let lagging: Vec<u64> = node
+            .groups
+            .values()
+            .filter(|g| !g.caught_up())
+            .map(|g| g.id)
+            .collect();
+        if lagging.is_empty() {
+            return "ready".into_response();
+        }
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("replicas of groups {lagging:?} have not caught up"),
+        )
+        .into_response()
+    }
+
+    async fn ok() -> &'static str {
+        "ok"
+    }
+
+    pub fn router(node: Shared) -> Router {
+        let api = Router::new()
+            .route("/v1/groups/{g}/points/upsert", post(upsert))
+            .route("/v1/groups/{g}/points/delete", post(delete))
+            .route("/v1/groups/{g}/points/get", post(get_points))
+            .route("/v1/groups/{g}/search", post(search))
+            .route("/v1/groups/{g}/stats", get(stats))
+            .route("/v1/groups/{g}/status", get(status))
+            .route("/v1/groups/{g}/scroll", post(scroll))
+            .route("/v1/groups/{g}/digest", get(digest))
+            .route("/admin/v1/groups/{g}/replicas", post(membership))
+            .route("/v1/node", get(node_status))
+            .route("/healthz", get(ok))
+            .route("/readyz", get(readyz))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(node.clone());
+        with_fallbacks(api.merge(transport::routes(node.inbox.clone())))
+    }
 }

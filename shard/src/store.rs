@@ -66,6 +66,35 @@ pub trait VectorStore: Send + Sync + 'static {
     }
 }
 
+/// How many points a store holds and a checksum over their ids and vectors (in id order),
+/// to compare replicas.
+pub fn digest(store: &dyn VectorStore) -> StoreResult<(usize, String)> {
+    let mut entries: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.scroll(cursor.as_deref(), 4096)?;
+        entries.extend(
+            page.points
+                .into_iter()
+                .map(|p| (p.id, p.vector.unwrap_or_default())),
+        );
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for (id, vector) in &entries {
+        hasher.update(&(id.len() as u64).to_le_bytes());
+        hasher.update(id.as_bytes());
+        for x in vector {
+            hasher.update(&x.to_bits().to_le_bytes());
+        }
+    }
+    Ok((entries.len(), format!("{:032x}", hasher.digest128())))
+}
+
 /// One page of a scroll over a store.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Page {

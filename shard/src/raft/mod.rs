@@ -4,4 +4,5 @@
 pub mod driver;
 pub mod log;
 pub mod machine;
+pub mod node;
 pub mod transport;

@@ -15,7 +15,8 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 
-use super::driver::{Replica, Transport};
+use super::driver::{Replica, SnapshotSink, Transport};
+use crate::store::Page;
 
 const QUEUE: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -50,48 +51,141 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<(u64, Message)>, String> {
     Ok(out)
 }
 
+/// A peer's address and the queue its sender task drains.
+type Peer = (String, mpsc::Sender<(u64, Message)>);
+
+/// Points per page of a snapshot transfer.
+const SNAPSHOT_PAGE: usize = 1024;
+
 /// Outbound side: node id -> address, one queue and sender task per peer.
 pub struct HttpTransport {
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
-    peers: RwLock<HashMap<u64, mpsc::Sender<(u64, Message)>>>,
+    peers: RwLock<HashMap<u64, Peer>>,
+    /// Told when a snapshot message could not be delivered.
+    inbox: Arc<Inbox>,
+    /// Where learnt peers are kept across restarts.
+    peer_file: Option<std::path::PathBuf>,
 }
 
 impl HttpTransport {
-    pub fn new(http: reqwest::Client, runtime: tokio::runtime::Handle) -> Arc<Self> {
+    pub fn new(
+        http: reqwest::Client,
+        runtime: tokio::runtime::Handle,
+        inbox: Arc<Inbox>,
+        peer_file: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             http,
             runtime,
             peers: RwLock::new(HashMap::new()),
+            inbox,
+            peer_file,
         })
     }
 
     /// Adds or moves a peer node.
     pub fn set_peer(&self, node: u64, addr: String) {
+        let addr = addr.trim_end_matches('/').to_string();
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&node).is_some_and(|(a, _)| *a == addr) {
+            return;
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let http = self.http.clone();
-        self.runtime.spawn(sender(http, addr, rx));
+        self.runtime
+            .spawn(sender(http, addr.clone(), rx, self.inbox.clone()));
         // Replacing the sender ends the old task once its queue drains.
-        self.peers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node, tx);
+        peers.insert(node, (addr, tx));
+    }
+
+    pub fn peer_addr(&self, node: u64) -> Option<String> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.get(&node).map(|(a, _)| a.clone())
+    }
+
+    pub fn peers(&self) -> HashMap<u64, String> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.iter().map(|(n, (a, _))| (*n, a.clone())).collect()
+    }
+
+    fn save_peers(&self) {
+        let Some(path) = &self.peer_file else { return };
+        let body = serde_json::to_vec(&self.peers()).expect("peers serialize");
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)) {
+            tracing::warn!("saving peers to {}: {e}", path.display());
+        }
+    }
+
+    /// Peers saved by an earlier run.
+    pub fn load_peers(path: &std::path::Path) -> HashMap<u64, String> {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 }
 
 impl Transport for HttpTransport {
+    fn add_peer(&self, node: u64, addr: &str) {
+        self.set_peer(node, addr.to_string());
+        self.save_peers();
+    }
+
+    /// Pulls the group's points from `from` page by page (`POST /v1/groups/{g}/scroll`),
+    /// blocking this (driver) thread.
+    fn fetch_snapshot(&self, group: u64, from: u64, sink: &mut SnapshotSink) -> Result<(), String> {
+        let addr = self
+            .peer_addr(from)
+            .ok_or_else(|| format!("no address for node {from}"))?;
+        let url = format!("{addr}/v1/groups/{group}/scroll");
+        let mut cursor: Option<String> = None;
+        loop {
+            let body = serde_json::json!({"cursor": cursor, "limit": SNAPSHOT_PAGE});
+            let page: Page = self.runtime.block_on(async {
+                let resp = self
+                    .http
+                    .post(&url)
+                    .timeout(Duration::from_secs(30))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("{url} answered {}", resp.status()));
+                }
+                resp.json::<Page>().await.map_err(|e| e.to_string())
+            })?;
+            sink(page.points)?;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     fn send(&self, group: u64, messages: Vec<Message>) {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         for m in messages {
-            if let Some(tx) = peers.get(&m.to) {
-                // Full or closed: drop it, Raft will resend.
-                let _ = tx.try_send((group, m));
+            let Some((_, tx)) = peers.get(&m.to) else {
+                continue;
+            };
+            // Full or closed: drop it, Raft will resend (a snapshot once told).
+            if let Err(e) = tx.try_send((group, m)) {
+                let (group, m) = e.into_inner();
+                self.inbox.undelivered(group, &m);
             }
         }
     }
 }
 
-async fn sender(http: reqwest::Client, addr: String, mut rx: mpsc::Receiver<(u64, Message)>) {
+async fn sender(
+    http: reqwest::Client,
+    addr: String,
+    mut rx: mpsc::Receiver<(u64, Message)>,
+    inbox: Arc<Inbox>,
+) {
     let url = format!("{}/raft/v1/messages", addr.trim_end_matches('/'));
     let mut backoff = Duration::from_millis(20);
     while let Some(first) = rx.recv().await {
@@ -118,9 +212,14 @@ async fn sender(http: reqwest::Client, addr: String, mut rx: mpsc::Receiver<(u64
         } else {
             // The peer is down or partitioned: what was in flight is lost (Raft resends);
             // wait before trying again, and drop what piled up meanwhile.
+            for (group, m) in &batch {
+                inbox.undelivered(*group, m);
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            while rx.try_recv().is_ok() {}
+            while let Ok((group, m)) = rx.try_recv() {
+                inbox.undelivered(group, &m);
+            }
         }
     }
 }
@@ -137,6 +236,21 @@ impl Inbox {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(replica.group(), replica);
+    }
+
+    pub fn replica(&self, group: u64) -> Option<Replica> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas.get(&group).cloned()
+    }
+
+    /// A message of `group` was dropped: a snapshot's sender must know, or it would wait
+    /// for an answer that never comes.
+    pub fn undelivered(&self, group: u64, m: &Message) {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            if let Some(r) = self.replica(group) {
+                r.snapshot_failed(m.to);
+            }
+        }
     }
 
     /// Hands each message to its group's replica; returns how many had none here.
@@ -224,7 +338,12 @@ mod tests {
         }
         let drivers: Vec<Driver> = (1..=3u64)
             .map(|id| {
-                let transport = HttpTransport::new(http.clone(), rt.handle().clone());
+                let transport = HttpTransport::new(
+                    http.clone(),
+                    rt.handle().clone(),
+                    inboxes[&id].clone(),
+                    None,
+                );
                 for (peer, addr) in &addrs {
                     if *peer != id {
                         transport.set_peer(*peer, addr.clone());
