@@ -104,11 +104,11 @@ struct RaftArgs {
     raft_tick_ms: u64,
     /// Ticks without a leader's heartbeat before an election.
     #[arg(long, env = "REDREC_RAFT_ELECTION_TICKS", default_value_t = 10)]
-    election_ticks: usize,
+    raft_election_ticks: usize,
     /// Applied entries kept in the log before compaction; a replica further behind is
     /// caught up by a snapshot.
     #[arg(long, env = "REDREC_RAFT_COMPACT_AFTER", default_value_t = 10_000)]
-    compact_after: u64,
+    raft_compact_after: u64,
 }
 
 #[derive(Args, Clone)]
@@ -321,9 +321,9 @@ async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
         voters,
         driver: DriverConfig {
             tick: Duration::from_millis(r.raft_tick_ms.max(1)),
-            election_ticks: r.election_ticks.max(3),
-            heartbeat_ticks: (r.election_ticks / 5).max(1),
-            compact_after: r.compact_after,
+            election_ticks: r.raft_election_ticks.max(3),
+            heartbeat_ticks: (r.raft_election_ticks / 5).max(1),
+            compact_after: r.raft_compact_after,
         },
     };
     let node = Node::start(cfg, http_client()?)

@@ -239,3 +239,4 @@ pub fn within<T>(limit: Duration, f: impl FnOnce() -> T) -> (T, Duration) {
     assert!(took <= limit, "took {took:?}, limit {limit:?}");
     (out, took)
 }
+pub mod raft;

@@ -236,11 +236,14 @@ impl Driver {
             log.set_conf_state(&mut w, &cs)?;
             log.commit(w, true)?;
         }
+        // Entries the machine applied are committed, even where a crash kept the log's
+        // commit index from being written; raft only needs a floor it can check.
+        let applied = machine.applied().index.min(log.hard_state().commit);
         let raft_cfg = raft::Config {
             id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
-            applied: machine.applied().index,
+            applied,
             max_size_per_msg: 4 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -453,7 +456,8 @@ impl Loop {
                 let _ = reply.send(Ok(rs.index));
             }
         }
-        self.apply(rd.take_committed_entries())?;
+        // Persist before applying: the applied index on disk must never pass the
+        // commit index on disk, or a restart would find it out of range.
         let mut w = LogWrite::default();
         let store = self.node.mut_store();
         if !rd.entries().is_empty() {
@@ -463,6 +467,7 @@ impl Loop {
             store.set_hard_state(&mut w, hs)?;
         }
         store.commit(w, true)?;
+        self.apply(rd.take_committed_entries())?;
         if !rd.persisted_messages().is_empty() {
             self.transport
                 .send(self.group, rd.take_persisted_messages());
@@ -592,6 +597,8 @@ impl Loop {
         for (index, applied) in self.machine.apply(&entries)? {
             if let Applied::ConfChange(e) = &applied {
                 self.apply_conf_change(e)?;
+                // Whoever waits on it reads the new membership from the status.
+                self.publish();
             }
             let Some(Some(id)) = contexts.get(&index) else {
                 continue;
@@ -647,6 +654,8 @@ impl Loop {
             self.fail_all("leadership changed before the write applied");
         }
         self.reads.retain(|_, r| !r.is_closed());
+        let mut voters = self.node.store().conf_state().voters.clone();
+        voters.sort_unstable();
         let r = &self.node.raft;
         let status = ReplicaStatus {
             leader: (r.leader_id != 0).then_some(r.leader_id),
@@ -655,7 +664,7 @@ impl Loop {
             commit: r.raft_log.committed,
             applied: self.machine.applied().index,
             first_index: r.raft_log.first_index(),
-            voters: self.node.store().conf_state().voters.clone(),
+            voters,
             restoring: false,
             halted: false,
         };
