@@ -291,7 +291,7 @@ fn python_baseline(r: PyRun<'_>) -> Result<PyResult> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -1,6 +1,7 @@
 //! The `redrec` binary: one executable, the role chosen by subcommand.
 
 mod bench;
+mod bench_ingest;
 mod cluster;
 mod dataset;
 mod demo;
@@ -59,6 +60,8 @@ enum BenchCommand {
     /// Tower throughput and latency, in-process and over HTTP, with and without dynamic
     /// batching, against raw onnxruntime in Python at equal batch sizes.
     Encoder(bench::EncoderBenchArgs),
+    /// Upsert throughput of a Raft-replicated shard group (R=3) against a lone shard.
+    Ingest(bench_ingest::IngestBenchArgs),
 }
 
 #[derive(Args)]
@@ -267,7 +270,7 @@ struct SynthArgs {
     seed: u64,
 }
 
-fn http_client() -> Result<reqwest::Client> {
+pub fn http_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .pool_idle_timeout(Duration::from_secs(30))
@@ -420,6 +423,7 @@ async fn main() -> Result<()> {
         Command::Encoder(a) => run_encoder(a).await,
         Command::Router(a) => run_router(a).await,
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
+        Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
         Command::Cluster(c) => cluster::run(c, http_client()?).await,
         Command::Dataset(DatasetCommand::Synth(a)) => {
             let cfg = dataset::SynthConfig {

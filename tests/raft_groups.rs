@@ -200,7 +200,7 @@ fn wiped_replica_rejoins_through_a_snapshot_and_members_come_and_go() {
 #[test]
 fn a_partitioned_replica_cannot_progress_alone_and_converges_after_healing() {
     let _serial = serial();
-    let mut c = RaftCluster::start(3, true, &[]);
+    let c = RaftCluster::start(3, true, &[]);
     let writer = Writer::start(c.router_url("/v1/items/vectors"), "d");
     eventually(Duration::from_secs(30), "writes", || writer.acked() >= 200);
 

@@ -509,6 +509,7 @@ mod tests {
             filter,
             exclude,
             ef: None,
+            consistency: Default::default(),
         };
         let res = store.search(&req(None, vec![])).unwrap();
         assert_eq!(res.len(), 2);

@@ -4,6 +4,7 @@
 //! between the two re-applies a few entries on restart, which is harmless: upserts and
 //! deletes by id are idempotent.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Point;
-use crate::store::{StoreError, VectorStore};
+use crate::store::{check_vector, StoreError, VectorStore};
 
 /// A write, as proposed to and replicated by the group's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +44,31 @@ pub enum Applied {
     ConfChange(Entry),
     /// The entry could not be applied (a bad command): the same on every replica.
     Rejected(String),
+}
+
+/// Consecutive upserts gathered into one shard write.
+#[derive(Default)]
+struct UpsertRun {
+    points: Vec<Point>,
+    ids: HashSet<String>,
+    /// (entry index, points in it)
+    entries: Vec<(u64, usize)>,
+}
+
+/// Most points in one gathered shard write.
+const MAX_RUN_POINTS: usize = 8192;
+
+impl UpsertRun {
+    fn fits(&self, points: &[Point]) -> bool {
+        self.points.len() + points.len() <= MAX_RUN_POINTS
+            && points.iter().all(|p| !self.ids.contains(&p.id))
+    }
+
+    fn push(&mut self, index: u64, points: Vec<Point>) {
+        self.entries.push((index, points.len()));
+        self.ids.extend(points.iter().map(|p| p.id.clone()));
+        self.points.extend(points);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,35 +125,85 @@ impl StateMachine {
 
     /// Applies committed entries past the applied index, in order, then persists the new
     /// applied index. Returns what each newly applied entry did.
+    ///
+    /// Runs of consecutive upserts touching distinct ids go to the shard as one write
+    /// (one flush): the result is the same as one by one, and a busy leader commits
+    /// entries in runs.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(u64, Applied)>, MachineError> {
         let mut out = Vec::new();
         let mut last = self.applied;
-        for e in entries.iter().filter(|e| e.index > self.applied.index) {
+        let mut run = UpsertRun::default();
+        let done = self.applied.index;
+        for e in entries.iter().filter(|e| e.index > done) {
             let result = match e.get_entry_type() {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    Applied::ConfChange(e.clone())
+                    Some(Applied::ConfChange(e.clone()))
                 }
-                EntryType::EntryNormal if e.data.is_empty() => Applied::Noop,
+                EntryType::EntryNormal if e.data.is_empty() => Some(Applied::Noop),
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Ok(Command::Upsert(points)) => match self.store.upsert(points) {
-                        Ok(n) => Applied::Write(n),
-                        Err(StoreError::BadRequest(m)) => Applied::Rejected(m),
-                        Err(other) => return Err(other.into()),
+                    Ok(Command::Upsert(points)) => match self.check(&points) {
+                        Err(m) => Some(Applied::Rejected(m)),
+                        Ok(()) => {
+                            if !run.fits(&points) {
+                                self.flush_run(&mut run, &mut out)?;
+                            }
+                            run.push(e.index, points);
+                            None
+                        }
                     },
-                    Ok(Command::Delete(ids)) => Applied::Write(self.store.delete(&ids)?),
-                    Err(e) => Applied::Rejected(format!("undecodable command: {e}")),
+                    Ok(Command::Delete(ids)) => {
+                        self.flush_run(&mut run, &mut out)?;
+                        Some(Applied::Write(self.store.delete(&ids)?))
+                    }
+                    Err(e) => Some(Applied::Rejected(format!("undecodable command: {e}"))),
                 },
             };
             last = AppliedState {
                 index: e.index,
                 term: e.term,
             };
-            out.push((e.index, result));
+            if let Some(result) = result {
+                // Whatever came before this entry is written before it.
+                self.flush_run(&mut run, &mut out)?;
+                out.push((e.index, result));
+            }
         }
+        self.flush_run(&mut run, &mut out)?;
+        out.sort_by_key(|(index, _)| *index);
         if last != self.applied {
             self.persist(last)?;
         }
         Ok(out)
+    }
+
+    /// What the shard would refuse in an upsert, decided from the entry alone (so every
+    /// replica decides the same).
+    fn check(&self, points: &[Point]) -> Result<(), String> {
+        for p in points {
+            if p.id.is_empty() {
+                return Err("item id is empty".into());
+            }
+            check_vector(&p.vector, self.store.dim()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn flush_run(
+        &mut self,
+        run: &mut UpsertRun,
+        out: &mut Vec<(u64, Applied)>,
+    ) -> Result<(), MachineError> {
+        if run.entries.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(run);
+        self.store.upsert(run.points)?;
+        out.extend(
+            run.entries
+                .into_iter()
+                .map(|(index, n)| (index, Applied::Write(n))),
+        );
+        Ok(())
     }
 
     fn marker(&self) -> PathBuf {
@@ -267,5 +343,40 @@ mod tests {
             .map(|p| p.id)
             .collect();
         assert_eq!(ids, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn runs_of_upserts_apply_as_one_write_and_keep_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::open(&dir.path().join("shard"), 4).unwrap());
+        let mut m = StateMachine::open(store, dir.path()).unwrap();
+        let entries = vec![
+            entry(
+                1,
+                Some(Command::Upsert(vec![point("a", 1.0), point("b", 1.0)])),
+            ),
+            entry(2, Some(Command::Upsert(vec![point("c", 1.0)]))),
+            // The same id again: must land after entry 1's, not be merged with it.
+            entry(3, Some(Command::Upsert(vec![point("a", 2.0)]))),
+            entry(4, Some(Command::Upsert(vec![point("", 1.0)]))),
+            entry(5, Some(Command::Delete(vec!["b".into()]))),
+            entry(6, Some(Command::Upsert(vec![point("b", 3.0)]))),
+        ];
+        let out = m.apply(&entries).unwrap();
+        let kinds: Vec<_> = out.iter().map(|(i, a)| (*i, a.clone())).collect();
+        assert_eq!(kinds[0], (1, Applied::Write(2)));
+        assert_eq!(kinds[1], (2, Applied::Write(1)));
+        assert_eq!(kinds[2], (3, Applied::Write(1)));
+        assert!(matches!(kinds[3], (4, Applied::Rejected(_))));
+        assert_eq!(kinds[4], (5, Applied::Write(1)));
+        assert_eq!(kinds[5], (6, Applied::Write(1)));
+        let got = m
+            .store()
+            .get(&["a".into(), "b".into(), "c".into()], true)
+            .unwrap();
+        let first: Vec<f32> = got.iter().map(|p| p.vector.as_ref().unwrap()[0]).collect();
+        assert_eq!(first, vec![2.0, 3.0, 1.0]);
+        assert_eq!(m.applied().index, 6);
     }
 }

@@ -1,0 +1,263 @@
+//! `redrec bench ingest`: upsert throughput of one shard group replicated three ways
+//! (Raft, R=3: log fsync on a majority, then apply on the leader) against one lone shard,
+//! measured in the same run, on `redrec shard` processes this command starts on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use redrec_shard::api::Point;
+use redrec_shard::client::ShardClient;
+
+#[derive(Args, Clone)]
+pub struct IngestBenchArgs {
+    /// Seconds each setup is measured (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Points per upsert request.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Dimension of the vectors.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// Where the shards keep their data (default: a temporary directory).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+}
+
+/// A `redrec shard` child process, killed on drop.
+struct Shard(Child);
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_shard(args: &[String], log: &Path) -> Result<(Shard, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("shard")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting a shard")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the shard's address")?;
+    let shard = Shard(child);
+    let Some(addr) = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.starts_with("http"))
+    else {
+        bail!("shard did not start (see {})", log.display());
+    };
+    Ok((shard, addr.to_string()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Outcome {
+    points_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+async fn drive(client: ShardClient, a: &IngestBenchArgs, label: &str) -> Result<Outcome> {
+    let warmup = Duration::from_secs_f64(a.seconds / 5.0);
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..a.concurrency)
+        .map(|w| {
+            let (client, stop, batch, dim) = (client.clone(), stop.clone(), a.batch, a.dim);
+            let label = label.to_string();
+            tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                let (mut points, mut errors, mut n) = (0u64, 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<Point> = (0..batch)
+                        .map(|_| {
+                            n += 1;
+                            Point {
+                                id: format!("{label}-{w}-{n}"),
+                                vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                                payload: Default::default(),
+                            }
+                        })
+                        .collect();
+                    let size = batch.len() as u64;
+                    let t0 = Instant::now();
+                    let ok = client.upsert(batch, Duration::from_secs(30)).await.is_ok();
+                    if t0 < start + warmup {
+                        continue;
+                    }
+                    if ok {
+                        points += size;
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (points, hist, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(warmup + Duration::from_secs_f64(a.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut points, mut errors) = (0u64, 0u64);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        let (p, h, e) = t.await?;
+        points += p;
+        errors += e;
+        hist.add(h)?;
+    }
+    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    let o = Outcome {
+        points_per_s: points as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    };
+    eprintln!(
+        "  {label:<26} {:>9.0} points/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+        o.points_per_s,
+        o.p50_ms,
+        o.p99_ms,
+        if o.errors > 0 {
+            format!("  ({} failed requests)", o.errors)
+        } else {
+            String::new()
+        }
+    );
+    Ok(o)
+}
+
+pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    let http = crate::http_client()?;
+    let dim = a.dim.to_string();
+    eprintln!(
+        "redrec bench ingest: {} × {} points per request, {} s each, on {}",
+        a.concurrency,
+        a.batch,
+        a.seconds,
+        crate::bench::machine()
+    );
+
+    let solo = {
+        let data = root.join("solo");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--dim",
+            &dim,
+        ]
+        .map(String::from);
+        let (_shard, addr) = spawn_shard(&args, &root.join("solo.log"))?;
+        drive(
+            ShardClient::new(addr, http.clone()),
+            &a,
+            "unreplicated (1 shard)",
+        )
+        .await?
+    };
+
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = i + 1;
+        let peers = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, p)| format!("{}=http://127.0.0.1:{p}", j + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = root.join(format!("node-{id}"));
+        let args = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+            data.to_str().unwrap(),
+            "--dim",
+            &dim,
+            "--node-id",
+            &id.to_string(),
+            "--peers",
+            &peers,
+        ]
+        .map(String::from);
+        nodes.push(spawn_shard(&args, &root.join(format!("node-{id}.log")))?);
+    }
+    let leader = wait_leader(&http, &nodes).await?;
+    let replicated = drive(
+        ShardClient::replica(leader, 0, http.clone()),
+        &a,
+        "Raft group, R=3",
+    )
+    .await?;
+    drop(nodes);
+
+    let ratio = replicated.points_per_s / solo.points_per_s;
+    println!("| setup | points/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    for (label, o) in [
+        ("unreplicated (1 shard)", &solo),
+        ("Raft group, R=3", &replicated),
+    ] {
+        println!(
+            "| {label} | {:.0} | {:.2} | {:.2} |",
+            o.points_per_s, o.p50_ms, o.p99_ms
+        );
+    }
+    println!("\nreplicated / unreplicated throughput: {ratio:.2}");
+    if solo.errors + replicated.errors > 0 {
+        bail!(
+            "{} upserts failed during the run",
+            solo.errors + replicated.errors
+        );
+    }
+    Ok(())
+}
+
+/// The address of the node that leads group 0, once one does.
+async fn wait_leader(http: &reqwest::Client, nodes: &[(Shard, String)]) -> Result<String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        for (_, addr) in nodes {
+            let status = redrec_shard::raft::node::peer_status(http, addr, 0).await;
+            if status.is_some_and(|s| s.raft.is_leader && s.caught_up) {
+                return Ok(addr.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the group elected no leader")
+}
