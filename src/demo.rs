@@ -1,6 +1,7 @@
-//! `redrec demo`: a local cluster of real processes (three shards, an encoder, a router
-//! on 127.0.0.1:8080) over the reference towers, a synthetic catalogue ingested through
-//! the item tower, one example recommendation, then serving until Ctrl-C.
+//! `redrec demo`: a local cluster of real processes (three shard nodes hosting three
+//! Raft-replicated shard groups, an encoder, a router on 127.0.0.1:8080) over the
+//! reference towers, a synthetic catalogue ingested through the item tower, one example
+//! recommendation, then serving until Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,8 +27,12 @@ pub struct DemoArgs {
     /// Catalogue size.
     #[arg(long, default_value_t = 10_000)]
     items: usize,
+    /// Shard groups (the catalogue is split over them by slot).
     #[arg(long, default_value_t = 3)]
     shards: usize,
+    /// Replicas of each group, one per shard node (1: lone, unreplicated shards).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where the shards keep their data and the processes their logs (wiped at start).
@@ -180,6 +185,73 @@ async fn example(
     Ok(())
 }
 
+/// `a.replicas` shard nodes, each hosting a replica of every group; returns the router's
+/// `--group` arguments.
+async fn start_nodes(
+    a: &DemoArgs,
+    logs: &Path,
+    procs: &mut Vec<Proc>,
+) -> Result<Vec<(&'static str, String)>> {
+    let ports = (0..a.replicas)
+        .map(|_| {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        })
+        .collect::<Result<Vec<u16>>>()?;
+    let addrs: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let groups = (0..a.shards)
+        .map(|g| g.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, port) in ports.iter().enumerate() {
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, addr)| format!("{}={addr}", j + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = a.dir.join(format!("node-{}", i + 1));
+        let args = [
+            "shard",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+            &data.to_string_lossy(),
+            "--node-id",
+            &(i + 1).to_string(),
+            "--peers",
+            &peers,
+            "--groups",
+            &groups,
+        ];
+        procs.push(spawn(&format!("node-{}", i + 1), &args, logs).await?);
+    }
+    // Writes need each group's leader: wait for every node to be ready.
+    let http = reqwest::Client::new();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    for addr in &addrs {
+        while !http
+            .get(format!("{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if std::time::Instant::now() > until {
+                bail!("shard node {addr} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok((0..a.shards)
+        .map(|_| ("--group", addrs.join(",")))
+        .collect())
+}
+
 pub async fn run(a: DemoArgs) -> Result<()> {
     if a.dir.exists() {
         std::fs::remove_dir_all(&a.dir).with_context(|| format!("clearing {}", a.dir.display()))?;
@@ -189,48 +261,31 @@ pub async fn run(a: DemoArgs) -> Result<()> {
 
     let mut procs = Vec::new();
     let result = async {
-        for i in 0..a.shards {
-            let data = a.dir.join(format!("shard-{i}"));
-            procs.push(
-                spawn(
-                    &format!("shard-{i}"),
-                    &[
-                        "shard",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--data",
-                        &data.to_string_lossy(),
-                    ],
-                    &logs,
-                )
-                .await?,
-            );
-        }
+        let groups = if a.replicas <= 1 {
+            for i in 0..a.shards {
+                let data = a.dir.join(format!("shard-{i}"));
+                let args = [
+                    "shard",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data",
+                    &data.to_string_lossy(),
+                ];
+                procs.push(spawn(&format!("shard-{i}"), &args, &logs).await?);
+            }
+            let addrs: Vec<&str> = procs.iter().map(|p| p.addr.as_str()).collect();
+            vec![("--shards", addrs.join(","))]
+        } else {
+            start_nodes(&a, &logs, &mut procs).await?
+        };
         procs.push(spawn("encoder", &["encoder", "--listen", "127.0.0.1:0"], &logs).await?);
-        let shards = procs
-            .iter()
-            .filter(|p| p.name.starts_with("shard"))
-            .map(|p| p.addr.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
         let encoder = procs.last().map(|p| p.addr.clone()).unwrap_or_default();
         let listen = format!("127.0.0.1:{}", a.port);
-        procs.push(
-            spawn(
-                "router",
-                &[
-                    "router",
-                    "--listen",
-                    &listen,
-                    "--shards",
-                    &shards,
-                    "--encoder",
-                    &encoder,
-                ],
-                &logs,
-            )
-            .await?,
-        );
+        let mut args = vec!["router", "--listen", &listen, "--encoder", &encoder];
+        for (flag, value) in &groups {
+            args.extend([*flag, value.as_str()]);
+        }
+        procs.push(spawn("router", &args, &logs).await?);
         let base = procs.last().map(|p| p.addr.clone()).unwrap_or_default();
         for p in &procs {
             println!("{:8} {}", p.name, p.addr);
