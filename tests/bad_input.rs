@@ -64,6 +64,8 @@ fn bad_requests_get_json_4xx_answers() {
     assert_error(s, &b, 400, "invalid_request");
     let (s, b) = post(&rec, &ok(json!({"merge": "sum"})));
     assert_error(s, &b, 400, "invalid_body");
+    let (s, b) = post(&rec, &ok(json!({"consistency": "eventual"})));
+    assert_error(s, &b, 400, "invalid_body");
 
     // Unknown history items are skipped and counted; all unknown is a client error.
     let mut h = history.clone();
