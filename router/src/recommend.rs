@@ -348,6 +348,7 @@ mod tests {
             scenario: scenario.into(),
             k,
             filter: None,
+            consistency: Default::default(),
             exclude_seen: true,
             merge: MergeMode::Max,
         }

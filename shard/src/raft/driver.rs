@@ -388,37 +388,15 @@ impl Loop {
                 let _ = self.node.step(m);
             }
             Input::Propose(cmd, reply) => {
-                if let Some(e) = self.not_leader() {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                let id = self.next_id();
-                let term = self.node.raft.term;
-                match self.node.propose(id.to_le_bytes().to_vec(), cmd.encode()) {
-                    Ok(()) => {
-                        self.pending.insert(id, (term, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Unknown(e.to_string())));
-                    }
-                }
+                self.propose(reply, ProposeError::Unknown, |node, ctx| {
+                    node.propose(ctx, cmd.encode())
+                })
             }
+            // Refused typically because another membership change is still pending.
             Input::ConfChange(cc, reply) => {
-                if let Some(e) = self.not_leader() {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                let id = self.next_id();
-                let term = self.node.raft.term;
-                match self.node.propose_conf_change(id.to_le_bytes().to_vec(), cc) {
-                    Ok(()) => {
-                        self.pending.insert(id, (term, reply));
-                    }
-                    // Typically: another membership change is still pending.
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Rejected(e.to_string())));
-                    }
-                }
+                self.propose(reply, ProposeError::Rejected, |node, ctx| {
+                    node.propose_conf_change(ctx, cc)
+                })
             }
             Input::ReadIndex(reply) => {
                 let id = self.next_id();
@@ -432,6 +410,30 @@ impl Loop {
             }
             Input::TransferLeader(to) => self.node.transfer_leader(to),
             Input::Stop => {}
+        }
+    }
+
+    /// Proposes through `f` (on the leader only) and keeps `reply` until the entry,
+    /// tagged with a fresh id in its context, is applied.
+    fn propose(
+        &mut self,
+        reply: Reply,
+        refused: fn(String) -> ProposeError,
+        f: impl FnOnce(&mut RawNode<RaftLog>, Vec<u8>) -> raft::Result<()>,
+    ) {
+        if let Some(e) = self.not_leader() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let id = self.next_id();
+        let term = self.node.raft.term;
+        match f(&mut self.node, id.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.pending.insert(id, (term, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(refused(e.to_string())));
+            }
         }
     }
 
