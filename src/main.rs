@@ -84,6 +84,9 @@ struct RaftArgs {
     /// This node's id (1, 2, …): hosts Raft-replicated shard groups instead of one lone shard.
     #[arg(long, env = "REDREC_NODE_ID")]
     node_id: Option<u64>,
+    /// 0-based index of this node (a StatefulSet pod's index): the node id is ordinal + 1.
+    #[arg(long, env = "REDREC_NODE_ORDINAL", conflicts_with = "node_id")]
+    node_ordinal: Option<u64>,
     /// The other shard nodes, as id=http://host:port, comma-separated.
     #[arg(long, env = "REDREC_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
@@ -344,7 +347,7 @@ async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
 }
 
 async fn run_shard(a: ShardArgs) -> Result<()> {
-    if let Some(id) = a.raft.node_id {
+    if let Some(id) = a.raft.node_id.or(a.raft.node_ordinal.map(|o| o + 1)) {
         return run_node(a, id).await;
     }
     let store = tokio::task::spawn_blocking(move || {

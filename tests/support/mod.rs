@@ -21,9 +21,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
+        Self::spawn_with_env(name, args, &[], dir)
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(String, String)], dir: &Path) -> Proc {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -1,0 +1,261 @@
+//! The Helm chart: `helm lint`, every object `helm template` renders (default and GPU
+//! values) valid against the Kubernetes schemas, and the commands and environment it
+//! renders for each role, run as local processes on loopback, forming a cluster that
+//! answers `/v1/recommend`. The tools come from `scripts/setup.sh --deploy`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use serde_yaml::Value as Yaml;
+use support::raft::free_port;
+use support::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const RELEASE: &str = "t";
+const NAMESPACE: &str = "default";
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join(default));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh --deploy",
+        path.display()
+    );
+    path
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(tool("REDREC_HELM", ".redrec/tools/helm/helm"))
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .expect("helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn render(values: &[&str]) -> String {
+    let mut args = vec!["template", RELEASE, "helm/redrec", "--namespace", NAMESPACE];
+    for v in values {
+        args.extend(["-f", v]);
+    }
+    helm(&args)
+}
+
+#[test]
+fn chart_lints_and_renders_valid_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    for values in [&[][..], &["helm/redrec/ci/gpu-values.yaml"][..]] {
+        let mut lint = vec!["lint", "helm/redrec", "--strict"];
+        for v in values {
+            lint.extend(["-f", v]);
+        }
+        helm(&lint);
+        let rendered = render(values);
+        let file = dir.path().join("rendered.yaml");
+        std::fs::write(&file, &rendered).unwrap();
+        let out = Command::new(tool(
+            "REDREC_KUBERNETES_VALIDATE",
+            ".redrec/deploy-venv/bin/kubernetes-validate",
+        ))
+        .args(["--strict", "--quiet", "-k", "1.30.0"])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{values:?}: {report}");
+        // The only object without a Kubernetes schema is the optional ServiceMonitor (a CRD).
+        for line in report
+            .lines()
+            .filter(|l| l.contains("Couldn't find schema"))
+        {
+            assert!(line.contains("ServiceMonitor"), "{line}");
+        }
+        let kinds: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect();
+        for kind in [
+            "StatefulSet",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+            "ConfigMap",
+        ] {
+            assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+        }
+    }
+    // The GPU values ask for a GPU and run the encoder on CUDA.
+    let gpu = render(&["helm/redrec/ci/gpu-values.yaml"]);
+    assert!(gpu.contains("nvidia.com/gpu: 1"), "{gpu}");
+    assert!(gpu.contains("REDREC_DEVICE: \"cuda\""));
+}
+
+/// A role's container as rendered: its args and its environment, with config maps and the
+/// downward API resolved as Kubernetes would for `pod`.
+struct Role {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn role(docs: &[Yaml], kind: &str, name: &str, pod: &str, ordinal: usize) -> Role {
+    let config: HashMap<String, String> = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"].as_mapping())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let workload = docs
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"));
+    let container = &workload["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for from in container["envFrom"].as_sequence().into_iter().flatten() {
+        assert!(from["configMapRef"].is_mapping(), "{from:?}");
+        env.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    for e in container["env"].as_sequence().into_iter().flatten() {
+        let key = e["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            // $(VAR) refers to a variable defined before it.
+            let mut v = v.to_string();
+            for (k, val) in &env {
+                v = v.replace(&format!("$({k})"), val);
+            }
+            v
+        } else {
+            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => pod.to_string(),
+                Some("metadata.namespace") => NAMESPACE.to_string(),
+                Some("metadata.labels['apps.kubernetes.io/pod-index']") => ordinal.to_string(),
+                other => panic!("{key}: unexpected source {other:?}"),
+            }
+        };
+        env.push((key, value));
+    }
+    Role { args, env }
+}
+
+#[test]
+fn rendered_role_commands_form_a_working_cluster() {
+    let rendered = render(&[]);
+    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| Yaml::deserialize(d).unwrap())
+        .filter(|d: &Yaml| !d.is_null())
+        .collect();
+    let full = format!("{RELEASE}-redrec");
+    let nodes = 3;
+    // Where each in-cluster name lives on this machine.
+    let shard_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+    let encoder_port = free_port();
+    let router_port = free_port();
+    let mut hosts: Vec<(String, String)> = (0..nodes)
+        .map(|i| {
+            (
+                format!(
+                    "{full}-shard-{i}.{full}-shard-headless.{NAMESPACE}.svc.cluster.local:7001"
+                ),
+                format!("127.0.0.1:{}", shard_ports[i]),
+            )
+        })
+        .collect();
+    hosts.push((
+        format!("{full}-encoder:7100"),
+        format!("127.0.0.1:{encoder_port}"),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let local =
+        |role: Role, listen: u16, data: Option<PathBuf>| -> (Vec<String>, Vec<(String, String)>) {
+            let env = role
+                .env
+                .into_iter()
+                .map(|(k, mut v)| {
+                    for (from, to) in &hosts {
+                        v = v.replace(from.as_str(), to);
+                    }
+                    match k.as_str() {
+                        "REDREC_LISTEN" => {
+                            assert!(v.starts_with("0.0.0.0:"), "{v}");
+                            v = format!("127.0.0.1:{listen}");
+                        }
+                        "REDREC_DATA" => v = data.clone().unwrap().to_string_lossy().into_owned(),
+                        _ => {}
+                    }
+                    (k, v)
+                })
+                .collect();
+            (role.args, env)
+        };
+
+    let mut procs = Vec::new();
+    for i in 0..nodes {
+        let pod = format!("{full}-shard-{i}");
+        let r = role(&docs, "StatefulSet", &format!("{full}-shard"), &pod, i);
+        let (args, env) = local(r, shard_ports[i], Some(dir.path().join(&pod)));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        procs.push(Proc::spawn_with_env(&pod, &args, &env, dir.path()));
+    }
+    for (name, port) in [("encoder", encoder_port), ("router", router_port)] {
+        let r = role(&docs, "Deployment", &format!("{full}-{name}"), name, 0);
+        let (args, env) = local(r, port, None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        procs.push(Proc::spawn_with_env(name, &args, &env, dir.path()));
+    }
+    let base = format!("http://127.0.0.1:{router_port}");
+    support::raft::eventually(Duration::from_secs(60), "shard nodes ready", || {
+        shard_ports.iter().all(|p| {
+            http()
+                .get(format!("http://127.0.0.1:{p}/readyz"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        })
+    });
+    let data = synth(dir.path(), 300, 3, 5);
+    for chunk in data.items.chunks(100) {
+        let body = json!({"items": chunk.iter().map(|it| json!({
+            "id": it["id"], "text": it["text"], "payload": {"category": it["category"]},
+        })).collect::<Vec<_>>()});
+        let (status, resp) = post(&format!("{base}/v1/items"), &body);
+        assert_eq!(status, 200, "{resp}");
+    }
+    let req =
+        json!({"history": recent_history(&data.users[0], 10), "scenario": "homefeed", "k": 5});
+    let (status, answer) = post(&format!("{base}/v1/recommend"), &req);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["items"].as_array().unwrap().len(), 5, "{answer}");
+    assert_eq!(answer["coverage"], json!({"shards": 3, "answered": 3}));
+    let (_, cluster) = get(&format!("{base}/v1/cluster"));
+    let replicas = cluster["shards"][0]["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{cluster}");
+    assert_eq!(
+        replicas.iter().filter(|r| r["leader"] == true).count(),
+        1,
+        "{cluster}"
+    );
+}
