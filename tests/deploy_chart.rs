@@ -214,10 +214,10 @@ fn rendered_role_commands_form_a_working_cluster() {
         };
 
     let mut procs = Vec::new();
-    for i in 0..nodes {
+    for (i, &port) in shard_ports.iter().enumerate() {
         let pod = format!("{full}-shard-{i}");
         let r = role(&docs, "StatefulSet", &format!("{full}-shard"), &pod, i);
-        let (args, env) = local(r, shard_ports[i], Some(dir.path().join(&pod)));
+        let (args, env) = local(r, port, Some(dir.path().join(&pod)));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         procs.push(Proc::spawn_with_env(&pod, &args, &env, dir.path()));
     }
