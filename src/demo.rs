@@ -44,13 +44,13 @@ pub struct DemoArgs {
 }
 
 /// A child `redrec` process and the address it announced.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
-async fn spawn(name: &str, args: &[&str], logs: &Path) -> Result<Proc> {
+pub(crate) async fn spawn(name: &str, args: &[&str], logs: &Path) -> Result<Proc> {
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     let mut child = Command::new(exe)
@@ -86,7 +86,7 @@ async fn spawn(name: &str, args: &[&str], logs: &Path) -> Result<Proc> {
 }
 
 /// SIGTERM, a grace period for a clean shutdown, then SIGKILL.
-async fn stop(mut procs: Vec<Proc>) {
+pub(crate) async fn stop(mut procs: Vec<Proc>) {
     // Router first, shards last: nothing is sent to a shard that is already gone.
     procs.reverse();
     for p in &mut procs {
@@ -103,7 +103,7 @@ async fn stop(mut procs: Vec<Proc>) {
     }
 }
 
-async fn ingest(http: &reqwest::Client, base: &str, items: &[Item]) -> Result<()> {
+pub(crate) async fn ingest(http: &reqwest::Client, base: &str, items: &[Item]) -> Result<()> {
     let bar = ProgressBar::new(items.len() as u64).with_style(ProgressStyle::with_template(
         "ingesting {bar:40} {pos}/{len} items through the item tower ({per_sec}, eta {eta})",
     )?);

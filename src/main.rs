@@ -5,6 +5,7 @@ mod bench_ingest;
 mod cluster;
 mod dataset;
 mod demo;
+mod eval;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ enum Command {
     /// Benchmarks, each against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Offline evaluation through a local cluster: HR, NDCG and MRR of the towers against
+    /// popularity and mean-of-history, over the whole catalogue.
+    Eval(eval::EvalArgs),
     /// Inspect and administer a cluster of shard nodes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -428,6 +432,7 @@ async fn main() -> Result<()> {
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
         Command::Cluster(c) => cluster::run(c, http_client()?).await,
+        Command::Eval(a) => eval::run(a).await,
         Command::Dataset(DatasetCommand::Synth(a)) => {
             let cfg = dataset::SynthConfig {
                 items: a.items,

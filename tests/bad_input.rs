@@ -67,6 +67,17 @@ fn bad_requests_get_json_4xx_answers() {
     let (s, b) = post(&rec, &ok(json!({"consistency": "eventual"})));
     assert_error(s, &b, 400, "invalid_body");
 
+    // Search by vector: the caller's vectors are checked like any other input.
+    let search = cluster.url("/v1/search");
+    let (s, b) = post(&search, &json!({"vectors": [vec![0.1; 63]]}));
+    assert_error(s, &b, 400, "invalid_vectors");
+    let (s, b) = post(&search, &json!({"vectors": []}));
+    assert_error(s, &b, 400, "invalid_vectors");
+    let (s, b) = post(&search, &json!({"vectors": [vec![0.1; 64]], "k": 0}));
+    assert_error(s, &b, 400, "invalid_k");
+    let (s, b) = post(&search, &json!({"vectors": [vec![0.1; 64]], "k": 3}));
+    assert_eq!(s, 200, "{b}");
+
     // Unknown history items are skipped and counted; all unknown is a client error.
     let mut h = history.clone();
     h.push(json!({"item_id": "no-such-item", "scenario": "search"}));

@@ -150,6 +150,31 @@ pub struct HistoryReport {
     pub cached: bool,
 }
 
+/// `POST /v1/search`: query vectors brought by the caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchVectorsRequest {
+    /// 1 to 16 query vectors of the collection's dimension; an item scores the max of its
+    /// dot products with them.
+    pub vectors: Vec<Vec<f32>>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default)]
+    pub filter: Option<Value>,
+    /// Item ids never to return.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchVectorsResponse {
+    pub items: Vec<Recommendation>,
+    pub coverage: Coverage,
+    pub took_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecommendResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]

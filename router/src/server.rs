@@ -16,7 +16,8 @@ use redrec_wire::{with_fallbacks, Json};
 
 use crate::api::{
     ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
-    ItemResponse, RecommendRequest, RecommendResponse, ReplicaInfo, ShardStatus,
+    ItemResponse, RecommendRequest, RecommendResponse, ReplicaInfo, SearchVectorsRequest,
+    SearchVectorsResponse, ShardStatus,
 };
 use crate::cluster::Cluster;
 use crate::config::RouterConfig;
@@ -81,6 +82,13 @@ async fn recommend_handler(
     Json(r): Json<RecommendRequest>,
 ) -> Reply<RecommendResponse> {
     recommend::recommend(&s, r).await.map(axum::Json)
+}
+
+async fn search_handler(
+    State(s): State<RouterState>,
+    Json(r): Json<SearchVectorsRequest>,
+) -> Reply<SearchVectorsResponse> {
+    recommend::search(&s, r).await.map(axum::Json)
 }
 
 async fn ingest_texts(
@@ -192,6 +200,7 @@ pub fn app(state: RouterState) -> Router {
     let limit = state.cfg.max_body_bytes;
     let api = Router::new()
         .route("/v1/recommend", post(recommend_handler))
+        .route("/v1/search", post(search_handler))
         .route("/v1/items", post(ingest_texts))
         .route("/v1/items/vectors", post(ingest_vectors))
         .route("/v1/items/{id}", get(get_item).delete(delete_item))

@@ -1,0 +1,399 @@
+//! `redrec eval`: leave-last-window-out evaluation through a real local cluster (shards,
+//! encoder and router processes, the production code path). For each user, the history
+//! goes to `/v1/recommend`; the held-out next items are looked for in the answer, over the
+//! whole catalogue. Baselines in the same run: popularity (most frequent items in the
+//! histories) and mean-of-history (the mean of the history's item vectors as the only
+//! query, through `/v1/search`, no user tower).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures::stream::{self, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::dataset::{self, Item, User};
+use crate::demo;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Dataset directory in `redrec dataset synth`'s layout (items.jsonl, users.jsonl with
+    /// each user's held-out next items).
+    #[arg(long)]
+    data: PathBuf,
+    /// Tower directories to evaluate, comma-separated; each is named by its directory.
+    #[arg(long, value_delimiter = ',', default_value = "models/reference")]
+    models: Vec<PathBuf>,
+    /// Evaluate only the first N users with a held-out window.
+    #[arg(long)]
+    users: Option<usize>,
+    /// The scenario recommended for.
+    #[arg(long, default_value = "homefeed")]
+    scenario: String,
+    /// Length of each ranked list (the largest cut-off).
+    #[arg(long, default_value_t = 1000)]
+    k: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Where the clusters keep their data and logs (wiped at start).
+    #[arg(long, default_value = ".redrec/eval")]
+    dir: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const CUTOFFS: [usize; 3] = [10, 100, 1000];
+
+/// Sums of per-user metrics.
+#[derive(Default, Clone)]
+struct Tally {
+    users: usize,
+    hr: [f64; 3],
+    ndcg: [f64; 3],
+    mrr: f64,
+}
+
+impl Tally {
+    fn add(&mut self, ranked: &[String], relevant: &BTreeSet<String>) {
+        self.users += 1;
+        let hits: Vec<usize> = ranked
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| relevant.contains(*id))
+            .map(|(i, _)| i + 1)
+            .collect();
+        for (c, &cut) in CUTOFFS.iter().enumerate() {
+            let within: Vec<usize> = hits.iter().copied().filter(|&r| r <= cut).collect();
+            if !within.is_empty() {
+                self.hr[c] += 1.0;
+            }
+            let dcg: f64 = within.iter().map(|&r| 1.0 / (r as f64 + 1.0).log2()).sum();
+            let ideal: f64 = (1..=relevant.len().min(cut))
+                .map(|r| 1.0 / (r as f64 + 1.0).log2())
+                .sum();
+            self.ndcg[c] += dcg / ideal;
+        }
+        if let Some(&first) = hits.first() {
+            self.mrr += 1.0 / first as f64;
+        }
+    }
+
+    fn report(&self, k: usize) -> serde_json::Map<String, Value> {
+        let n = self.users.max(1) as f64;
+        let mut out = serde_json::Map::new();
+        for (c, &cut) in CUTOFFS.iter().enumerate().filter(|(_, &cut)| cut <= k) {
+            out.insert(format!("hr@{cut}"), json!(self.hr[c] / n));
+            out.insert(format!("ndcg@{cut}"), json!(self.ndcg[c] / n));
+        }
+        out.insert("mrr".into(), json!(self.mrr / n));
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    dataset: String,
+    users: usize,
+    items: usize,
+    models: serde_json::Map<String, Value>,
+}
+
+fn model_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+pub async fn run(a: EvalArgs) -> Result<()> {
+    if a.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let items: Vec<Item> = dataset::read_jsonl(&a.data.join("items.jsonl"))?;
+    let all_users: Vec<User> = dataset::read_jsonl(&a.data.join("users.jsonl"))?;
+    let users: Vec<User> = all_users
+        .iter()
+        .filter(|u| !u.holdout.is_empty() && !u.history.is_empty())
+        .take(a.users.unwrap_or(usize::MAX))
+        .cloned()
+        .collect();
+    if users.is_empty() {
+        bail!("no user in {} has a held-out window", a.data.display());
+    }
+    let mut models = serde_json::Map::new();
+    models.insert(
+        "popularity".into(),
+        Value::Object(popularity(&all_users, &users, a.k).report(a.k)),
+    );
+    for (i, dir) in a.models.iter().enumerate() {
+        let name = model_name(dir);
+        let (tower, mean) = evaluate(&a, dir, &name, &items, &users, i == 0).await?;
+        models.insert(name, Value::Object(tower.report(a.k)));
+        if let Some(mean) = mean {
+            models.insert("mean-of-history".into(), Value::Object(mean.report(a.k)));
+        }
+    }
+    let report = Report {
+        dataset: a.data.display().to_string(),
+        users: users.len(),
+        items: items.len(),
+        models,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} ({} users, {} items, whole-catalogue ranking)",
+        r.dataset, r.users, r.items
+    );
+    let keys: Vec<String> = r
+        .models
+        .values()
+        .next()
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    print!("| model |");
+    for k in &keys {
+        print!(" {k} |");
+    }
+    println!();
+    println!("|---|{}", "---:|".repeat(keys.len()));
+    for (name, m) in &r.models {
+        print!("| {name} |");
+        for k in &keys {
+            print!(" {:.4} |", m[k].as_f64().unwrap_or(f64::NAN));
+        }
+        println!();
+    }
+}
+
+/// Items ranked by how often they appear in every user's history; each user gets the
+/// top `k` of those not already in their history.
+fn popularity(all: &[User], users: &[User], k: usize) -> Tally {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for u in all {
+        for e in &u.history {
+            *counts.entry(e.item_id.as_str()).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut tally = Tally::default();
+    for u in users {
+        let seen: BTreeSet<&str> = u.history.iter().map(|e| e.item_id.as_str()).collect();
+        let list: Vec<String> = ranked
+            .iter()
+            .filter(|(id, _)| !seen.contains(id))
+            .take(k)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        tally.add(&list, &relevant(u));
+    }
+    tally
+}
+
+fn relevant(u: &User) -> BTreeSet<String> {
+    u.holdout.iter().map(|e| e.item_id.clone()).collect()
+}
+
+fn ids(answer: &Value) -> Vec<String> {
+    answer["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let resp = http.post(url).json(body).send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url} answered {status}: {v}");
+    }
+    Ok(v)
+}
+
+/// Starts a cluster on `dir`'s towers, ingests the catalogue through its item tower, and
+/// ranks every user's next items with the user tower (and, with `mean`, with the mean of
+/// the history's item vectors).
+async fn evaluate(
+    a: &EvalArgs,
+    models: &std::path::Path,
+    name: &str,
+    items: &[Item],
+    users: &[User],
+    mean: bool,
+) -> Result<(Tally, Option<Tally>)> {
+    let root = a.dir.join(name);
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    }
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut procs = Vec::new();
+    let result = async {
+        let mut shards = Vec::new();
+        for i in 0..3 {
+            let data = root.join(format!("shard-{i}"));
+            let args = ["shard", "--listen", "127.0.0.1:0", "--data", &data.to_string_lossy()];
+            let p = demo::spawn(&format!("shard-{i}"), &args, &logs).await?;
+            shards.push(p.addr.clone());
+            procs.push(p);
+        }
+        let m = models.to_string_lossy();
+        let enc = demo::spawn("encoder", &["encoder", "--listen", "127.0.0.1:0", "--models", &m], &logs).await?;
+        let encoder = enc.addr.clone();
+        procs.push(enc);
+        let shard_list = shards.join(",");
+        let max_k = a.k.to_string();
+        let router = demo::spawn(
+            "router",
+            &[
+                "router", "--listen", "127.0.0.1:0", "--shards", &shard_list, "--encoder", &encoder,
+                "--user-cache", "0", "--max-k", &max_k, "--deadline-ms", "30000",
+            ],
+            &logs,
+        )
+        .await?;
+        let base = router.addr.clone();
+        procs.push(router);
+        let http = reqwest::Client::new();
+        eprintln!("{name}: cluster up ({} shards); ingesting {} items", shards.len(), items.len());
+        demo::ingest(&http, &base, items).await?;
+
+        let bar = ProgressBar::new(users.len() as u64).with_style(ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
+        )?);
+        bar.set_message(format!("ranking with {name}"));
+        let results: Vec<Result<Vec<String>>> = stream::iter(users)
+            .map(|u| {
+                let (http, base, bar) = (&http, &base, bar.clone());
+                async move {
+                    let body = json!({
+                        "history": u.history, "scenario": a.scenario, "k": a.k, "exclude_seen": true,
+                    });
+                    let answer = post(http, &format!("{base}/v1/recommend"), &body).await?;
+                    bar.inc(1);
+                    Ok(ids(&answer))
+                }
+            })
+            .buffered(a.concurrency.max(1))
+            .collect()
+            .await;
+        bar.finish_and_clear();
+        let mut tower = Tally::default();
+        for (u, r) in users.iter().zip(results) {
+            tower.add(&r?, &relevant(u));
+        }
+        let mean = if mean {
+            Some(mean_of_history(a, &http, &base, users).await?)
+        } else {
+            None
+        };
+        anyhow::Ok((tower, mean))
+    }
+    .await;
+    demo::stop(procs).await;
+    result
+}
+
+/// The mean of the newest `max_history` history vectors (as the towers see them), as the
+/// only query.
+async fn mean_of_history(
+    a: &EvalArgs,
+    http: &reqwest::Client,
+    base: &str,
+    users: &[User],
+) -> Result<Tally> {
+    let manifest: Value = http
+        .get(format!("{base}/v1/cluster"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let window = manifest["max_history"].as_u64().unwrap_or(64) as usize;
+    let wanted: BTreeSet<&str> = users
+        .iter()
+        .flat_map(|u| {
+            u.history
+                .iter()
+                .rev()
+                .take(window)
+                .map(|e| e.item_id.as_str())
+        })
+        .collect();
+    let fetched: Vec<Result<(String, Vec<f32>)>> = stream::iter(wanted)
+        .map(|id| async move {
+            let v: Value = http
+                .get(format!("{base}/v1/items/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let vector = v["vector"]
+                .as_array()
+                .context("item without a vector")?
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+                .collect();
+            Ok((id.to_string(), vector))
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let vectors: HashMap<String, Vec<f32>> = fetched.into_iter().collect::<Result<_>>()?;
+    let bar = ProgressBar::new(users.len() as u64).with_style(ProgressStyle::with_template(
+        "ranking with mean-of-history {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
+    )?);
+    let results: Vec<Result<Vec<String>>> = stream::iter(users)
+        .map(|u| {
+            let (vectors, bar) = (&vectors, bar.clone());
+            async move {
+                let recent: Vec<&Vec<f32>> = u
+                    .history
+                    .iter()
+                    .rev()
+                    .take(window)
+                    .filter_map(|e| vectors.get(&e.item_id))
+                    .collect();
+                let dim = recent.first().map_or(0, |v| v.len());
+                let mut mean = vec![0f32; dim];
+                for v in &recent {
+                    for (m, x) in mean.iter_mut().zip(v.iter()) {
+                        *m += x;
+                    }
+                }
+                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                mean.iter_mut().for_each(|x| *x /= norm);
+                let seen: BTreeSet<&str> = u.history.iter().map(|e| e.item_id.as_str()).collect();
+                let body = json!({"vectors": [mean], "k": a.k, "exclude": seen});
+                let answer = post(http, &format!("{base}/v1/search"), &body).await?;
+                bar.inc(1);
+                Ok(ids(&answer))
+            }
+        })
+        .buffered(a.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let mut tally = Tally::default();
+    for (u, r) in users.iter().zip(results) {
+        tally.add(&r?, &relevant(u));
+    }
+    Ok(tally)
+}
