@@ -250,13 +250,24 @@ async fn evaluate(
         let mut shards = Vec::new();
         for i in 0..3 {
             let data = root.join(format!("shard-{i}"));
-            let args = ["shard", "--listen", "127.0.0.1:0", "--data", &data.to_string_lossy()];
+            let args = [
+                "shard",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &data.to_string_lossy(),
+            ];
             let p = demo::spawn(&format!("shard-{i}"), &args, &logs).await?;
             shards.push(p.addr.clone());
             procs.push(p);
         }
         let m = models.to_string_lossy();
-        let enc = demo::spawn("encoder", &["encoder", "--listen", "127.0.0.1:0", "--models", &m], &logs).await?;
+        let enc = demo::spawn(
+            "encoder",
+            &["encoder", "--listen", "127.0.0.1:0", "--models", &m],
+            &logs,
+        )
+        .await?;
         let encoder = enc.addr.clone();
         procs.push(enc);
         let shard_list = shards.join(",");
@@ -264,8 +275,19 @@ async fn evaluate(
         let router = demo::spawn(
             "router",
             &[
-                "router", "--listen", "127.0.0.1:0", "--shards", &shard_list, "--encoder", &encoder,
-                "--user-cache", "0", "--max-k", &max_k, "--deadline-ms", "30000",
+                "router",
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shard_list,
+                "--encoder",
+                &encoder,
+                "--user-cache",
+                "0",
+                "--max-k",
+                &max_k,
+                "--deadline-ms",
+                "30000",
             ],
             &logs,
         )
@@ -273,33 +295,20 @@ async fn evaluate(
         let base = router.addr.clone();
         procs.push(router);
         let http = reqwest::Client::new();
-        eprintln!("{name}: cluster up ({} shards); ingesting {} items", shards.len(), items.len());
+        eprintln!(
+            "{name}: cluster up ({} shards); ingesting {} items",
+            shards.len(),
+            items.len()
+        );
         demo::ingest(&http, &base, items).await?;
 
-        let bar = ProgressBar::new(users.len() as u64).with_style(ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
-        )?);
-        bar.set_message(format!("ranking with {name}"));
-        let results: Vec<Result<Vec<String>>> = stream::iter(users)
-            .map(|u| {
-                let (http, base, bar) = (&http, &base, bar.clone());
-                async move {
-                    let body = json!({
-                        "history": u.history, "scenario": a.scenario, "k": a.k, "exclude_seen": true,
-                    });
-                    let answer = post(http, &format!("{base}/v1/recommend"), &body).await?;
-                    bar.inc(1);
-                    Ok(ids(&answer))
-                }
-            })
-            .buffered(a.concurrency.max(1))
-            .collect()
-            .await;
-        bar.finish_and_clear();
-        let mut tower = Tally::default();
-        for (u, r) in users.iter().zip(results) {
-            tower.add(&r?, &relevant(u));
-        }
+        let tower = rank_users(&http, users, name, a.concurrency, |u| {
+            let body = json!({
+                "history": u.history, "scenario": a.scenario, "k": a.k, "exclude_seen": true,
+            });
+            (format!("{base}/v1/recommend"), body)
+        })
+        .await?;
         let mean = if mean {
             Some(mean_of_history(a, &http, &base, users).await?)
         } else {
@@ -357,37 +366,54 @@ async fn mean_of_history(
         .collect()
         .await;
     let vectors: HashMap<String, Vec<f32>> = fetched.into_iter().collect::<Result<_>>()?;
+    rank_users(http, users, "mean-of-history", a.concurrency, |u| {
+        let recent: Vec<&Vec<f32>> = u
+            .history
+            .iter()
+            .rev()
+            .take(window)
+            .filter_map(|e| vectors.get(&e.item_id))
+            .collect();
+        let dim = recent.first().map_or(0, |v| v.len());
+        let mut mean = vec![0f32; dim];
+        for v in &recent {
+            for (m, x) in mean.iter_mut().zip(v.iter()) {
+                *m += x;
+            }
+        }
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        mean.iter_mut().for_each(|x| *x /= norm);
+        let seen: BTreeSet<&str> = u.history.iter().map(|e| e.item_id.as_str()).collect();
+        let body = json!({"vectors": [mean], "k": a.k, "exclude": seen});
+        (format!("{base}/v1/search"), body)
+    })
+    .await
+}
+
+/// Sends each user's request (a URL and a body), `concurrency` at a time, and scores the
+/// ranked ids that come back against the user's held-out items.
+async fn rank_users(
+    http: &reqwest::Client,
+    users: &[User],
+    label: &str,
+    concurrency: usize,
+    request: impl Fn(&User) -> (String, Value),
+) -> Result<Tally> {
     let bar = ProgressBar::new(users.len() as u64).with_style(ProgressStyle::with_template(
-        "ranking with mean-of-history {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
+        "{msg} {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
     )?);
+    bar.set_message(format!("ranking with {label}"));
     let results: Vec<Result<Vec<String>>> = stream::iter(users)
         .map(|u| {
-            let (vectors, bar) = (&vectors, bar.clone());
+            let (url, body) = request(u);
+            let bar = bar.clone();
             async move {
-                let recent: Vec<&Vec<f32>> = u
-                    .history
-                    .iter()
-                    .rev()
-                    .take(window)
-                    .filter_map(|e| vectors.get(&e.item_id))
-                    .collect();
-                let dim = recent.first().map_or(0, |v| v.len());
-                let mut mean = vec![0f32; dim];
-                for v in &recent {
-                    for (m, x) in mean.iter_mut().zip(v.iter()) {
-                        *m += x;
-                    }
-                }
-                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                mean.iter_mut().for_each(|x| *x /= norm);
-                let seen: BTreeSet<&str> = u.history.iter().map(|e| e.item_id.as_str()).collect();
-                let body = json!({"vectors": [mean], "k": a.k, "exclude": seen});
-                let answer = post(http, &format!("{base}/v1/search"), &body).await?;
+                let answer = post(http, &url, &body).await?;
                 bar.inc(1);
                 Ok(ids(&answer))
             }
         })
-        .buffered(a.concurrency.max(1))
+        .buffered(concurrency.max(1))
         .collect()
         .await;
     bar.finish_and_clear();
