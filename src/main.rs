@@ -263,6 +263,20 @@ struct RouterArgs {
 enum DatasetCommand {
     /// Generate the synthetic multi-scenario dataset (deterministic by seed).
     Synth(SynthArgs),
+    /// Convert MovieLens-100k, read from the installed `recbole` package, to the same layout.
+    Movielens(MovielensArgs),
+}
+
+#[derive(Args)]
+struct MovielensArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Each user's last N ratings are held out for evaluation.
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// Directory holding ml-100k.item and ml-100k.inter (default: the recbole package's).
+    #[arg(long)]
+    source: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -433,6 +447,19 @@ async fn main() -> Result<()> {
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
         Command::Cluster(c) => cluster::run(c, http_client()?).await,
         Command::Eval(a) => eval::run(a).await,
+        Command::Dataset(DatasetCommand::Movielens(a)) => {
+            let source = match a.source {
+                Some(s) => s,
+                None => dataset::recbole_ml100k()?,
+            };
+            let (items, users) = dataset::movielens(&source, &a.out, a.window.max(1))?;
+            println!(
+                "wrote {items} items and {users} users (MovieLens-100k from {}) to {}",
+                source.display(),
+                a.out.display()
+            );
+            Ok(())
+        }
         Command::Dataset(DatasetCommand::Synth(a)) => {
             let cfg = dataset::SynthConfig {
                 items: a.items,
