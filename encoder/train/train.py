@@ -177,6 +177,72 @@ def pad_batch(batch, max_history):
     return idx, scen, mask
 
 
+def max_query_loss(queries, batch, item_tower, ids_all, mask_all, logit_scale, rng, args, n_items):
+    """One target per window, scored by the best of the Q queries, against in-batch and
+    random negatives."""
+    positives = [rng.choice(nxt) for _, nxt in batch]
+    negatives = rng.sample(range(n_items), args.negatives)
+    cand = np.array(positives + negatives)
+    cv = item_tower(ids_all[cand], mask_all[cand])  # [B+N, D]
+    scores = torch.einsum("bqd,nd->bqn", queries, cv).max(1).values  # max over queries
+    scores = scores * logit_scale.clamp(max=math.log(100)).exp()
+    # The same item elsewhere in the candidates is not a negative.
+    same = torch.from_numpy(cand[None, :] == np.array(positives)[:, None])
+    same[torch.arange(len(batch)), torch.arange(len(batch))] = False
+    scores = scores.masked_fill(same, -1e4)
+    return F.cross_entropy(scores, torch.arange(len(batch)))
+
+
+def cluster_targets(vectors, q, iters=5):
+    """k-means of one window's target vectors into (at most) q groups; labels per target."""
+    n = len(vectors)
+    k = min(q, n)
+    centroids = vectors[np.linspace(0, n - 1, k).astype(int)]
+    for _ in range(iters):
+        labels = np.argmax(vectors @ centroids.T, axis=1)
+        for j in range(k):
+            members = vectors[labels == j]
+            if len(members):
+                c = members.mean(0)
+                centroids[j] = c / max(np.linalg.norm(c), 1e-12)
+    return np.argmax(vectors @ centroids.T, axis=1), centroids
+
+
+def hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_scale, rng, args):
+    """RED-Rec's multi-interest objective: each window's next targets are clustered into Q
+    groups, the groups matched one-to-one to the Q queries by the Hungarian algorithm
+    (on query-centroid similarity), and each matched query must rank a target of its group
+    above in-batch and random negatives (items equal to the positive, or nearly so, masked)."""
+    from scipy.optimize import linear_sum_assignment
+
+    table_np = table.numpy()
+    rows, cols, positives = [], [], []
+    with torch.no_grad():
+        q_np = queries.detach().numpy()
+    for b, (_, nxt) in enumerate(batch):
+        labels, centroids = cluster_targets(table_np[np.array(nxt)], args.queries)
+        r, c = linear_sum_assignment(-(q_np[b] @ centroids.T))
+        for qi, cj in zip(r, c):
+            members = [t for t, l in zip(nxt, labels) if l == cj]
+            if members:
+                rows.append(b)
+                cols.append(qi)
+                positives.append(rng.choice(members))
+    negatives = rng.sample(range(len(table_np)), args.negatives)
+    cand = np.array(positives + negatives)
+    cv = item_tower(ids_all[cand], mask_all[cand])  # [P+N, D]
+    qsel = queries[torch.tensor(rows), torch.tensor(cols)]  # [P, D]
+    scores = (qsel @ cv.T) * logit_scale.clamp(max=math.log(100)).exp()
+    p = len(positives)
+    # False negatives: the same item, or one the table says is nearly identical (cos > 0.98).
+    pos_v = table_np[np.array(positives)]
+    near = (pos_v @ table_np[cand].T) > 0.98
+    same = torch.from_numpy((cand[None, :] == np.array(positives)[:, None]) | near)
+    same[torch.arange(p), torch.arange(p)] = False
+    scores = scores.masked_fill(same, -1e4)
+    return F.cross_entropy(scores, torch.arange(p))
+
+
 def train(args):
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -239,17 +305,10 @@ def train(args):
         hv = table[torch.from_numpy(hidx)]
         queries = user_tower(hv, torch.from_numpy(hscen), torch.from_numpy(hmask))  # [B,Q,D]
 
-        positives = [rng.choice(nxt) for _, nxt in batch]
-        negatives = rng.sample(range(len(items)), args.negatives)
-        cand = np.array(positives + negatives)
-        cv = item_tower(ids_all[cand], mask_all[cand])  # [B+N, D]
-        scores = torch.einsum("bqd,nd->bqn", queries, cv).max(1).values  # max over queries
-        scores = scores * logit_scale.clamp(max=math.log(100)).exp()
-        # The same item elsewhere in the candidates is not a negative.
-        same = torch.from_numpy(cand[None, :] == np.array(positives)[:, None])
-        same[torch.arange(args.batch), torch.arange(args.batch)] = False
-        scores = scores.masked_fill(same, -1e4)
-        loss = F.cross_entropy(scores, torch.arange(args.batch))
+        if args.assign == "hungarian" and args.queries > 1:
+            loss = hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_scale, rng, args)
+        else:
+            loss = max_query_loss(queries, batch, item_tower, ids_all, mask_all, logit_scale, rng, args, len(items))
         aux = item_views_loss()
         opt.zero_grad()
         (loss + args.aux_weight * aux).backward()
@@ -334,6 +393,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--warmup", type=int, default=150, help="item-tower-only steps before joint training")
+    p.add_argument("--assign", choices=["max", "hungarian"], default="max",
+                   help="max: one target per window scored by the best query; hungarian: targets clustered into Q groups matched to the queries")
     p.add_argument("--aux-weight", type=float, default=0.3)
     p.add_argument("--refresh", type=int, default=50, help="steps between refreshes of the history item table")
     p.add_argument("--command", default="", help="the command line to record in the manifest")
@@ -362,6 +423,7 @@ def main():
             "steps": args.steps,
             "batch": args.batch,
             "negatives": args.negatives,
+            "assign": args.assign,
             "seconds": round(seconds, 1),
             "torch": torch.__version__,
             "parity_max_abs_diff": parity,
