@@ -1,21 +1,21 @@
 //! `redrec bench ingest`: upsert throughput of one shard group replicated three ways
 //! (Raft, R=3: log fsync on a majority, then apply on the leader) against one lone shard,
-//! measured in the same run, on `redrec shard` processes this command starts on loopback.
+//! measured in the same run, on `redrec shard` processes this command starts on loopback
+//! (the demo's, with their logs under `<data>/logs`).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use redrec_shard::api::Point;
 use redrec_shard::client::ShardClient;
+
+use crate::demo;
 
 #[derive(Args, Clone)]
 pub struct IngestBenchArgs {
@@ -34,47 +34,6 @@ pub struct IngestBenchArgs {
     /// Where the shards keep their data (default: a temporary directory).
     #[arg(long)]
     data: Option<std::path::PathBuf>,
-}
-
-/// A `redrec shard` child process, killed on drop.
-struct Shard(Child);
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_shard(args: &[String], log: &Path) -> Result<(Shard, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("shard")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .context("starting a shard")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .context("reading the shard's address")?;
-    let shard = Shard(child);
-    let Some(addr) = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|a| a.starts_with("http"))
-    else {
-        bail!("shard did not start (see {})", log.display());
-    };
-    Ok((shard, addr.to_string()))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 struct Outcome {
@@ -169,53 +128,22 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
         crate::bench::machine()
     );
 
-    let solo = {
-        let data = root.join("solo");
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-            "--dim",
-            &dim,
-        ]
-        .map(String::from);
-        let (_shard, addr) = spawn_shard(&args, &root.join("solo.log"))?;
-        drive(
-            ShardClient::new(addr, http.clone()),
-            &a,
-            "unreplicated (1 shard)",
-        )
-        .await?
-    };
+    // Children are killed if this returns early; stopped cleanly otherwise.
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let extra = ["--dim", dim.as_str()];
+    let mut procs = Vec::new();
+    let solo_dir = root.join("solo");
+    let solo = demo::start_shards(1, &solo_dir, &extra, &logs, &mut procs).await?;
+    let solo = drive(
+        ShardClient::new(solo[0].clone(), http.clone()),
+        &a,
+        "unreplicated (1 shard)",
+    )
+    .await?;
+    demo::stop(std::mem::take(&mut procs)).await;
 
-    let ports = [free_port()?, free_port()?, free_port()?];
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = i + 1;
-        let peers = ports
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(j, p)| format!("{}=http://127.0.0.1:{p}", j + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let data = root.join(format!("node-{id}"));
-        let args = [
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-            data.to_str().unwrap(),
-            "--dim",
-            &dim,
-            "--node-id",
-            &id.to_string(),
-            "--peers",
-            &peers,
-        ]
-        .map(String::from);
-        nodes.push(spawn_shard(&args, &root.join(format!("node-{id}.log")))?);
-    }
+    let nodes = demo::start_nodes(3, 1, &root, &extra, &logs, &mut procs).await?;
     let leader = wait_leader(&http, &nodes).await?;
     let replicated = drive(
         ShardClient::replica(leader, 0, http.clone()),
@@ -223,7 +151,7 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
         "Raft group, R=3",
     )
     .await?;
-    drop(nodes);
+    demo::stop(procs).await;
 
     let ratio = replicated.points_per_s / solo.points_per_s;
     println!("| setup | points/s | p50 ms | p99 ms |");
@@ -248,10 +176,10 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
 }
 
 /// The address of the node that leads group 0, once one does.
-async fn wait_leader(http: &reqwest::Client, nodes: &[(Shard, String)]) -> Result<String> {
+async fn wait_leader(http: &reqwest::Client, nodes: &[String]) -> Result<String> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        for (_, addr) in nodes {
+        for addr in nodes {
             let status = redrec_shard::raft::node::peer_status(http, addr, 0).await;
             if status.is_some_and(|s| s.raft.is_leader && s.caught_up) {
                 return Ok(addr.clone());

@@ -185,14 +185,39 @@ async fn example(
     Ok(())
 }
 
-/// `a.replicas` shard nodes, each hosting a replica of every group; returns the router's
-/// `--group` arguments.
-async fn start_nodes(
-    a: &DemoArgs,
+/// `n` lone shards with their data under `dir`, on free ports; returns their addresses.
+pub(crate) async fn start_shards(
+    n: usize,
+    dir: &Path,
+    extra: &[&str],
     logs: &Path,
     procs: &mut Vec<Proc>,
-) -> Result<Vec<(&'static str, String)>> {
-    let ports = (0..a.replicas)
+) -> Result<Vec<String>> {
+    let mut addrs = Vec::with_capacity(n);
+    for i in 0..n {
+        let data = dir.join(format!("shard-{i}"));
+        let data = data.to_string_lossy();
+        let mut args = vec!["shard", "--listen", "127.0.0.1:0", "--data", &data];
+        args.extend_from_slice(extra);
+        let p = spawn(&format!("shard-{i}"), &args, logs).await?;
+        addrs.push(p.addr.clone());
+        procs.push(p);
+    }
+    Ok(addrs)
+}
+
+/// `nodes` shard nodes (ids 1..=nodes) with their data under `dir`, each hosting a replica
+/// of groups 0..`groups`; waits until every node is ready (each group has a leader and
+/// every replica caught up) and returns their addresses.
+pub(crate) async fn start_nodes(
+    nodes: usize,
+    groups: usize,
+    dir: &Path,
+    extra: &[&str],
+    logs: &Path,
+    procs: &mut Vec<Proc>,
+) -> Result<Vec<String>> {
+    let ports = (0..nodes)
         .map(|_| {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -203,35 +228,37 @@ async fn start_nodes(
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let groups = (0..a.shards)
+    // Every node gets the same list: a node leaves itself out of its peers.
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(j, addr)| format!("{}={addr}", j + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let groups = (0..groups)
         .map(|g| g.to_string())
         .collect::<Vec<_>>()
         .join(",");
     for (i, port) in ports.iter().enumerate() {
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(j, addr)| format!("{}={addr}", j + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let data = a.dir.join(format!("node-{}", i + 1));
-        let args = [
+        let (id, listen) = ((i + 1).to_string(), format!("127.0.0.1:{port}"));
+        let data = dir.join(format!("node-{id}"));
+        let data = data.to_string_lossy();
+        let mut args = vec![
             "shard",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &listen,
             "--data",
-            &data.to_string_lossy(),
+            &data,
             "--node-id",
-            &(i + 1).to_string(),
+            &id,
             "--peers",
             &peers,
             "--groups",
             &groups,
         ];
-        procs.push(spawn(&format!("node-{}", i + 1), &args, logs).await?);
+        args.extend_from_slice(extra);
+        procs.push(spawn(&format!("node-{id}"), &args, logs).await?);
     }
-    // Writes need each group's leader: wait for every node to be ready.
     let http = reqwest::Client::new();
     let until = std::time::Instant::now() + Duration::from_secs(30);
     for addr in &addrs {
@@ -247,9 +274,7 @@ async fn start_nodes(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok((0..a.shards)
-        .map(|_| ("--group", addrs.join(",")))
-        .collect())
+    Ok(addrs)
 }
 
 pub async fn run(a: DemoArgs) -> Result<()> {
@@ -262,21 +287,12 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let mut procs = Vec::new();
     let result = async {
         let groups = if a.replicas <= 1 {
-            for i in 0..a.shards {
-                let data = a.dir.join(format!("shard-{i}"));
-                let args = [
-                    "shard",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data",
-                    &data.to_string_lossy(),
-                ];
-                procs.push(spawn(&format!("shard-{i}"), &args, &logs).await?);
-            }
-            let addrs: Vec<&str> = procs.iter().map(|p| p.addr.as_str()).collect();
+            let addrs = start_shards(a.shards, &a.dir, &[], &logs, &mut procs).await?;
             vec![("--shards", addrs.join(","))]
         } else {
-            start_nodes(&a, &logs, &mut procs).await?
+            // Writes need each group's leader: start_nodes waits for every node to be ready.
+            let addrs = start_nodes(a.replicas, a.shards, &a.dir, &[], &logs, &mut procs).await?;
+            vec![("--group", addrs.join(",")); a.shards]
         };
         procs.push(spawn("encoder", &["encoder", "--listen", "127.0.0.1:0"], &logs).await?);
         let encoder = procs.last().map(|p| p.addr.clone()).unwrap_or_default();

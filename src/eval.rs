@@ -247,20 +247,7 @@ async fn evaluate(
     std::fs::create_dir_all(&logs)?;
     let mut procs = Vec::new();
     let result = async {
-        let mut shards = Vec::new();
-        for i in 0..3 {
-            let data = root.join(format!("shard-{i}"));
-            let args = [
-                "shard",
-                "--listen",
-                "127.0.0.1:0",
-                "--data",
-                &data.to_string_lossy(),
-            ];
-            let p = demo::spawn(&format!("shard-{i}"), &args, &logs).await?;
-            shards.push(p.addr.clone());
-            procs.push(p);
-        }
+        let shards = demo::start_shards(3, &root, &[], &logs, &mut procs).await?;
         let m = models.to_string_lossy();
         let enc = demo::spawn(
             "encoder",
