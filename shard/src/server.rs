@@ -129,9 +129,9 @@ pub mod groups {
     };
     use crate::raft::driver::ProposeError;
     use crate::raft::machine::Command;
-    use crate::raft::node::{Group, GroupStatus, Node};
+    use crate::raft::node::{Group, GroupStatus, Node, NodeStatus};
     use crate::raft::transport;
-    use crate::store::{check_vector, Page, StoreError, VectorStore};
+    use crate::store::{check_points, Page, StoreError, VectorStore};
 
     /// Header naming the leader's address on a `not_leader` answer.
     pub const LEADER_HEADER: &str = "x-redrec-leader";
@@ -220,19 +220,12 @@ pub mod groups {
         Ok(group)
     }
 
+    /// The lone shard's [`super::blocking`], answering in this module's error type.
     async fn blocking<T: Send + 'static>(
         store: Arc<dyn VectorStore>,
         f: impl FnOnce(&dyn VectorStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Reply<T> {
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(r) => r.map(axum::Json).map_err(GroupError::from),
-            Err(e) => {
-                Err(
-                    HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                        .into(),
-                )
-            }
-        }
+        super::blocking(&store, f).await.map_err(|e| e.0.into())
     }
 
     async fn propose(node: &Node, g: u64, cmd: Command) -> Result<usize, GroupError> {
@@ -252,22 +245,8 @@ pub mod groups {
         Path(g): Path<u64>,
         Json(r): Json<UpsertRequest>,
     ) -> Reply<UpsertResponse> {
-        let dim = group(&node, g)?.store.dim();
-        for (i, p) in r.points.iter().enumerate() {
-            if p.id.is_empty() {
-                return Err(HttpError::bad_request(
-                    "invalid_request",
-                    format!("points[{i}]: id is empty"),
-                )
-                .into());
-            }
-            check_vector(&p.vector, dim).map_err(|e| {
-                GroupError::from(HttpError::bad_request(
-                    "invalid_request",
-                    format!("points[{i}]: {e}"),
-                ))
-            })?;
-        }
+        // Refused here with a 400 rather than proposed and rejected by every replica.
+        check_points(&r.points, group(&node, g)?.store.dim())?;
         if r.points.is_empty() {
             return Ok(axum::Json(UpsertResponse { upserted: 0 }));
         }
@@ -387,14 +366,6 @@ pub mod groups {
             .await
             .map_err(|e| propose_error(&node, g, e))?;
         Ok(axum::Json(group(&node, g)?.status()))
-    }
-
-    #[derive(serde::Serialize)]
-    struct NodeStatus {
-        node: u64,
-        addr: String,
-        ready: bool,
-        groups: Vec<GroupStatus>,
     }
 
     async fn node_status(State(node): State<Shared>) -> axum::Json<NodeStatus> {

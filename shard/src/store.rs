@@ -66,33 +66,28 @@ pub trait VectorStore: Send + Sync + 'static {
     }
 }
 
-/// How many points a store holds and a checksum over their ids and vectors (in id order),
-/// to compare replicas.
+/// How many points a store holds and a checksum over their ids and vectors, to compare
+/// replicas. Streamed page by page in scroll order, which is point-id order: the same on
+/// every store holding the same items, so nothing needs holding or sorting.
 pub fn digest(store: &dyn VectorStore) -> StoreResult<(usize, String)> {
-    let mut entries: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut points = 0;
     let mut cursor = None;
     loop {
         let page = store.scroll(cursor.as_deref(), 4096)?;
-        entries.extend(
-            page.points
-                .into_iter()
-                .map(|p| (p.id, p.vector.unwrap_or_default())),
-        );
+        points += page.points.len();
+        for p in &page.points {
+            hasher.update(&(p.id.len() as u64).to_le_bytes());
+            hasher.update(p.id.as_bytes());
+            for x in p.vector.iter().flatten() {
+                hasher.update(&x.to_bits().to_le_bytes());
+            }
+        }
         match page.next {
             Some(next) => cursor = Some(next),
-            None => break,
+            None => return Ok((points, format!("{:032x}", hasher.digest128()))),
         }
     }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for (id, vector) in &entries {
-        hasher.update(&(id.len() as u64).to_le_bytes());
-        hasher.update(id.as_bytes());
-        for x in vector {
-            hasher.update(&x.to_bits().to_le_bytes());
-        }
-    }
-    Ok((entries.len(), format!("{:032x}", hasher.digest128())))
 }
 
 /// One page of a scroll over a store.
@@ -119,6 +114,21 @@ pub fn check_vector(vector: &[f32], dim: usize) -> StoreResult<()> {
         return Err(StoreError::BadRequest(
             "vector has a NaN or infinite component".into(),
         ));
+    }
+    Ok(())
+}
+
+/// What every store refuses in an upsert, decided from the points alone (so replicas of a
+/// group all decide alike): an empty id, or a vector of the wrong size or not finite.
+pub fn check_points(points: &[Point], dim: usize) -> StoreResult<()> {
+    for (i, p) in points.iter().enumerate() {
+        if p.id.is_empty() {
+            return Err(StoreError::BadRequest(format!(
+                "points[{i}]: item id is empty"
+            )));
+        }
+        check_vector(&p.vector, dim)
+            .map_err(|e| StoreError::BadRequest(format!("points[{i}]: {e}")))?;
     }
     Ok(())
 }
@@ -289,12 +299,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn upsert(&self, points: Vec<Point>) -> StoreResult<usize> {
-        for p in &points {
-            check_vector(&p.vector, self.dim)?;
-            if p.id.is_empty() {
-                return Err(StoreError::BadRequest("item id is empty".into()));
-            }
-        }
+        check_points(&points, self.dim)?;
         let n = points.len();
         if n == 0 {
             return Ok(0);

@@ -14,7 +14,7 @@ use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Point;
-use crate::store::{check_vector, StoreError, VectorStore};
+use crate::store::{check_points, StoreError, VectorStore};
 
 /// A write, as proposed to and replicated by the group's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,8 +141,8 @@ impl StateMachine {
                 }
                 EntryType::EntryNormal if e.data.is_empty() => Some(Applied::Noop),
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Ok(Command::Upsert(points)) => match self.check(&points) {
-                        Err(m) => Some(Applied::Rejected(m)),
+                    Ok(Command::Upsert(points)) => match check_points(&points, self.store.dim()) {
+                        Err(e) => Some(Applied::Rejected(e.to_string())),
                         Ok(()) => {
                             if !run.fits(&points) {
                                 self.flush_run(&mut run, &mut out)?;
@@ -169,23 +169,10 @@ impl StateMachine {
             }
         }
         self.flush_run(&mut run, &mut out)?;
-        out.sort_by_key(|(index, _)| *index);
         if last != self.applied {
             self.persist(last)?;
         }
         Ok(out)
-    }
-
-    /// What the shard would refuse in an upsert, decided from the entry alone (so every
-    /// replica decides the same).
-    fn check(&self, points: &[Point]) -> Result<(), String> {
-        for p in points {
-            if p.id.is_empty() {
-                return Err("item id is empty".into());
-            }
-            check_vector(&p.vector, self.store.dim()).map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 
     fn flush_run(

@@ -6,7 +6,7 @@
 //! changes), and `groups/<g>/` holding `shard/` (the Qdrant shard), `applied.json`, and
 //! `restoring` while a snapshot is being restored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,6 +49,15 @@ pub struct Group {
     /// committed; cleared while it has no leader or restores a snapshot.
     caught_up: AtomicBool,
     _driver: Driver,
+}
+
+/// `GET /v1/node`: a node and its replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: u64,
+    pub addr: String,
+    pub ready: bool,
+    pub groups: Vec<GroupStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,8 +120,11 @@ impl Node {
             transport.set_peer(node, addr);
         }
         let mut groups = BTreeMap::new();
+        // Which groups the peers already hold, asked once, and only if a replica is empty.
+        let mut existing = None;
         for &g in &cfg.groups {
-            let group = Self::open_group(&cfg, g, &engine, &transport, &http).await?;
+            let group =
+                Self::open_group(&cfg, g, &engine, &transport, &http, &mut existing).await?;
             inbox.add(group.replica.clone());
             groups.insert(g, group);
         }
@@ -134,6 +146,7 @@ impl Node {
         engine: &Arc<Engine>,
         transport: &Arc<HttpTransport>,
         http: &reqwest::Client,
+        existing: &mut Option<HashSet<u64>>,
     ) -> Result<Arc<Group>, NodeError> {
         let dir = cfg.data.join("groups").join(g.to_string());
         let (engine2, dir2, dim) = (engine.clone(), dir.clone(), cfg.dim);
@@ -166,7 +179,10 @@ impl Node {
         if fresh && cfg.voters.contains(&cfg.id) {
             // An empty replica of a group that already holds data lost its own (a wiped
             // disk): it must not pose as the member it was, but be re-added.
-            if Self::group_exists(http, transport, g).await {
+            if existing.is_none() {
+                *existing = Some(Self::existing_groups(http, transport).await);
+            }
+            if existing.as_ref().is_some_and(|e| e.contains(&g)) {
                 rejoin = true;
             } else {
                 voters = cfg.voters.clone();
@@ -205,17 +221,28 @@ impl Node {
         Ok(group)
     }
 
-    /// Whether any peer's replica of `g` has committed entries.
-    async fn group_exists(http: &reqwest::Client, transport: &HttpTransport, g: u64) -> bool {
-        let asks = transport.peers().into_values().map(|addr| {
-            let http = http.clone();
-            async move { peer_status(&http, &addr, g).await }
+    /// The groups of which some peer's replica has committed entries (`GET /v1/node` of
+    /// every peer, at once).
+    async fn existing_groups(http: &reqwest::Client, transport: &HttpTransport) -> HashSet<u64> {
+        let asks = transport.peers().into_values().map(|addr| async move {
+            let answer = http
+                .get(format!("{addr}/v1/node"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .ok()?
+                .error_for_status()
+                .ok()?;
+            answer.json::<NodeStatus>().await.ok()
         });
         futures::future::join_all(asks)
             .await
             .into_iter()
             .flatten()
-            .any(|s| s.raft.commit > 0)
+            .flat_map(|n| n.groups)
+            .filter(|g| g.raft.commit > 0)
+            .map(|g| g.group)
+            .collect()
     }
 
     pub fn group(&self, g: u64) -> Option<&Arc<Group>> {
