@@ -1,15 +1,24 @@
-//! `redrec cluster`: what the shard nodes say about their groups, and membership changes.
+//! `redrec cluster`: the cluster map and what the shard nodes say about their groups;
+//! membership changes, nodes, rebalancing and slot moves.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use redrec_shard::meta::{call_meta, fetch_map, ClusterMap, MetaCommand, META_GROUP};
 use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// Groups, replicas, leaders and applied indexes, as the given nodes report them.
+    /// The cluster map (groups, slots, moves, version) and every replica's state.
     Status(StatusArgs),
+    /// Register a node as spare: new groups are formed from spare nodes.
+    AddNode(AddNodeArgs),
+    /// Even out the slots across the groups (moves run online, one batch at a time).
+    Rebalance(MetaArgs),
+    /// Move slots to another group, online.
+    MoveSlot(MoveArgs),
     /// Add a node's replica to a group (the group's leader is found from any member).
     AddReplica(MemberArgs),
     /// Remove a node's replica from a group.
@@ -24,6 +33,36 @@ pub struct StatusArgs {
     /// Print the nodes' answers as one JSON array.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// Meta members (http://host:port), comma-separated; the leader is found from any.
+    #[arg(long, env = "REDREC_META", value_delimiter = ',', required = true)]
+    via: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct AddNodeArgs {
+    #[command(flatten)]
+    meta: MetaArgs,
+    #[arg(long)]
+    node: u64,
+    /// Where the node listens.
+    #[arg(long)]
+    addr: String,
+}
+
+#[derive(Args)]
+pub struct MoveArgs {
+    #[command(flatten)]
+    meta: MetaArgs,
+    /// Slots to move (0..1023), comma-separated; all must belong to one group.
+    #[arg(long, value_delimiter = ',', required = true)]
+    slot: Vec<u16>,
+    /// The group to move them to.
+    #[arg(long)]
+    to: u64,
 }
 
 #[derive(Args)]
@@ -44,14 +83,141 @@ pub struct MemberArgs {
 pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
     match cmd {
         ClusterCommand::Status(a) => status(a, &http).await,
+        ClusterCommand::AddNode(a) => {
+            let cmd = MetaCommand::AddNode {
+                id: a.node,
+                addr: a.addr.trim_end_matches('/').to_string(),
+                spare: true,
+            };
+            change(&a.meta, cmd, &http).await
+        }
+        ClusterCommand::Rebalance(a) => change(&a, MetaCommand::Rebalance, &http).await,
+        ClusterCommand::MoveSlot(a) => {
+            let map = fetch_map(&http, &a.meta.via).await?;
+            let owners: BTreeSet<u64> = a
+                .slot
+                .iter()
+                .map(|&s| {
+                    map.slots
+                        .get(s as usize)
+                        .copied()
+                        .context("slots are 0..1023")
+                })
+                .collect::<Result<_>>()?;
+            let [from] = owners.into_iter().collect::<Vec<_>>()[..] else {
+                bail!("the slots belong to several groups; move each group's in its own call");
+            };
+            let cmd = MetaCommand::BeginMove {
+                slots: a.slot.clone(),
+                from,
+                to: a.to,
+            };
+            change(&a.meta, cmd, &http).await
+        }
         ClusterCommand::AddReplica(a) => member(a, "add", &http).await,
         ClusterCommand::RemoveReplica(a) => member(a, "remove", &http).await,
     }
 }
 
+/// Proposes a map change through the meta members.
+async fn change(meta: &MetaArgs, cmd: MetaCommand, http: &reqwest::Client) -> Result<()> {
+    let answer: Value = call_meta(http, &meta.via, "/admin/v1/cluster/commands", Some(&cmd))
+        .await
+        .with_context(|| format!("{cmd:?}"))?;
+    println!("applied; cluster map version {}", answer["version"]);
+    Ok(())
+}
+
+/// The map at a glance: its version, each group's slots, points and leader, moves.
+async fn print_map(map: &ClusterMap, nodes: &[Value], http: &reqwest::Client) {
+    let state = if !map.moves.is_empty() || map.rebalancing {
+        "rebalancing"
+    } else if map.balanced() {
+        "balanced"
+    } else {
+        "unbalanced"
+    };
+    println!(
+        "cluster map v{} · {} nodes · {} groups · {} slots, {state} · towers {}",
+        map.version,
+        map.nodes.len(),
+        map.groups.len(),
+        map.slots.len(),
+        map.model_version.as_deref().unwrap_or("-"),
+    );
+    println!(
+        "\n{:<6} {:>6} {:>10}  {:<28} replicas",
+        "group", "slots", "points", "leader"
+    );
+    let counts = map.slot_counts();
+    for (g, info) in &map.groups {
+        let leader = nodes
+            .iter()
+            .flat_map(|n| n["groups"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["group"] == *g && r["is_leader"] == true)
+            .and_then(|r| r["node"].as_u64());
+        let points = match leader.and_then(|l| map.nodes.get(&l)) {
+            Some(n) => http
+                .get(format!("{}/v1/groups/{g}/stats", n.addr))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()
+                .and_then(|r| r.error_for_status().ok()),
+            None => None,
+        };
+        let points = match points {
+            Some(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .map(|v| v["points"].to_string()),
+            None => None,
+        };
+        let leader = leader.map_or("none".to_string(), |l| {
+            let addr = map.nodes.get(&l).map_or("?", |n| n.addr.as_str());
+            format!("{l}@{}", addr.trim_start_matches("http://"))
+        });
+        let replicas: Vec<String> = info.replicas.iter().map(u64::to_string).collect();
+        println!(
+            "{:<6} {:>6} {:>10}  {:<28} {}",
+            g,
+            counts.get(g).copied().unwrap_or(0),
+            points.as_deref().unwrap_or("?"),
+            leader,
+            replicas.join(" ")
+        );
+    }
+    if map.moves.is_empty() {
+        println!("\nmoves: none");
+    }
+    for m in &map.moves {
+        println!(
+            "\nmove {}: {} slots, group {} -> {} ({:?})",
+            m.id,
+            m.slots.len(),
+            m.from,
+            m.to,
+            m.phase
+        );
+    }
+    println!();
+}
+
 async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
+    let map = fetch_map(http, &a.nodes).await.ok();
+    let mut addrs: Vec<String> = a
+        .nodes
+        .iter()
+        .map(|n| n.trim_end_matches('/').to_string())
+        .collect();
+    if let Some(map) = &map {
+        addrs.extend(map.nodes.values().map(|n| n.addr.clone()));
+    }
+    addrs.sort();
+    addrs.dedup();
     let mut nodes = Vec::new();
-    for addr in &a.nodes {
+    for addr in &addrs {
         let addr = addr.trim_end_matches('/');
         let answer = http
             .get(format!("{addr}/v1/node"))
@@ -65,8 +231,12 @@ async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        let out = json!({"map": map, "nodes": nodes});
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
+    }
+    if let Some(map) = &map {
+        print_map(map, &nodes, http).await;
     }
     println!(
         "{:<6} {:<24} {:<6} {:<8} {:>6} {:>10} {:>10}  voters",
@@ -94,6 +264,11 @@ async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
     }
     rows.sort_by_key(|r| (r.0, r.1.as_u64()));
     for (group, node, addr, g) in rows {
+        let group = if group == META_GROUP {
+            "meta".to_string()
+        } else {
+            group.to_string()
+        };
         let role = if g["is_leader"] == true {
             "leader"
         } else if g["restoring"] == true {

@@ -292,7 +292,8 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         } else {
             // Writes need each group's leader: start_nodes waits for every node to be ready.
             let addrs = start_nodes(a.replicas, a.shards, &a.dir, &[], &logs, &mut procs).await?;
-            vec![("--group", addrs.join(",")); a.shards]
+            // The router follows the cluster map the nodes' meta group keeps.
+            vec![("--meta", addrs.join(","))]
         };
         procs.push(spawn("encoder", &["encoder", "--listen", "127.0.0.1:0"], &logs).await?);
         let encoder = procs.last().map(|p| p.addr.clone()).unwrap_or_default();

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use redrec_encoder::{
     BatchConfig, Device, Encoder, EncoderClient, EncoderConfig, EncoderHandle, Towers,
 };
-use redrec_router::cluster::Cluster;
+use redrec_router::cluster::{Cluster, ClusterView};
 use redrec_router::server::RouterInner;
 use redrec_router::RouterConfig;
 use redrec_shard::store::EdgeStore;
@@ -109,6 +109,11 @@ struct RaftArgs {
     /// Where other nodes reach this one (default: http://<listen>).
     #[arg(long, env = "REDREC_ADVERTISE")]
     advertise: Option<String>,
+    /// The cluster's meta members (http://host:port, comma-separated). A node that is not
+    /// among the voters joins the running cluster through them: it registers itself as
+    /// spare, and the cluster forms new groups from spare nodes and moves slots onto them.
+    #[arg(long, env = "REDREC_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
     /// Raft clock tick, in milliseconds.
     #[arg(long, env = "REDREC_RAFT_TICK_MS", default_value_t = 100)]
     raft_tick_ms: u64,
@@ -222,7 +227,7 @@ struct RouterArgs {
         long,
         env = "REDREC_SHARDS",
         value_delimiter = ',',
-        required_unless_present = "group"
+        required_unless_present_any = ["group", "meta"]
     )]
     shards: Vec<String>,
     /// A Raft-replicated shard group: the addresses of the nodes hosting its replicas,
@@ -234,6 +239,16 @@ struct RouterArgs {
         conflicts_with = "shards"
     )]
     group: Vec<String>,
+    /// Route by the cluster map of the meta group whose members listen here
+    /// (http://host:port, comma-separated): groups added and slots moved are followed
+    /// without a restart.
+    #[arg(
+        long,
+        env = "REDREC_META",
+        value_delimiter = ',',
+        conflicts_with_all = ["shards", "group"]
+    )]
+    meta: Vec<String>,
     /// Encoder address; without it the towers run in this process.
     #[arg(long, env = "REDREC_ENCODER")]
     encoder: Option<String>,
@@ -324,14 +339,23 @@ async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
         anyhow::bail!("a shard node needs a fixed port: its peers must know where it listens");
     }
     let peers = parse_peers(&r.peers)?;
-    let voters = if r.voters.is_empty() {
+    let seeds: Vec<String> = r
+        .seeds
+        .iter()
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let voters = if !r.voters.is_empty() {
+        r.voters.clone()
+    } else if peers.is_empty() && !seeds.is_empty() {
+        Vec::new()
+    } else {
         let mut v: Vec<u64> = peers.keys().copied().chain([id]).collect();
         v.sort_unstable();
         v.dedup();
         v
-    } else {
-        r.voters.clone()
     };
+    let joining = !seeds.is_empty() && !voters.contains(&id);
     let cfg = NodeConfig {
         id,
         data: a.data.clone(),
@@ -341,8 +365,13 @@ async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("http://{}", a.listen)),
         peers,
-        groups: r.groups.clone(),
+        groups: if joining {
+            Vec::new()
+        } else {
+            r.groups.clone()
+        },
         voters,
+        seeds,
         driver: DriverConfig {
             tick: Duration::from_millis(r.raft_tick_ms.max(1)),
             election_ticks: r.raft_election_ticks.max(3),
@@ -406,8 +435,18 @@ async fn run_router(a: RouterArgs) -> Result<()> {
         user_cache_ttl: Duration::from_secs(a.user_cache_ttl_s),
         ..Default::default()
     };
-    let cluster = if a.group.is_empty() {
-        Cluster::fixed(&a.shards, http)
+    let cluster = if !a.meta.is_empty() {
+        let view =
+            ClusterView::from_meta(a.meta.clone(), http.clone(), Duration::from_secs(60)).await?;
+        let view = Arc::new(view);
+        view.spawn_refresher(Duration::from_secs(1));
+        register_model(&view, &encoder, &http).await;
+        view
+    } else if a.group.is_empty() {
+        Arc::new(ClusterView::fixed(
+            Cluster::fixed(&a.shards, http.clone()),
+            http,
+        ))
     } else {
         let groups: Vec<Vec<String>> = a
             .group
@@ -422,11 +461,48 @@ async fn run_router(a: RouterArgs) -> Result<()> {
         if let Some(i) = groups.iter().position(Vec::is_empty) {
             anyhow::bail!("--group number {i} names no replica");
         }
-        Cluster::replicated(&groups, http)
+        Arc::new(ClusterView::fixed(
+            Cluster::replicated(&groups, http.clone()),
+            http,
+        ))
     };
     let state = Arc::new(RouterInner::new(encoder, cluster, cfg));
     redrec_wire::serve("router", a.listen, redrec_router::app(state)).await?;
     Ok(())
+}
+
+/// Records the towers' model version in the cluster map when it has none, and warns when
+/// it names another: every router of a cluster must serve the towers its items were
+/// encoded with.
+async fn register_model(view: &ClusterView, encoder: &EncoderHandle, http: &reqwest::Client) {
+    use redrec_shard::meta::{call_meta, MetaCommand};
+    let version = encoder.manifest().model_version.clone();
+    match view
+        .get()
+        .map
+        .as_ref()
+        .and_then(|m| m.model_version.clone())
+    {
+        Some(v) if v == version => {}
+        Some(v) => tracing::warn!(
+            map = %v,
+            towers = %version,
+            "the cluster map names other towers than this router serves"
+        ),
+        None => {
+            let cmd = MetaCommand::SetModelVersion { version };
+            if let Err(e) = call_meta::<serde_json::Value>(
+                http,
+                view.meta_addrs(),
+                "/admin/v1/cluster/commands",
+                Some(&cmd),
+            )
+            .await
+            {
+                tracing::warn!("recording the model version in the cluster map: {e}");
+            }
+        }
+    }
 }
 
 #[tokio::main]

@@ -190,6 +190,9 @@ pub struct RecommendResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardStatus {
     pub index: usize,
+    /// The group's id in the cluster map (its index for a fixed cluster).
+    #[serde(default)]
+    pub group: u64,
     pub addr: String,
     pub slots: usize,
     pub up: bool,
@@ -229,4 +232,16 @@ pub struct ClusterResponse {
     pub max_history: usize,
     pub slots: usize,
     pub shards: Vec<ShardStatus>,
+    /// The cluster map this router routes by (absent for a cluster fixed on its command
+    /// line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapSummary {
+    pub version: u64,
+    pub rebalancing: bool,
+    pub moves: Vec<redrec_shard::meta::SlotMove>,
+    pub nodes: usize,
 }

@@ -1,135 +1,17 @@
-//! The shard groups a router talks to, how items map onto them, and how one group is
-//! called: writes find the leader (following `not_leader` hints, backing off while there
-//! is none), reads go to any replica that has caught up, failing over to the next.
+//! The shard groups a router talks to and how items map onto them: fixed from the command
+//! line, or the cluster map loaded from the meta group, cached by version and refreshed
+//! when it moves on (periodically, and at once when a shard says a write reached the wrong
+//! group).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use redrec_shard::client::{ShardClient, ShardClientError};
+pub use redrec_shard::client::Group;
+use redrec_shard::client::ShardClient;
+use redrec_shard::meta::{fetch_map, ClusterMap};
 
 use crate::slots::SlotTable;
-
-/// Longest one attempt of a write may take before the next replica is tried.
-const WRITE_ATTEMPT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-
-/// One shard group: a lone shard, or the replicas of a Raft group.
-pub struct Group {
-    pub index: usize,
-    pub replicas: Vec<ShardClient>,
-    /// The replica that last accepted a write.
-    leader: AtomicUsize,
-    /// Spreads reads over the replicas.
-    next_read: AtomicUsize,
-}
-
-impl Group {
-    fn new(index: usize, replicas: Vec<ShardClient>) -> Self {
-        Self {
-            index,
-            replicas,
-            leader: AtomicUsize::new(0),
-            next_read: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn leader_hint(&self) -> usize {
-        self.leader.load(Ordering::Relaxed) % self.replicas.len()
-    }
-
-    fn deadline_passed(&self) -> ShardClientError {
-        ShardClientError::Unavailable {
-            addr: format!("group {}", self.index),
-            message: "no replica answered before the deadline".into(),
-        }
-    }
-
-    /// Runs `call` on the group's leader. `not_leader` answers move to the hinted
-    /// replica; unreachable or not-ready replicas to the next one after a backoff; until
-    /// one succeeds, one refuses the request itself, or `deadline` passes. A lone shard is
-    /// tried once: there is nowhere else to go.
-    pub async fn leader_call<T, F, Fut>(
-        &self,
-        deadline: Instant,
-        call: F,
-    ) -> Result<T, ShardClientError>
-    where
-        F: Fn(ShardClient, Duration) -> Fut,
-        Fut: Future<Output = Result<T, ShardClientError>>,
-    {
-        let n = self.replicas.len();
-        let mut i = self.leader_hint();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.deadline_passed());
-            }
-            let err = match call(self.replicas[i].clone(), left.min(WRITE_ATTEMPT)).await {
-                Ok(v) => {
-                    self.leader.store(i, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Err(e) if n == 1 || !e.is_retryable() => return Err(e),
-                Err(e) => e,
-            };
-            let hinted = match &err {
-                ShardClientError::NotLeader {
-                    leader: Some(addr), ..
-                } => self.replicas.iter().position(|r| r.addr() == addr),
-                _ => None,
-            };
-            metrics::counter!("redrec_shard_retries_total", "group" => self.index.to_string())
-                .increment(1);
-            tracing::debug!(group = self.index, "retrying elsewhere: {err}");
-            let pause = match hinted {
-                Some(j) if j != i => {
-                    i = j;
-                    Duration::from_millis(5)
-                }
-                _ => {
-                    i = (i + 1) % n;
-                    let b = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    b
-                }
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left <= pause {
-                return Err(err);
-            }
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// Runs `call` on one replica, the next one if it fails (each try gets half of what
-    /// is left, the last all of it), until one answers or all were tried.
-    pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
-    where
-        F: Fn(ShardClient, Duration) -> Fut,
-        Fut: Future<Output = Result<T, ShardClientError>>,
-    {
-        let n = self.replicas.len();
-        let first = self.next_read.fetch_add(1, Ordering::Relaxed);
-        let mut last = None;
-        for k in 0..n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let budget = if k + 1 < n { left / 2 } else { left };
-            match call(self.replicas[(first + k) % n].clone(), budget).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| self.deadline_passed()))
-    }
-}
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -137,6 +19,106 @@ pub struct Cluster {
     pub slots: SlotTable,
     /// Whether the groups are Raft-replicated (their replicas serve `/v1/groups/{g}`).
     pub replicated: bool,
+    /// The cluster map this view was built from (`None`: fixed from the command line).
+    pub map: Option<Arc<ClusterMap>>,
+}
+
+/// The router's current view of the cluster, swapped whole when the map changes.
+pub struct ClusterView {
+    current: RwLock<Arc<Cluster>>,
+    /// Where the meta group's members listen (empty: a fixed cluster).
+    meta: Vec<String>,
+    http: reqwest::Client,
+    /// One refresh at a time; callers arriving meanwhile wait for it.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl ClusterView {
+    pub fn fixed(cluster: Cluster, http: reqwest::Client) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(cluster)),
+            meta: Vec::new(),
+            http,
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A view of the cluster map held by the meta members at `meta`; waits (up to
+    /// `wait`) for a first map.
+    pub async fn from_meta(
+        meta: Vec<String>,
+        http: reqwest::Client,
+        wait: Duration,
+    ) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let map = loop {
+            match fetch_map(&http, &meta).await {
+                Ok(map) => break map,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("no cluster map from {meta:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let cluster = Cluster::from_map(map, &http);
+        Ok(Self {
+            current: RwLock::new(Arc::new(cluster)),
+            meta,
+            http,
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn get(&self) -> Arc<Cluster> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn meta_addrs(&self) -> &[String] {
+        &self.meta
+    }
+
+    pub fn version(&self) -> u64 {
+        self.get().map.as_ref().map_or(0, |m| m.version)
+    }
+
+    /// Loads the map again and takes it if newer. A fixed cluster has nothing to load.
+    pub async fn refresh(&self) {
+        if self.meta.is_empty() {
+            return;
+        }
+        let before = self.version();
+        let _one = self.refreshing.lock().await;
+        if self.version() > before {
+            return; // Someone else refreshed while this caller waited.
+        }
+        match fetch_map(&self.http, &self.meta).await {
+            Ok(map) if map.version > self.version() => {
+                tracing::info!(version = map.version, "cluster map changed");
+                let cluster = Arc::new(Cluster::from_map(map, &self.http));
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = cluster;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("refreshing the cluster map: {e}"),
+        }
+    }
+
+    /// Refreshes every `every` in the background (a map-driven view only).
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) {
+        if self.meta.is_empty() {
+            return;
+        }
+        let view = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(view) = view.upgrade() else { return };
+                view.refresh().await;
+            }
+        });
+    }
 }
 
 impl Cluster {
@@ -155,6 +137,37 @@ impl Cluster {
                 .collect(),
             slots: SlotTable::even(addrs.len()),
             replicated: false,
+            map: None,
+        }
+    }
+
+    /// The groups of a cluster map, in group-id order; slot owners index into them.
+    pub fn from_map(map: ClusterMap, http: &reqwest::Client) -> Self {
+        let ids: Vec<u64> = map.groups.keys().copied().collect();
+        let groups = map
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, (&g, info))| {
+                let replicas = info
+                    .replicas
+                    .iter()
+                    .filter_map(|n| map.nodes.get(n))
+                    .map(|n| ShardClient::replica(n.addr.clone(), g, http.clone()))
+                    .collect();
+                Arc::new(Group::new(i, replicas))
+            })
+            .collect();
+        let owners = map
+            .slots
+            .iter()
+            .map(|g| ids.binary_search(g).unwrap_or(0))
+            .collect();
+        Self {
+            groups,
+            slots: SlotTable::from_owners(owners),
+            replicated: true,
+            map: Some(Arc::new(map)),
         }
     }
 
@@ -174,6 +187,7 @@ impl Cluster {
                 .collect(),
             slots: SlotTable::even(groups.len()),
             replicated: true,
+            map: None,
         }
     }
 

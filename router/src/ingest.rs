@@ -2,7 +2,7 @@
 //! upserted on the shard that owns each item's slot.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redrec_shard::api::Point;
 use redrec_shard::store::ID_KEY;
@@ -60,39 +60,58 @@ fn check_id(id: &str) -> Result<(), String> {
 }
 
 /// Upserts on every owning shard; succeeds only when every shard confirmed its part.
+/// Items whose slot is moving, or that reached a group no longer owning them (a stale
+/// map), are sent again where the refreshed map says, until the write deadline.
 pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, RouterError> {
     let n = points.len();
-    let cluster = &state.cluster;
-    let groups = cluster.by_shard(points, |p| p.id.as_str());
     let deadline = Instant::now() + state.cfg.write_timeout;
-    let outcomes = fan_out(cluster, groups.keys().copied(), deadline, |i, group| {
-        let part = groups[&i].clone();
-        async move {
-            group
-                .leader_call(deadline, |c, left| {
-                    let part = part.clone();
-                    async move { c.upsert(part, left).await }
-                })
-                .await
+    let mut pending = points;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let cluster = state.cluster.get();
+        let groups = cluster.by_shard(pending, |p| p.id.as_str());
+        let outcomes = fan_out(&cluster, groups.keys().copied(), deadline, |i, group| {
+            let part = groups[&i].clone();
+            async move {
+                group
+                    .leader_call(deadline, |c, left| {
+                        let part = part.clone();
+                        async move { c.upsert(part, left).await }
+                    })
+                    .await
+            }
+        })
+        .await;
+        let mut failed = Vec::new();
+        let mut again = Vec::new();
+        for (i, r) in outcomes {
+            match r {
+                Ok(_) => {}
+                Err(e) if e.wrong_slot().is_some() => again.extend(groups[&i].iter().cloned()),
+                Err(e) if e.is_client_error() => return Err(e.into()),
+                Err(e) => failed.push(format!("shard {i}: {e}")),
+            }
         }
-    })
-    .await;
-    let mut failed = Vec::new();
-    for (i, r) in outcomes {
-        match r {
-            Ok(_) => {}
-            Err(e) if e.is_client_error() => return Err(e.into()),
-            Err(e) => failed.push(format!("shard {i}: {e}")),
+        if again.is_empty() || !failed.is_empty() {
+            if !failed.is_empty() {
+                return Err(RouterError::ShardsUnavailable(format!(
+                    "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
+                    failed.join("; ")
+                )));
+            }
+            metrics::counter!("redrec_items_upserted_total").increment(n as u64);
+            return Ok(n);
         }
+        if Instant::now() + backoff >= deadline {
+            return Err(RouterError::ShardsUnavailable(
+                "some items' slots kept moving past the write deadline; retrying is safe".into(),
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+        state.cluster.refresh().await;
+        pending = again;
     }
-    if !failed.is_empty() {
-        return Err(RouterError::ShardsUnavailable(format!(
-            "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
-            failed.join("; ")
-        )));
-    }
-    metrics::counter!("redrec_items_upserted_total").increment(n as u64);
-    Ok(n)
 }
 
 pub async fn ingest_texts(
@@ -176,7 +195,8 @@ pub async fn ingest_vectors(
 
 pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
-    let group = state.cluster.group_of(&id);
+    let cluster = state.cluster.get();
+    let group = cluster.group_of(&id);
     let shard = group.index;
     let deadline = Instant::now() + state.cfg.deadline;
     let point = group
@@ -200,14 +220,26 @@ pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, R
 pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
     let deadline = Instant::now() + state.cfg.write_timeout;
-    let deleted = state
-        .cluster
-        .group_of(&id)
-        .leader_call(deadline, |c, left| {
-            let ids = vec![id.clone()];
-            async move { c.delete(ids, left).await }
-        })
-        .await?;
+    let mut backoff = Duration::from_millis(10);
+    let deleted = loop {
+        let r = state
+            .cluster
+            .get()
+            .group_of(&id)
+            .leader_call(deadline, |c, left| {
+                let ids = vec![id.clone()];
+                async move { c.delete(ids, left).await }
+            })
+            .await;
+        match r {
+            Err(e) if e.wrong_slot().is_some() && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+                state.cluster.refresh().await;
+            }
+            r => break r?,
+        }
+    };
     if deleted == 0 {
         return Err(RouterError::NotFound(format!("no item {id:?}")));
     }

@@ -10,7 +10,7 @@ pub mod ingest;
 pub mod merge;
 pub mod recommend;
 pub mod server;
-pub mod slots;
+pub use redrec_shard::slots;
 pub mod user_cache;
 
 pub use config::RouterConfig;

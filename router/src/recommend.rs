@@ -1,7 +1,7 @@
 //! A recommendation, start to end: validate -> history vectors from their shards -> user
 //! tower -> query vectors to every shard -> merge -> top-k.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use redrec_encoder::{Manifest, UserHistory};
@@ -114,7 +114,7 @@ async fn history_vectors(
     plan: &mut Plan,
     deadline: Instant,
 ) -> Result<UserHistory, RouterError> {
-    let cluster = &state.cluster;
+    let cluster = &*state.cluster.get();
     let wanted = cluster.by_shard(
         plan.events
             .iter()
@@ -181,18 +181,20 @@ pub async fn search_groups(
     queries: Vec<Vec<f32>>,
     k: usize,
     filter: Option<serde_json::Value>,
-    exclude: &BTreeMap<usize, Vec<String>>,
+    exclude: &[String],
     consistency: Consistency,
     deadline: Instant,
 ) -> Result<(Vec<Vec<Vec<Hit>>>, Coverage), RouterError> {
-    let cluster = &state.cluster;
+    let cluster = &*state.cluster.get();
     let n = queries.len();
-    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |i, group| {
+    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |_, group| {
         let request = SearchRequest {
             queries: queries.clone(),
             k,
             filter: filter.clone(),
-            exclude: exclude.get(&i).cloned().unwrap_or_default(),
+            // Every group gets the whole list: during a slot move an item may be served
+            // by the group it leaves as well as by its new owner.
+            exclude: exclude.to_vec(),
             ef: None,
             consistency,
         };
@@ -269,7 +271,7 @@ pub async fn search(
             format!("at most {} ids in exclude", state.cfg.max_items_per_request),
         ));
     }
-    let exclude = state.cluster.by_shard(req.exclude, |id| id);
+    let exclude = req.exclude;
     let n = req.vectors.len();
     let (per_query, coverage) = search_groups(
         state,
@@ -350,10 +352,10 @@ pub async fn recommend(
         ));
     }
 
-    let exclude = if req.exclude_seen {
-        state.cluster.by_shard(plan.seen.iter().cloned(), |id| id)
+    let exclude: Vec<String> = if req.exclude_seen {
+        plan.seen.iter().cloned().collect()
     } else {
-        Default::default()
+        Vec::new()
     };
     let (per_query, coverage) = search_groups(
         state,

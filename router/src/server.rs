@@ -16,10 +16,10 @@ use redrec_wire::{with_fallbacks, Json};
 
 use crate::api::{
     ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
-    ItemResponse, RecommendRequest, RecommendResponse, ReplicaInfo, SearchVectorsRequest,
-    SearchVectorsResponse, ShardStatus,
+    ItemResponse, MapSummary, RecommendRequest, RecommendResponse, ReplicaInfo,
+    SearchVectorsRequest, SearchVectorsResponse, ShardStatus,
 };
-use crate::cluster::Cluster;
+use crate::cluster::ClusterView;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::slots::SLOTS;
@@ -28,13 +28,13 @@ use crate::{ingest, recommend};
 
 pub struct RouterInner {
     pub encoder: EncoderHandle,
-    pub cluster: Cluster,
+    pub cluster: Arc<ClusterView>,
     pub cfg: RouterConfig,
     pub users: UserCache,
 }
 
 impl RouterInner {
-    pub fn new(encoder: EncoderHandle, cluster: Cluster, cfg: RouterConfig) -> Self {
+    pub fn new(encoder: EncoderHandle, cluster: Arc<ClusterView>, cfg: RouterConfig) -> Self {
         Self {
             users: UserCache::new(cfg.user_cache_capacity, cfg.user_cache_ttl),
             encoder,
@@ -138,14 +138,18 @@ async fn replica_info(c: &ShardClient, replicated: bool) -> ReplicaInfo {
 
 async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
     let m = s.encoder.manifest();
-    let slots = s.cluster.slots.slots_per_shard(s.cluster.groups.len());
-    let replicated = s.cluster.replicated;
-    let groups = join_all(s.cluster.groups.iter().map(|g| async move {
+    let cluster = s.cluster.get();
+    let slots = cluster.slots.slots_per_shard(cluster.groups.len());
+    let replicated = cluster.replicated;
+    let groups = join_all(cluster.groups.iter().map(|g| async move {
         join_all(g.replicas.iter().map(|c| replica_info(c, replicated))).await
     }))
     .await;
-    let shards = s
-        .cluster
+    let ids: Vec<u64> = match &cluster.map {
+        Some(map) => map.groups.keys().copied().collect(),
+        None => (0..cluster.groups.len() as u64).collect(),
+    };
+    let shards = cluster
         .groups
         .iter()
         .zip(groups)
@@ -159,6 +163,7 @@ async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
             let r = &replicas[face];
             ShardStatus {
                 index: g.index,
+                group: ids[g.index],
                 addr: r.addr.clone(),
                 slots: slots[g.index],
                 up: replicas.iter().any(|r| r.up),
@@ -178,6 +183,12 @@ async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
         max_history: m.max_history,
         slots: SLOTS,
         shards,
+        map: cluster.map.as_ref().map(|m| MapSummary {
+            version: m.version,
+            rebalancing: m.rebalancing,
+            moves: m.moves.clone(),
+            nodes: m.nodes.len(),
+        }),
     })
 }
 

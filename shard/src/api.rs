@@ -96,6 +96,39 @@ pub struct ScrollRequest {
     pub cursor: Option<String>,
     #[serde(default = "default_page")]
     pub limit: usize,
+    /// Only points in these slots (a page may then hold fewer than `limit`, even none,
+    /// before the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<u16>>,
+}
+
+/// `POST /v1/groups/{g}/slots`: a step of a slot move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetSlotsRequest {
+    pub version: u64,
+    pub slots: Vec<u16>,
+    pub state: crate::slots::SlotState,
+}
+
+/// `POST /v1/groups/{g}/slots/drop`: the end of a move out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropSlotsRequest {
+    pub version: u64,
+    pub slots: Vec<u16>,
+}
+
+/// `POST /v1/groups/{g}/migrate`: a slot move's copies (into `incoming` slots only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    #[serde(default)]
+    pub upsert: Vec<Point>,
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub written: usize,
 }
 
 fn default_page() -> usize {

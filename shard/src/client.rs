@@ -1,16 +1,24 @@
-//! HTTP client of the shard API, for routers and tools.
+//! HTTP client of the shard API, for routers, tools and the meta group's mover: one
+//! shard or replica ([`ShardClient`]), and one group of replicas ([`Group`]): writes find
+//! the leader (following `not_leader` hints, backing off while there is none), reads go to
+//! any replica that has caught up, failing over to the next.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    DeleteRequest, DeleteResponse, Digest, ErrorBody, GetRequest, GetResponse, Point,
-    SearchRequest, SearchResponse, Stats, StoredPoint, UpsertRequest, UpsertResponse,
+    DeleteRequest, DeleteResponse, Digest, DropSlotsRequest, ErrorBody, GetRequest, GetResponse,
+    MigrateRequest, Point, ScrollRequest, SearchRequest, SearchResponse, SetSlotsRequest, Stats,
+    StoredPoint, UpsertRequest, UpsertResponse, WriteResponse,
 };
 use crate::raft::node::GroupStatus;
 use crate::server::groups::LEADER_HEADER;
+use crate::slots::SlotState;
+use crate::store::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardClientError {
@@ -37,6 +45,20 @@ pub enum ShardClientError {
 impl ShardClientError {
     pub fn is_client_error(&self) -> bool {
         matches!(self, Self::Rejected { status, .. } if (400..500).contains(status))
+    }
+
+    /// The group refused a write to slots it does not serve: `Some(true)` while they are
+    /// moving (retry shortly), `Some(false)` when misrouted (refresh the cluster map).
+    pub fn wrong_slot(&self) -> Option<bool> {
+        match self {
+            Self::Rejected {
+                status: 409, code, ..
+            } if code == "slot_moving" => Some(true),
+            Self::Rejected {
+                status: 409, code, ..
+            } if code == "wrong_slot" => Some(false),
+            _ => None,
+        }
     }
 
     /// Another replica may succeed where this one did not: it was unreachable, is not
@@ -193,8 +215,182 @@ impl ShardClient {
         self.call::<(), _>("/status", None, timeout).await
     }
 
+    /// A page of a replica's points, with vectors, optionally only those in `slots`.
+    pub async fn scroll(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+        slots: Option<Vec<u16>>,
+        timeout: Duration,
+    ) -> Result<Page, ShardClientError> {
+        let req = ScrollRequest {
+            cursor,
+            limit,
+            slots,
+        };
+        self.call("/scroll", Some(&req), timeout).await
+    }
+
+    /// Sets the state of `slots` in the group (through its log; on the leader).
+    pub async fn set_slots(
+        &self,
+        version: u64,
+        slots: Vec<u16>,
+        state: SlotState,
+        timeout: Duration,
+    ) -> Result<usize, ShardClientError> {
+        let req = SetSlotsRequest {
+            version,
+            slots,
+            state,
+        };
+        let r: WriteResponse = self.call("/slots", Some(&req), timeout).await?;
+        Ok(r.written)
+    }
+
+    /// Drops `slots` from the group: they become absent and their points are deleted.
+    pub async fn drop_slots(
+        &self,
+        version: u64,
+        slots: Vec<u16>,
+        timeout: Duration,
+    ) -> Result<usize, ShardClientError> {
+        let req = DropSlotsRequest { version, slots };
+        let r: WriteResponse = self.call("/slots/drop", Some(&req), timeout).await?;
+        Ok(r.written)
+    }
+
+    /// A slot move's copies, applied to the group's `incoming` slots only.
+    pub async fn migrate(
+        &self,
+        req: &MigrateRequest,
+        timeout: Duration,
+    ) -> Result<usize, ShardClientError> {
+        let r: WriteResponse = self.call("/migrate", Some(req), timeout).await?;
+        Ok(r.written)
+    }
+
     /// Count and checksum of a replica's points (not served by a lone shard).
     pub async fn digest(&self, timeout: Duration) -> Result<Digest, ShardClientError> {
         self.call::<(), _>("/digest", None, timeout).await
+    }
+}
+
+/// Longest one attempt of a write may take before the next replica is tried.
+const WRITE_ATTEMPT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// One shard group: a lone shard, or the replicas of a Raft group.
+pub struct Group {
+    pub index: usize,
+    pub replicas: Vec<ShardClient>,
+    /// The replica that last accepted a write.
+    leader: AtomicUsize,
+    /// Spreads reads over the replicas.
+    next_read: AtomicUsize,
+}
+
+impl Group {
+    pub fn new(index: usize, replicas: Vec<ShardClient>) -> Self {
+        Self {
+            index,
+            replicas,
+            leader: AtomicUsize::new(0),
+            next_read: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn leader_hint(&self) -> usize {
+        self.leader.load(Ordering::Relaxed) % self.replicas.len()
+    }
+
+    fn deadline_passed(&self) -> ShardClientError {
+        ShardClientError::Unavailable {
+            addr: format!("group {}", self.index),
+            message: "no replica answered before the deadline".into(),
+        }
+    }
+
+    /// Runs `call` on the group's leader. `not_leader` answers move to the hinted
+    /// replica; unreachable or not-ready replicas to the next one after a backoff; until
+    /// one succeeds, one refuses the request itself, or `deadline` passes. A lone shard is
+    /// tried once: there is nowhere else to go.
+    pub async fn leader_call<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, ShardClientError>
+    where
+        F: Fn(ShardClient, Duration) -> Fut,
+        Fut: Future<Output = Result<T, ShardClientError>>,
+    {
+        let n = self.replicas.len();
+        let mut i = self.leader_hint();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.deadline_passed());
+            }
+            let err = match call(self.replicas[i].clone(), left.min(WRITE_ATTEMPT)).await {
+                Ok(v) => {
+                    self.leader.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if n == 1 || !e.is_retryable() => return Err(e),
+                Err(e) => e,
+            };
+            let hinted = match &err {
+                ShardClientError::NotLeader {
+                    leader: Some(addr), ..
+                } => self.replicas.iter().position(|r| r.addr() == addr),
+                _ => None,
+            };
+            metrics::counter!("redrec_shard_retries_total", "group" => self.index.to_string())
+                .increment(1);
+            tracing::debug!(group = self.index, "retrying elsewhere: {err}");
+            let pause = match hinted {
+                Some(j) if j != i => {
+                    i = j;
+                    Duration::from_millis(5)
+                }
+                _ => {
+                    i = (i + 1) % n;
+                    let b = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    b
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= pause {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Runs `call` on one replica, the next one if it fails (each try gets half of what
+    /// is left, the last all of it), until one answers or all were tried.
+    pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
+    where
+        F: Fn(ShardClient, Duration) -> Fut,
+        Fut: Future<Output = Result<T, ShardClientError>>,
+    {
+        let n = self.replicas.len();
+        let first = self.next_read.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let budget = if k + 1 < n { left / 2 } else { left };
+            match call(self.replicas[(first + k) % n].clone(), budget).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.deadline_passed()))
     }
 }

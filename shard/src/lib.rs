@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod client;
+pub mod meta;
 pub mod raft;
 pub mod server;
+pub mod slots;
 pub mod store;

@@ -124,13 +124,16 @@ pub mod groups {
 
     use super::MAX_BODY_BYTES;
     use crate::api::{
-        Consistency, DeleteRequest, DeleteResponse, Digest, GetRequest, GetResponse,
-        MembershipRequest, SearchRequest, SearchResponse, Stats, UpsertRequest, UpsertResponse,
+        Consistency, DeleteRequest, DeleteResponse, Digest, DropSlotsRequest, GetRequest,
+        GetResponse, MembershipRequest, MigrateRequest, SearchRequest, SearchResponse,
+        SetSlotsRequest, Stats, UpsertRequest, UpsertResponse, WriteResponse,
     };
+    use crate::meta::{ClusterMap, MetaCommand};
     use crate::raft::driver::ProposeError;
     use crate::raft::machine::Command;
     use crate::raft::node::{Group, GroupStatus, Node, NodeStatus};
     use crate::raft::transport;
+    use crate::slots::{slot_of, SlotState};
     use crate::store::{check_points, Page, StoreError, VectorStore};
 
     /// Header naming the leader's address on a `not_leader` answer.
@@ -194,11 +197,35 @@ pub mod groups {
                 format!("the write may or may not have been applied ({m}); retrying is safe"),
             ),
             ProposeError::Stopped => unavailable("replica_stopped", "the replica has stopped"),
+            ProposeError::WrongSlot {
+                moving: true,
+                version,
+            } => HttpError::new(
+                StatusCode::CONFLICT,
+                "slot_moving",
+                format!(
+                    "group {g} is moving some of these items' slots (map version {version}); \
+                     retry shortly"
+                ),
+            )
+            .into(),
+            ProposeError::WrongSlot {
+                moving: false,
+                version,
+            } => HttpError::new(
+                StatusCode::CONFLICT,
+                "wrong_slot",
+                format!(
+                    "group {g} does not serve some of these items' slots (map version \
+                     {version}); refresh the cluster map"
+                ),
+            )
+            .into(),
         }
     }
 
     fn group(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
-        node.group(g).cloned().ok_or_else(|| {
+        node.group(g).ok_or_else(|| {
             HttpError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_group",
@@ -208,9 +235,22 @@ pub mod groups {
         })
     }
 
+    /// A shard group's replica (not the meta group's).
+    fn shard(node: &Node, g: u64) -> Result<(Arc<Group>, Arc<dyn VectorStore>), GroupError> {
+        let group = group(node, g)?;
+        match group.store().cloned() {
+            Some(store) => Ok((group, store)),
+            None => Err(HttpError::bad_request(
+                "not_a_shard_group",
+                format!("group {g} holds the cluster map, not points"),
+            )
+            .into()),
+        }
+    }
+
     /// A replica serving default reads must have caught up with its group.
     fn readable(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
-        let group = group(node, g)?;
+        let group = shard(node, g)?.0;
         if !group.caught_up() {
             return Err(unavailable(
                 "not_ready",
@@ -246,7 +286,7 @@ pub mod groups {
         Json(r): Json<UpsertRequest>,
     ) -> Reply<UpsertResponse> {
         // Refused here with a 400 rather than proposed and rejected by every replica.
-        check_points(&r.points, group(&node, g)?.store.dim())?;
+        check_points(&r.points, shard(&node, g)?.1.dim())?;
         if r.points.is_empty() {
             return Ok(axum::Json(UpsertResponse { upserted: 0 }));
         }
@@ -259,8 +299,90 @@ pub mod groups {
         Path(g): Path<u64>,
         Json(r): Json<DeleteRequest>,
     ) -> Reply<DeleteResponse> {
+        shard(&node, g)?;
         let deleted = propose(&node, g, Command::Delete(r.ids)).await?;
         Ok(axum::Json(DeleteResponse { deleted }))
+    }
+
+    /// A step of a slot move (the meta leader's mover calls it).
+    async fn set_slots(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<SetSlotsRequest>,
+    ) -> Reply<WriteResponse> {
+        shard(&node, g)?;
+        let cmd = Command::SetSlots {
+            version: r.version,
+            slots: r.slots,
+            state: r.state,
+        };
+        let written = propose(&node, g, cmd).await?;
+        Ok(axum::Json(WriteResponse { written }))
+    }
+
+    async fn drop_slots(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<DropSlotsRequest>,
+    ) -> Reply<WriteResponse> {
+        shard(&node, g)?;
+        let cmd = Command::DropSlots {
+            version: r.version,
+            slots: r.slots,
+        };
+        let written = propose(&node, g, cmd).await?;
+        Ok(axum::Json(WriteResponse { written }))
+    }
+
+    async fn migrate(
+        State(node): State<Shared>,
+        Path(g): Path<u64>,
+        Json(r): Json<MigrateRequest>,
+    ) -> Reply<WriteResponse> {
+        check_points(&r.upsert, shard(&node, g)?.1.dim())?;
+        let cmd = Command::Migrate {
+            upsert: r.upsert,
+            delete: r.delete,
+        };
+        let written = propose(&node, g, cmd).await?;
+        Ok(axum::Json(WriteResponse { written }))
+    }
+
+    /// The cluster map this node holds (a meta member's replica, else the last fetched).
+    async fn meta_map(State(node): State<Shared>) -> Reply<ClusterMap> {
+        node.map().map(axum::Json).ok_or_else(|| {
+            unavailable(
+                "no_cluster_map",
+                format!("node {} has no cluster map yet", node.id),
+            )
+        })
+    }
+
+    /// Administrative changes to the cluster map (on the meta leader).
+    async fn meta_command(
+        State(node): State<Shared>,
+        Json(cmd): Json<MetaCommand>,
+    ) -> Reply<serde_json::Value> {
+        if cmd.internal() {
+            return Err(HttpError::bad_request(
+                "internal_command",
+                "this map change is a step of the meta leader's own work",
+            )
+            .into());
+        }
+        if node.meta().is_none() {
+            return Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_a_meta_member",
+                format!("node {} hosts no meta replica", node.id),
+            )
+            .into());
+        }
+        let version = node
+            .propose_meta(&cmd)
+            .await
+            .map_err(|e| propose_error(&node, crate::meta::META_GROUP, e))?;
+        Ok(axum::Json(serde_json::json!({ "version": version })))
     }
 
     async fn get_points(
@@ -268,8 +390,8 @@ pub mod groups {
         Path(g): Path<u64>,
         Json(r): Json<GetRequest>,
     ) -> Reply<GetResponse> {
-        let group = readable(&node, g)?;
-        blocking(group.store.clone(), move |st| {
+        let (_, store) = shard(&node, readable(&node, g)?.id)?;
+        blocking(store, move |st| {
             st.get(&r.ids, r.with_vector)
                 .map(|points| GetResponse { points })
         })
@@ -284,7 +406,7 @@ pub mod groups {
         let group = match r.consistency {
             Consistency::Any => readable(&node, g)?,
             Consistency::Strong => {
-                let group = group(&node, g)?;
+                let group = shard(&node, g)?.0;
                 if !group.replica.status().is_leader {
                     return Err(propose_error(&node, g, ProposeError::NotLeader(None)));
                 }
@@ -299,14 +421,23 @@ pub mod groups {
                 group
             }
         };
-        blocking(group.store.clone(), move |st| {
+        let (group, store) = shard(&node, group.id)?;
+        let mut answer = blocking(store, move |st| {
             st.search(&r).map(|results| SearchResponse { results })
         })
-        .await
+        .await?;
+        // Slots being copied in, or already dropped here, are not this group's to serve.
+        let slots = group.slots();
+        if slots.states.is_some() {
+            for list in &mut answer.results {
+                list.retain(|h| matches!(slots.of(&h.id), SlotState::Owned | SlotState::Fenced));
+            }
+        }
+        Ok(answer)
     }
 
     async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
-        blocking(group(&node, g)?.store.clone(), |st| st.stats()).await
+        blocking(shard(&node, g)?.1, |st| st.stats()).await
     }
 
     async fn status(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<GroupStatus> {
@@ -320,16 +451,22 @@ pub mod groups {
         Json(r): Json<crate::api::ScrollRequest>,
     ) -> Reply<Page> {
         let limit = r.limit.clamp(1, 4096);
-        blocking(group(&node, g)?.store.clone(), move |st| {
-            st.scroll(r.cursor.as_deref(), limit)
+        let wanted: Option<std::collections::HashSet<usize>> =
+            r.slots.map(|s| s.into_iter().map(usize::from).collect());
+        blocking(shard(&node, g)?.1, move |st| {
+            let mut page = st.scroll(r.cursor.as_deref(), limit)?;
+            if let Some(wanted) = wanted {
+                page.points.retain(|p| wanted.contains(&slot_of(&p.id)));
+            }
+            Ok(page)
         })
         .await
     }
 
     async fn digest(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Digest> {
-        let group = group(&node, g)?;
+        let (group, store) = shard(&node, g)?;
         let applied = group.replica.status().applied;
-        blocking(group.store.clone(), move |st| {
+        blocking(store, move |st| {
             crate::store::digest(st).map(|(points, checksum)| Digest {
                 points,
                 checksum,
@@ -373,14 +510,14 @@ pub mod groups {
             node: node.id,
             addr: node.advertise.clone(),
             ready: node.ready(),
-            groups: node.groups.values().map(|g| g.status()).collect(),
+            groups: node.groups().iter().map(|g| g.status()).collect(),
         })
     }
 
     async fn readyz(State(node): State<Shared>) -> Response {
         let lagging: Vec<u64> = node
-            .groups
-            .values()
+            .groups()
+            .iter()
             .filter(|g| !g.caught_up())
             .map(|g| g.id)
             .collect();
@@ -409,6 +546,11 @@ pub mod groups {
             .route("/v1/groups/{g}/status", get(status))
             .route("/v1/groups/{g}/scroll", post(scroll))
             .route("/v1/groups/{g}/digest", get(digest))
+            .route("/v1/groups/{g}/slots", post(set_slots))
+            .route("/v1/groups/{g}/slots/drop", post(drop_slots))
+            .route("/v1/groups/{g}/migrate", post(migrate))
+            .route("/v1/meta/map", get(meta_map))
+            .route("/admin/v1/cluster/commands", post(meta_command))
             .route("/admin/v1/groups/{g}/replicas", post(membership))
             .route("/v1/node", get(node_status))
             .route("/healthz", get(ok))

@@ -100,7 +100,12 @@ pub struct Page {
 
 /// Deterministic Qdrant point id of an item id.
 pub fn point_id(item_id: &str) -> PointId {
-    PointId::Uuid(Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes()))
+    PointId::Uuid(point_uuid(item_id))
+}
+
+/// The UUID behind an item's point id: scrolls return points in its order.
+pub fn point_uuid(item_id: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes())
 }
 
 pub fn check_vector(vector: &[f32], dim: usize) -> StoreResult<()> {

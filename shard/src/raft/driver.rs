@@ -21,8 +21,8 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::log::{LogWrite, RaftLog};
-use super::machine::{Applied, AppliedState, Command, MachineError, StateMachine};
-use crate::api::{Point, StoredPoint};
+use super::machine::{Applied, Command, Machine, MachineError};
+use crate::api::StoredPoint;
 
 /// Receives one page of a snapshot's points.
 pub type SnapshotSink<'a> = dyn FnMut(Vec<StoredPoint>) -> Result<(), String> + 'a;
@@ -83,6 +83,9 @@ pub enum ProposeError {
     Timeout(String),
     #[error("replica stopped")]
     Stopped,
+    /// A client write to slots the group does not serve (see [`Applied::WrongSlot`]).
+    #[error("slots not served here (moving: {moving}, map version {version})")]
+    WrongSlot { moving: bool, version: u64 },
 }
 
 type Reply = oneshot::Sender<Result<usize, ProposeError>>;
@@ -90,7 +93,7 @@ type IndexReply = oneshot::Sender<Result<u64, ProposeError>>;
 
 enum Input {
     Raft(Message),
-    Propose(Command, Reply),
+    Propose(Vec<u8>, Reply),
     ConfChange(ConfChange, Reply),
     ReadIndex(IndexReply),
     SnapshotFailed(u64),
@@ -146,6 +149,12 @@ impl Replica {
 
     /// Proposes a write and waits until it is committed by a majority and applied here.
     pub async fn propose(&self, cmd: Command) -> Result<usize, ProposeError> {
+        self.propose_bytes(cmd.encode()).await
+    }
+
+    /// Proposes an encoded command (of whichever machine the group runs) and waits until
+    /// it is committed and applied here.
+    pub async fn propose_bytes(&self, cmd: Vec<u8>) -> Result<usize, ProposeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Input::Propose(cmd, tx))
@@ -215,12 +224,12 @@ impl Driver {
     /// a group whose log is empty; a replica with state ignores it. A replica joining a
     /// running group gets no voters: it starts empty and waits for the leader to catch it
     /// up (after the group added it as a member).
-    pub fn start(
+    pub fn start<M: Machine>(
         group: u64,
         id: u64,
         voters: &[u64],
         mut log: RaftLog,
-        machine: StateMachine,
+        machine: M,
         transport: Arc<dyn Transport>,
         cfg: DriverConfig,
     ) -> raft::Result<Self> {
@@ -299,10 +308,10 @@ impl Drop for Driver {
     }
 }
 
-struct Loop {
+struct Loop<M> {
     group: u64,
     node: RawNode<RaftLog>,
-    machine: StateMachine,
+    machine: M,
     transport: Arc<dyn Transport>,
     /// Proposals waiting for their entry to apply, by the id carried in its context.
     pending: HashMap<u64, (u64, Reply)>,
@@ -320,11 +329,9 @@ enum HaltError {
     Machine(#[from] MachineError),
     #[error("raft log: {0}")]
     Log(#[from] raft::Error),
-    #[error("snapshot: {0}")]
-    Snapshot(String),
 }
 
-impl Loop {
+impl<M: Machine> Loop<M> {
     fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -389,7 +396,7 @@ impl Loop {
             }
             Input::Propose(cmd, reply) => {
                 self.propose(reply, ProposeError::Unknown, |node, ctx| {
-                    node.propose(ctx, cmd.encode())
+                    node.propose(ctx, cmd)
                 })
             }
             // Refused typically because another membership change is still pending.
@@ -493,8 +500,8 @@ impl Loop {
         Ok(())
     }
 
-    /// Replaces the shard's contents with the leader's and the log with the snapshot
-    /// point. The restore mark makes a crash halfway start this replica over, empty.
+    /// Replaces the machine's state with the leader's and the log with the snapshot
+    /// point. (A shard's restore mark makes a crash halfway start the replica over, empty.)
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), HaltError> {
         let meta = snapshot.get_metadata();
         let from = self.node.raft.leader_id;
@@ -509,45 +516,13 @@ impl Loop {
             .unwrap_or_else(|p| p.into_inner())
             .restoring = true;
         let started = Instant::now();
-        self.machine.begin_restore()?;
-        let store = self.machine.store().clone();
-        let points = std::cell::Cell::new(0usize);
-        let mut sink = |page: Vec<StoredPoint>| -> Result<(), String> {
-            let page: Vec<Point> = page
-                .into_iter()
-                .filter_map(|p| {
-                    Some(Point {
-                        vector: p.vector?,
-                        id: p.id,
-                        payload: p.payload,
-                    })
-                })
-                .collect();
-            points.set(points.get() + page.len());
-            store.upsert(page).map(|_| ()).map_err(|e| e.to_string())
-        };
-        let mut attempt = 0;
-        loop {
-            match self.transport.fetch_snapshot(self.group, from, &mut sink) {
-                Ok(()) => break,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(group = self.group, "snapshot pull failed ({e}); retrying");
-                    self.machine.store().clear().map_err(MachineError::from)?;
-                    points.set(0);
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
-                }
-                Err(e) => return Err(HaltError::Snapshot(e)),
-            }
-        }
+        let (group, transport) = (self.group, self.transport.clone());
+        let mut pull = |sink: &mut SnapshotSink| transport.fetch_snapshot(group, from, sink);
+        let points = self.machine.restore(snapshot, &mut pull)?;
         let store = self.node.mut_store();
         let mut w = LogWrite::default();
-        store.apply_snapshot(&mut w, meta)?;
+        store.apply_snapshot(&mut w, snapshot)?;
         store.commit(w, true)?;
-        self.machine.finish_restore(AppliedState {
-            index: meta.index,
-            term: meta.term,
-        })?;
         self.applied.send_replace(meta.index);
         self.status
             .lock()
@@ -556,7 +531,7 @@ impl Loop {
         tracing::info!(
             group = self.group,
             index = meta.index,
-            points = points.get(),
+            points,
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot restored"
         );
@@ -577,8 +552,10 @@ impl Loop {
             ..Default::default()
         };
         meta.set_conf_state(store.conf_state().clone());
+        let data = self.machine.snapshot_data();
+        let store = self.node.mut_store();
         let mut w = LogWrite::default();
-        store.compact(&mut w, &meta)?;
+        store.compact(&mut w, &meta, &data)?;
         store.commit(w, false)?;
         Ok(())
     }
@@ -609,6 +586,9 @@ impl Loop {
                 let _ = reply.send(match applied {
                     Applied::Write(n) => Ok(n),
                     Applied::Rejected(m) => Err(ProposeError::Rejected(m)),
+                    Applied::WrongSlot { moving, version } => {
+                        Err(ProposeError::WrongSlot { moving, version })
+                    }
                     Applied::Noop | Applied::ConfChange(_) => Ok(0),
                 });
             }
@@ -685,6 +665,7 @@ mod tests {
     use super::*;
     use crate::api::Point;
     use crate::raft::log::open_engine;
+    use crate::raft::machine::StateMachine;
     use crate::store::{EdgeStore, VectorStore};
     use std::sync::RwLock;
 

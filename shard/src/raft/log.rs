@@ -13,6 +13,8 @@ use raft_engine::{Command, Engine, LogBatch, MessageExt};
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT: &[u8] = b"snapshot_meta";
+/// The state machine's own small state at the snapshot point (see [`crate::raft::machine::Machine::snapshot_data`]).
+const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 
 #[derive(Clone)]
 pub struct EntryExt;
@@ -120,12 +122,13 @@ impl RaftLog {
     /// A snapshot replaces the whole log: entries go, its metadata and conf state stay.
     /// (`Clean` drops every key of the group, so the hard state is written again; a newer
     /// one set later in the same batch wins.)
-    pub fn apply_snapshot(&self, w: &mut LogWrite, meta: &SnapshotMetadata) -> raft::Result<()> {
+    pub fn apply_snapshot(&self, w: &mut LogWrite, snapshot: &Snapshot) -> raft::Result<()> {
+        let meta = snapshot.get_metadata();
         w.batch.add_command(self.group, Command::Clean);
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         self.set_hard_state(w, &hs)?;
-        self.set_snapshot(w, meta)?;
+        self.set_snapshot(w, meta, &snapshot.data)?;
         self.set_conf_state(w, meta.get_conf_state())
     }
 
@@ -151,16 +154,30 @@ impl RaftLog {
     }
 
     /// Drops entries up to and including `meta.index`, which the state machine has
-    /// applied and made durable; `meta` becomes the log's snapshot point.
-    pub fn compact(&self, w: &mut LogWrite, meta: &SnapshotMetadata) -> raft::Result<()> {
-        self.set_snapshot(w, meta)?;
+    /// applied and made durable; `meta` becomes the log's snapshot point, and `data` (the
+    /// machine's small state at that point) travels with the snapshot.
+    pub fn compact(
+        &self,
+        w: &mut LogWrite,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+    ) -> raft::Result<()> {
+        self.set_snapshot(w, meta, data)?;
         w.compact_to = Some(meta.index + 1);
         Ok(())
     }
 
-    fn set_snapshot(&self, w: &mut LogWrite, meta: &SnapshotMetadata) -> raft::Result<()> {
+    fn set_snapshot(
+        &self,
+        w: &mut LogWrite,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+    ) -> raft::Result<()> {
         w.batch
             .put_message(self.group, SNAPSHOT.to_vec(), meta)
+            .map_err(storage_err)?;
+        w.batch
+            .put(self.group, SNAPSHOT_DATA.to_vec(), data.to_vec())
             .map_err(storage_err)?;
         w.snapshot = Some(meta.clone());
         Ok(())
@@ -271,10 +288,17 @@ impl raft::Storage for RaftLog {
         Ok(self.last())
     }
 
-    /// The snapshot's metadata only: its data (the group's points) is streamed to the
-    /// follower separately, in chunks, by the transport.
+    /// The snapshot's metadata and the machine's small state: a shard's points are
+    /// streamed to the follower separately, in chunks, by the transport.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let mut s = Snapshot::default();
+        let mut s = Snapshot {
+            data: self
+                .engine
+                .get(self.group, SNAPSHOT_DATA)
+                .unwrap_or_default()
+                .into(),
+            ..Default::default()
+        };
         let mut meta = self.snapshot.clone();
         meta.set_conf_state(self.conf_state.clone());
         s.set_metadata(meta);
@@ -378,11 +402,17 @@ mod tests {
             ..Default::default()
         };
         let mut w = LogWrite::default();
-        log.compact(&mut w, &meta).unwrap();
+        log.compact(&mut w, &meta, b"machine state at 6").unwrap();
         log.commit(w, true).unwrap();
         assert_eq!(
             (log.first_index().unwrap(), log.last_index().unwrap()),
             (7, 10)
+        );
+        // The machine's state travels with the snapshot.
+        let snap = log.snapshot(0, 2).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, &snap.data[..]),
+            (6, &b"machine state at 6"[..])
         );
         assert_eq!(log.term(6).unwrap(), 2);
         assert!(matches!(
@@ -398,9 +428,16 @@ mod tests {
             ..Default::default()
         };
         meta.mut_conf_state().voters = vec![1, 2, 3];
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(meta);
+        snapshot.data = b"leader state at 100".to_vec().into();
         let mut w = LogWrite::default();
-        log.apply_snapshot(&mut w, &meta).unwrap();
+        log.apply_snapshot(&mut w, &snapshot).unwrap();
         log.commit(w, true).unwrap();
+        assert_eq!(
+            &log.snapshot(0, 2).unwrap().data[..],
+            b"leader state at 100"
+        );
         assert_eq!(
             (log.first_index().unwrap(), log.last_index().unwrap()),
             (101, 100)

@@ -3,24 +3,66 @@
 //! writes durable, so a restart resumes from it and never loses an applied write. A crash
 //! between the two re-applies a few entries on restart, which is harmless: upserts and
 //! deletes by id are idempotent.
+//!
+//! The machine also keeps the group's [`SlotGuard`]: which slots it serves. A client write
+//! touching a slot the group does not own is refused at apply time, so every replica
+//! refuses the same writes, and a slot fenced for a move takes no write after the fence's
+//! entry.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::api::Point;
+use super::driver::SnapshotSink;
+use crate::api::{Point, StoredPoint};
+use crate::slots::{slot_of, SlotGuard, SlotState};
 use crate::store::{check_points, StoreError, VectorStore};
+
+/// What the Raft driver needs of a state machine.
+pub trait Machine: Send + 'static {
+    /// The last entry applied (and durable).
+    fn applied(&self) -> AppliedState;
+    /// Applies committed entries past the applied index, in order; returns what each did.
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(u64, Applied)>, MachineError>;
+    /// The machine's small state at its applied index, kept beside the log's snapshot
+    /// point when the log is compacted, and sent with snapshots.
+    fn snapshot_data(&self) -> Vec<u8>;
+    /// Replaces the machine's state with `snapshot`'s: its data, and whatever bulk `pull`
+    /// streams in. Returns how many items were restored.
+    fn restore(&mut self, snapshot: &Snapshot, pull: &mut Pull) -> Result<usize, MachineError>;
+}
+
+/// Streams a snapshot's bulk (a shard's points, page by page) from the leader.
+pub type Pull<'a> = dyn FnMut(&mut SnapshotSink) -> Result<(), String> + 'a;
 
 /// A write, as proposed to and replicated by the group's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     Upsert(Vec<Point>),
     Delete(Vec<String>),
+    /// Sets the state of some slots (a step of a slot move); the first assignment makes
+    /// the group managed, every other slot `Absent`.
+    SetSlots {
+        version: u64,
+        slots: Vec<u16>,
+        state: SlotState,
+    },
+    /// A slot move's copies: applied to `Incoming` slots only, so a late copy can never
+    /// overwrite what clients wrote once the slot is owned here.
+    Migrate {
+        upsert: Vec<Point>,
+        delete: Vec<String>,
+    },
+    /// The end of a move out: the slots become `Absent` and their points are deleted.
+    DropSlots {
+        version: u64,
+        slots: Vec<u16>,
+    },
 }
 
 impl Command {
@@ -44,6 +86,9 @@ pub enum Applied {
     ConfChange(Entry),
     /// The entry could not be applied (a bad command): the same on every replica.
     Rejected(String),
+    /// A client write touching slots this group does not serve: `moving` when a slot is
+    /// being moved (retry shortly), else misrouted (refresh the cluster map).
+    WrongSlot { moving: bool, version: u64 },
 }
 
 /// Consecutive upserts gathered into one shard write.
@@ -77,10 +122,21 @@ pub struct AppliedState {
     pub term: u64,
 }
 
+/// What `applied.json` holds: the applied point and the slots served at it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    #[serde(flatten)]
+    applied: AppliedState,
+    #[serde(default)]
+    slots: SlotGuard,
+}
+
 pub struct StateMachine {
     store: Arc<dyn VectorStore>,
     path: PathBuf,
     applied: AppliedState,
+    /// Shared with the replica's readers, which hide slots not served here.
+    slots: Arc<RwLock<SlotGuard>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +148,8 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl StateMachine {
@@ -102,25 +160,131 @@ impl StateMachine {
             path: path.clone(),
             source,
         };
-        let applied = match fs::read(&path) {
+        let persisted: Persisted = match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AppliedState::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(io(e)),
         };
         Ok(Self {
             store,
             path,
-            applied,
+            applied: persisted.applied,
+            slots: Arc::new(RwLock::new(persisted.slots)),
         })
-    }
-
-    pub fn applied(&self) -> AppliedState {
-        self.applied
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
         &self.store
+    }
+
+    /// The slots this group serves, as of the applied index.
+    pub fn slots(&self) -> Arc<RwLock<SlotGuard>> {
+        self.slots.clone()
+    }
+
+    fn guard(&self) -> std::sync::RwLockReadGuard<'_, SlotGuard> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn guard_mut(&self) -> std::sync::RwLockWriteGuard<'_, SlotGuard> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `None` when every id may be written by clients; else why not.
+    fn refuse<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Option<Applied> {
+        let guard = self.guard();
+        guard.states.as_ref()?;
+        let mut moving = false;
+        let mut refused = false;
+        for id in ids {
+            match guard.of(id) {
+                SlotState::Owned => {}
+                SlotState::Incoming | SlotState::Fenced => (moving, refused) = (true, true),
+                SlotState::Absent => refused = true,
+            }
+        }
+        refused.then_some(Applied::WrongSlot {
+            moving,
+            version: guard.version,
+        })
+    }
+
+    /// Applies a slot move's copies to the slots still `Incoming` here.
+    fn migrate(&self, upsert: Vec<Point>, delete: Vec<String>) -> Result<usize, MachineError> {
+        let (upsert, delete): (Vec<Point>, Vec<String>) = {
+            let guard = self.guard();
+            let incoming = |id: &str| guard.of(id) == SlotState::Incoming;
+            (
+                upsert.into_iter().filter(|p| incoming(&p.id)).collect(),
+                delete.into_iter().filter(|id| incoming(id)).collect(),
+            )
+        };
+        let mut n = 0;
+        if !upsert.is_empty() {
+            n += self.store.upsert(upsert)?;
+        }
+        if !delete.is_empty() {
+            n += self.store.delete(&delete)?;
+        }
+        Ok(n)
+    }
+
+    /// Marks `slots` absent and deletes their points.
+    fn drop_slots(&self, version: u64, slots: &[u16]) -> Result<usize, MachineError> {
+        self.guard_mut().set(version, slots, SlotState::Absent);
+        let wanted: HashSet<usize> = slots.iter().map(|&s| s as usize).collect();
+        let mut ids = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.store.scroll(cursor.as_deref(), 4096)?;
+            ids.extend(
+                page.points
+                    .into_iter()
+                    .filter(|p| wanted.contains(&slot_of(&p.id)))
+                    .map(|p| p.id),
+            );
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut n = 0;
+        for chunk in ids.chunks(4096) {
+            n += self.store.delete(chunk)?;
+        }
+        Ok(n)
+    }
+
+    fn apply_one(&mut self, cmd: Command) -> Result<Applied, MachineError> {
+        Ok(match cmd {
+            Command::Delete(ids) => match self.refuse(ids.iter().map(String::as_str)) {
+                Some(refused) => refused,
+                None => Applied::Write(self.store.delete(&ids)?),
+            },
+            Command::SetSlots {
+                version,
+                slots,
+                state,
+            } => {
+                self.guard_mut().set(version, &slots, state);
+                Applied::Write(slots.len())
+            }
+            Command::Migrate { upsert, delete } => match check_points(&upsert, self.store.dim()) {
+                Err(e) => Applied::Rejected(e.to_string()),
+                Ok(()) => Applied::Write(self.migrate(upsert, delete)?),
+            },
+            Command::DropSlots { version, slots } => {
+                Applied::Write(self.drop_slots(version, &slots)?)
+            }
+            Command::Upsert(_) => unreachable!("upserts are gathered into runs"),
+        })
+    }
+}
+
+impl Machine for StateMachine {
+    fn applied(&self) -> AppliedState {
+        self.applied
     }
 
     /// Applies committed entries past the applied index, in order, then persists the new
@@ -129,7 +293,7 @@ impl StateMachine {
     /// Runs of consecutive upserts touching distinct ids go to the shard as one write
     /// (one flush): the result is the same as one by one, and a busy leader commits
     /// entries in runs.
-    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(u64, Applied)>, MachineError> {
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(u64, Applied)>, MachineError> {
         let mut out = Vec::new();
         let mut last = self.applied;
         let mut run = UpsertRun::default();
@@ -143,17 +307,21 @@ impl StateMachine {
                 EntryType::EntryNormal => match Command::decode(&e.data) {
                     Ok(Command::Upsert(points)) => match check_points(&points, self.store.dim()) {
                         Err(e) => Some(Applied::Rejected(e.to_string())),
-                        Ok(()) => {
-                            if !run.fits(&points) {
-                                self.flush_run(&mut run, &mut out)?;
+                        Ok(()) => match self.refuse(points.iter().map(|p| p.id.as_str())) {
+                            Some(refused) => Some(refused),
+                            None => {
+                                if !run.fits(&points) {
+                                    self.flush_run(&mut run, &mut out)?;
+                                }
+                                run.push(e.index, points);
+                                None
                             }
-                            run.push(e.index, points);
-                            None
-                        }
+                        },
                     },
-                    Ok(Command::Delete(ids)) => {
+                    Ok(cmd) => {
+                        // Whatever came before this entry is written before it.
                         self.flush_run(&mut run, &mut out)?;
-                        Some(Applied::Write(self.store.delete(&ids)?))
+                        Some(self.apply_one(cmd)?)
                     }
                     Err(e) => Some(Applied::Rejected(format!("undecodable command: {e}"))),
                 },
@@ -175,6 +343,61 @@ impl StateMachine {
         Ok(out)
     }
 
+    fn snapshot_data(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.guard()).expect("serializes")
+    }
+
+    /// Empties the shard (behind the restore mark), takes the snapshot's slots, and pulls
+    /// the leader's points; a failed pull starts over, a few times.
+    fn restore(&mut self, snapshot: &Snapshot, pull: &mut Pull) -> Result<usize, MachineError> {
+        let meta = snapshot.get_metadata();
+        let slots: SlotGuard = if snapshot.data.is_empty() {
+            SlotGuard::default()
+        } else {
+            serde_json::from_slice(&snapshot.data)
+                .map_err(|e| MachineError::Snapshot(format!("undecodable slot state: {e}")))?
+        };
+        self.begin_restore()?;
+        *self.guard_mut() = slots;
+        let store = self.store.clone();
+        let points = std::cell::Cell::new(0usize);
+        let mut sink = |page: Vec<StoredPoint>| -> Result<(), String> {
+            let page: Vec<Point> = page
+                .into_iter()
+                .filter_map(|p| {
+                    Some(Point {
+                        vector: p.vector?,
+                        id: p.id,
+                        payload: p.payload,
+                    })
+                })
+                .collect();
+            points.set(points.get() + page.len());
+            store.upsert(page).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let mut attempt = 0;
+        loop {
+            match pull(&mut sink) {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!("snapshot pull failed ({e}); retrying");
+                    self.store.clear()?;
+                    points.set(0);
+                    std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+                }
+                Err(e) => return Err(MachineError::Snapshot(e)),
+            }
+        }
+        self.finish_restore(AppliedState {
+            index: meta.index,
+            term: meta.term,
+        })?;
+        Ok(points.get())
+    }
+}
+
+impl StateMachine {
     fn flush_run(
         &mut self,
         run: &mut UpsertRun,
@@ -205,7 +428,7 @@ impl StateMachine {
 
     /// Starts replacing the shard's contents with a snapshot: marks the replica as
     /// restoring (durably, first), then empties the shard.
-    pub fn begin_restore(&mut self) -> Result<(), MachineError> {
+    fn begin_restore(&mut self) -> Result<(), MachineError> {
         let marker = self.marker();
         let io = |source| MachineError::Io {
             path: marker.clone(),
@@ -220,7 +443,7 @@ impl StateMachine {
     }
 
     /// The shard holds the snapshot taken at `state`: record it and clear the mark.
-    pub fn finish_restore(&mut self, state: AppliedState) -> Result<(), MachineError> {
+    fn finish_restore(&mut self, state: AppliedState) -> Result<(), MachineError> {
         self.persist(state)?;
         let marker = self.marker();
         fs::remove_file(&marker)
@@ -234,6 +457,7 @@ impl StateMachine {
     /// Empties a replica whose restore was cut short (its log is emptied by the caller).
     pub fn reset(&mut self) -> Result<(), MachineError> {
         self.store.clear()?;
+        *self.guard_mut() = SlotGuard::default();
         self.finish_restore(AppliedState::default())
     }
 
@@ -243,8 +467,12 @@ impl StateMachine {
             source,
         };
         let tmp = self.path.with_extension("json.tmp");
+        let persisted = Persisted {
+            applied: state,
+            slots: self.guard().clone(),
+        };
         let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(&state).expect("serializes"))
+        f.write_all(&serde_json::to_vec(&persisted).expect("serializes"))
             .map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)?;

@@ -1,0 +1,361 @@
+//! The meta leader's worker: it carries the cluster map's intentions out, one step at a
+//! time, each step idempotent so that a new meta leader resumes where the old one stopped.
+//!
+//! - A new cluster's first map comes from the seed nodes' configuration.
+//! - A group becomes *managed* (its replicas enforce the slot table) before any slot moves.
+//! - Enough free spare nodes form a new group (R replicas).
+//! - While a rebalance is under way, the fullest group's slots move to the emptiest.
+//!
+//! A slot move from group A to group B, online:
+//! 1. B marks the slots `incoming` (it takes copies only, and hides them from searches);
+//! 2. A's points in those slots are copied to B page by page, while A still takes writes;
+//! 3. A *fences* the slots: a log entry after which it refuses writes to them (the router
+//!    retries them); everything A acknowledged is now in its shard;
+//! 4. A and B are compared page by page (both scroll in point-id order) and B is made
+//!    equal to A: the writes that raced the copy are caught up;
+//! 5. the meta group flips the slots' owner to B (the map's new version);
+//! 6. B owns the slots; 7. A drops its copy; 8. the move ends.
+//!
+//! Between 6 and 7 both groups serve the slots' items; the router deduplicates by id.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{ClusterMap, MetaCommand, MovePhase, SlotMove};
+use crate::api::{MigrateRequest, Point, StoredPoint};
+use crate::client::{Group, ShardClient, ShardClientError};
+use crate::raft::node::Node;
+use crate::slots::SlotState;
+use crate::store::point_uuid;
+
+const TICK: Duration = Duration::from_millis(150);
+/// Longest one step (a call to a group, following its leader) may take.
+const STEP: Duration = Duration::from_secs(20);
+const PAGE: usize = 1024;
+
+pub async fn run(node: Weak<Node>) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(meta) = node.meta() else { return };
+        if !meta.replica.status().is_leader {
+            continue;
+        }
+        let Some(map) = meta.map() else { continue };
+        if let Err(e) = step(&node, &map).await {
+            tracing::warn!("cluster map work: {e}; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("meta proposal: {0}")]
+    Meta(String),
+    #[error("group {group}: {source}")]
+    Group {
+        group: u64,
+        source: ShardClientError,
+    },
+    #[error("group {0}: scroll out of order")]
+    Order(u64),
+}
+
+async fn propose(node: &Node, cmd: MetaCommand) -> Result<u64, StepError> {
+    node.propose_meta(&cmd)
+        .await
+        .map_err(|e| StepError::Meta(format!("{cmd:?}: {e}")))
+}
+
+/// One piece of work, the first one the map calls for.
+async fn step(node: &Arc<Node>, map: &ClusterMap) -> Result<(), StepError> {
+    if !map.initialised() {
+        propose(node, node.bootstrap_map()).await?;
+        tracing::info!("cluster map initialised");
+        return Ok(());
+    }
+    if let Some((&g, _)) = map.groups.iter().find(|(_, info)| !info.managed) {
+        let owned = map.owned_by(g);
+        client(node, map, g)
+            .leader_call(deadline(), |c, left| {
+                let owned = owned.clone();
+                async move {
+                    c.set_slots(map.version, owned, SlotState::Owned, left)
+                        .await
+                }
+            })
+            .await
+            .map_err(|source| StepError::Group { group: g, source })?;
+        propose(node, MetaCommand::MarkManaged { group: g }).await?;
+        tracing::info!(group = g, "group now enforces the slot table");
+        return Ok(());
+    }
+    if let Some(m) = map.moves.first() {
+        return run_move(node, map, m).await;
+    }
+    let free = map.free_nodes();
+    let r = map.settings.replication;
+    if free.len() >= r {
+        let id = map.groups.keys().max().map_or(0, |g| g + 1);
+        let replicas = free[..r].to_vec();
+        propose(node, MetaCommand::CreateGroup { id, replicas }).await?;
+        tracing::info!(group = id, "new group formed from spare nodes");
+        return Ok(());
+    }
+    if map.rebalancing {
+        match map.plan_move() {
+            Some((slots, from, to)) => {
+                tracing::info!(from, to, slots = slots.len(), "moving slots");
+                propose(node, MetaCommand::BeginMove { slots, from, to }).await?;
+            }
+            None => {
+                propose(node, MetaCommand::RebalanceDone).await?;
+                tracing::info!(slots = ?map.slot_counts(), "slots balanced");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn deadline() -> Instant {
+    Instant::now() + STEP
+}
+
+/// A client of group `g`'s replicas, as the map places them.
+fn client(node: &Node, map: &ClusterMap, g: u64) -> Group {
+    let replicas = map.groups[&g]
+        .replicas
+        .iter()
+        .filter_map(|n| map.nodes.get(n))
+        .map(|n| ShardClient::replica(n.addr.clone(), g, node.http.clone()))
+        .collect();
+    Group::new(g as usize, replicas)
+}
+
+async fn run_move(node: &Arc<Node>, map: &ClusterMap, m: &SlotMove) -> Result<(), StepError> {
+    let (a, b) = (client(node, map, m.from), client(node, map, m.to));
+    let v = map.version;
+    let err_a = |source| StepError::Group {
+        group: m.from,
+        source,
+    };
+    let err_b = |source| StepError::Group {
+        group: m.to,
+        source,
+    };
+    let started = Instant::now();
+    if m.phase == MovePhase::Copying {
+        set_slots(&b, v, &m.slots, SlotState::Incoming)
+            .await
+            .map_err(err_b)?;
+        let copied = copy(&a, &b, &m.slots).await.map_err(err_a)?;
+        set_slots(&a, v, &m.slots, SlotState::Fenced)
+            .await
+            .map_err(err_a)?;
+        let fenced = Instant::now();
+        let caught_up = reconcile(&a, &b, m).await?;
+        propose(node, MetaCommand::FlipMove { id: m.id }).await?;
+        tracing::info!(
+            id = m.id,
+            from = m.from,
+            to = m.to,
+            slots = m.slots.len(),
+            copied,
+            caught_up,
+            fenced_ms = fenced.elapsed().as_millis() as u64,
+            "slots flipped"
+        );
+    }
+    set_slots(&b, v, &m.slots, SlotState::Owned)
+        .await
+        .map_err(err_b)?;
+    let slots = m.slots.clone();
+    let dropped = a
+        .leader_call(deadline(), |c, left| {
+            let slots = slots.clone();
+            async move { c.drop_slots(v, slots, left).await }
+        })
+        .await
+        .map_err(err_a)?;
+    propose(node, MetaCommand::EndMove { id: m.id }).await?;
+    tracing::info!(
+        id = m.id,
+        dropped,
+        took_ms = started.elapsed().as_millis() as u64,
+        "move done"
+    );
+    Ok(())
+}
+
+async fn set_slots(
+    g: &Group,
+    version: u64,
+    slots: &[u16],
+    state: SlotState,
+) -> Result<usize, ShardClientError> {
+    g.leader_call(deadline(), |c, left| {
+        let slots = slots.to_vec();
+        async move { c.set_slots(version, slots, state, left).await }
+    })
+    .await
+}
+
+/// Reads group `g`'s points in `slots`, page by page, from its leader (the replica that
+/// applied the last slot change).
+struct Pages<'a> {
+    group: &'a Group,
+    slots: Vec<u16>,
+    buf: VecDeque<StoredPoint>,
+    cursor: Option<String>,
+    done: bool,
+    last: Option<uuid::Uuid>,
+}
+
+impl<'a> Pages<'a> {
+    fn new(group: &'a Group, slots: &[u16]) -> Self {
+        Self {
+            group,
+            slots: slots.to_vec(),
+            buf: VecDeque::new(),
+            cursor: None,
+            done: false,
+            last: None,
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ShardClientError> {
+        while self.buf.is_empty() && !self.done {
+            let (cursor, slots) = (self.cursor.clone(), self.slots.clone());
+            let page = self
+                .group
+                .leader_call(deadline(), |c, left| {
+                    let (cursor, slots) = (cursor.clone(), slots.clone());
+                    async move { c.scroll(cursor, PAGE, Some(slots), left).await }
+                })
+                .await?;
+            self.buf.extend(page.points);
+            self.done = page.next.is_none();
+            self.cursor = page.next;
+        }
+        Ok(())
+    }
+
+    async fn peek(&mut self) -> Result<Option<&StoredPoint>, ShardClientError> {
+        self.fill().await?;
+        Ok(self.buf.front())
+    }
+
+    /// The next point; `Ok(Err(()))` if the scroll went backwards (it must not).
+    fn pop(&mut self) -> Result<StoredPoint, ()> {
+        let p = self.buf.pop_front().ok_or(())?;
+        let key = point_uuid(&p.id);
+        if self.last.is_some_and(|l| l >= key) {
+            return Err(());
+        }
+        self.last = Some(key);
+        Ok(p)
+    }
+
+    async fn next_page(&mut self) -> Result<Vec<StoredPoint>, ShardClientError> {
+        self.fill().await?;
+        Ok(self.buf.drain(..).collect())
+    }
+}
+
+fn to_point(p: StoredPoint) -> Option<Point> {
+    Some(Point {
+        vector: p.vector?,
+        id: p.id,
+        payload: p.payload,
+    })
+}
+
+async fn migrate(b: &Group, req: MigrateRequest) -> Result<usize, ShardClientError> {
+    if req.upsert.is_empty() && req.delete.is_empty() {
+        return Ok(0);
+    }
+    b.leader_call(deadline(), |c, left| {
+        let req = req.clone();
+        async move { c.migrate(&req, left).await }
+    })
+    .await
+}
+
+/// Step 2: every point A holds in the slots, into B.
+async fn copy(a: &Group, b: &Group, slots: &[u16]) -> Result<usize, ShardClientError> {
+    let mut pages = Pages::new(a, slots);
+    let mut copied = 0;
+    loop {
+        let page = pages.next_page().await?;
+        if page.is_empty() {
+            return Ok(copied);
+        }
+        let upsert: Vec<Point> = page.into_iter().filter_map(to_point).collect();
+        copied += upsert.len();
+        migrate(
+            b,
+            MigrateRequest {
+                upsert,
+                delete: vec![],
+            },
+        )
+        .await?;
+    }
+}
+
+/// Step 4: B made equal to the fenced A, comparing both in point-id order; returns how
+/// many points had to be written or deleted.
+async fn reconcile(a: &Group, b: &Group, m: &SlotMove) -> Result<usize, StepError> {
+    let err_a = |source| StepError::Group {
+        group: m.from,
+        source,
+    };
+    let err_b = |source| StepError::Group {
+        group: m.to,
+        source,
+    };
+    let (mut pa, mut pb) = (Pages::new(a, &m.slots), Pages::new(b, &m.slots));
+    let mut batch = MigrateRequest::default();
+    let mut changed = 0;
+    loop {
+        let ka = pa.peek().await.map_err(err_a)?.map(|p| point_uuid(&p.id));
+        let kb = pb.peek().await.map_err(err_b)?.map(|p| point_uuid(&p.id));
+        let order = match (ka, kb) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(&y),
+        };
+        match order {
+            // Only at A: copy it.
+            Ordering::Less => {
+                let p = pa.pop().map_err(|_| StepError::Order(m.from))?;
+                batch.upsert.extend(to_point(p));
+            }
+            // Only at B: A deleted it meanwhile.
+            Ordering::Greater => {
+                let p = pb.pop().map_err(|_| StepError::Order(m.to))?;
+                batch.delete.push(p.id);
+            }
+            Ordering::Equal => {
+                let x = pa.pop().map_err(|_| StepError::Order(m.from))?;
+                let y = pb.pop().map_err(|_| StepError::Order(m.to))?;
+                if x != y {
+                    batch.upsert.extend(to_point(x));
+                }
+            }
+        }
+        if batch.upsert.len() + batch.delete.len() >= PAGE {
+            changed += batch.upsert.len() + batch.delete.len();
+            migrate(b, std::mem::take(&mut batch))
+                .await
+                .map_err(err_b)?;
+        }
+    }
+    changed += batch.upsert.len() + batch.delete.len();
+    migrate(b, batch).await.map_err(err_b)?;
+    Ok(changed)
+}
