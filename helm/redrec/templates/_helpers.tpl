@@ -33,28 +33,32 @@ app.kubernetes.io/component: {{ .component }}
 http://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.headless" .root }}.{{ .root.Release.Namespace }}.svc.cluster.local:{{ .root.Values.shard.port }}
 {{- end -}}
 
-{{/* Every shard node, as id=address (node id = ordinal + 1). */}}
+{{/* The seed nodes, as id=address (node id = ordinal + 1). */}}
 {{- define "redrec.peers" -}}
 {{- $root := . -}}
 {{- $peers := list -}}
-{{- range $i := until (int .Values.shard.replicas) -}}
+{{- range $i := until (int .Values.shard.replication) -}}
 {{- $peers = append $peers (printf "%d=%s" (add $i 1) (include "redrec.shardAddr" (dict "root" $root "i" $i))) -}}
 {{- end -}}
 {{- join "," $peers -}}
 {{- end -}}
 
-{{/* The router's groups: every group is replicated on every shard node. */}}
-{{- define "redrec.groups" -}}
+{{/* The seed nodes (the first R pods): they form the first groups and hold the meta group. */}}
+{{- define "redrec.seeds" -}}
 {{- $root := . -}}
 {{- $addrs := list -}}
-{{- range $i := until (int .Values.shard.replicas) -}}
+{{- range $i := until (int .Values.shard.replication) -}}
 {{- $addrs = append $addrs (include "redrec.shardAddr" (dict "root" $root "i" $i)) -}}
 {{- end -}}
-{{- $groups := list -}}
-{{- range $g := until (int .Values.shard.groups) -}}
-{{- $groups = append $groups (join "," $addrs) -}}
+{{- join "," $addrs -}}
 {{- end -}}
-{{- join ";" $groups -}}
+
+{{- define "redrec.voters" -}}
+{{- $ids := list -}}
+{{- range $i := until (int .Values.shard.replication) -}}
+{{- $ids = append $ids (toString (add $i 1)) -}}
+{{- end -}}
+{{- join "," $ids -}}
 {{- end -}}
 
 {{- define "redrec.groupIds" -}}
