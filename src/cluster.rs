@@ -19,6 +19,8 @@ pub enum ClusterCommand {
     Rebalance(MetaArgs),
     /// Move slots to another group, online.
     MoveSlot(MoveArgs),
+    /// Turn on or off the rebalance that follows each new group.
+    AutoRebalance(AutoArgs),
     /// Add a node's replica to a group (the group's leader is found from any member).
     AddReplica(MemberArgs),
     /// Remove a node's replica from a group.
@@ -51,6 +53,14 @@ pub struct AddNodeArgs {
     /// Where the node listens.
     #[arg(long)]
     addr: String,
+}
+
+#[derive(Args)]
+pub struct AutoArgs {
+    #[command(flatten)]
+    meta: MetaArgs,
+    #[arg(value_parser = ["on", "off"])]
+    state: String,
 }
 
 #[derive(Args)]
@@ -92,6 +102,12 @@ pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
             change(&a.meta, cmd, &http).await
         }
         ClusterCommand::Rebalance(a) => change(&a, MetaCommand::Rebalance, &http).await,
+        ClusterCommand::AutoRebalance(a) => {
+            let cmd = MetaCommand::SetAutoRebalance {
+                enabled: a.state == "on",
+            };
+            change(&a.meta, cmd, &http).await
+        }
         ClusterCommand::MoveSlot(a) => {
             let map = fetch_map(&http, &a.meta.via).await?;
             let owners: BTreeSet<u64> = a
@@ -138,11 +154,16 @@ async fn print_map(map: &ClusterMap, nodes: &[Value], http: &reqwest::Client) {
         "unbalanced"
     };
     println!(
-        "cluster map v{} · {} nodes · {} groups · {} slots, {state} · towers {}",
+        "cluster map v{} · {} nodes · {} groups · {} slots, {state} (auto {}) · towers {}",
         map.version,
         map.nodes.len(),
         map.groups.len(),
         map.slots.len(),
+        if map.settings.auto_rebalance {
+            "on"
+        } else {
+            "off"
+        },
         map.model_version.as_deref().unwrap_or("-"),
     );
     println!(

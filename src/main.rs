@@ -114,6 +114,10 @@ struct RaftArgs {
     /// spare, and the cluster forms new groups from spare nodes and moves slots onto them.
     #[arg(long, env = "REDREC_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
+    /// Whether a new cluster rebalances slots by itself whenever a group forms (recorded
+    /// in its map at creation; later `redrec cluster auto-rebalance on|off`).
+    #[arg(long, env = "REDREC_AUTO_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_rebalance: bool,
     /// Raft clock tick, in milliseconds.
     #[arg(long, env = "REDREC_RAFT_TICK_MS", default_value_t = 100)]
     raft_tick_ms: u64,
@@ -372,6 +376,7 @@ async fn run_node(a: ShardArgs, id: u64) -> Result<()> {
         },
         voters,
         seeds,
+        auto_rebalance: r.auto_rebalance,
         driver: DriverConfig {
             tick: Duration::from_millis(r.raft_tick_ms.max(1)),
             election_ticks: r.raft_election_ticks.max(3),

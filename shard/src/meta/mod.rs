@@ -165,6 +165,10 @@ pub enum MetaCommand {
     SetModelVersion {
         version: String,
     },
+    /// Whether a new group triggers a rebalance.
+    SetAutoRebalance {
+        enabled: bool,
+    },
 }
 
 impl MetaCommand {
@@ -480,6 +484,7 @@ impl ClusterMap {
                 self.moves.remove(at);
             }
             SetModelVersion { version } => self.model_version = Some(version),
+            SetAutoRebalance { enabled } => self.settings.auto_rebalance = enabled,
         }
         self.version += 1;
         Ok(())
@@ -664,6 +669,26 @@ mod tests {
         .unwrap();
         assert!(map.free_nodes().is_empty());
         assert!(map.rebalancing);
+
+        // With auto-rebalance off, a new group waits for an explicit rebalance.
+        map.apply(MetaCommand::RebalanceDone).unwrap();
+        map.apply(MetaCommand::SetAutoRebalance { enabled: false })
+            .unwrap();
+        for n in 7..=9 {
+            map.apply(MetaCommand::AddNode {
+                id: n,
+                addr: format!("http://n{n}"),
+                spare: true,
+            })
+            .unwrap();
+        }
+        map.apply(MetaCommand::CreateGroup {
+            id: 3,
+            replicas: vec![7, 8, 9],
+        })
+        .unwrap();
+        assert!(!map.rebalancing);
+        assert!(map.plan_move().is_some());
     }
 
     #[test]

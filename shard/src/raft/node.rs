@@ -47,6 +47,8 @@ pub struct NodeConfig {
     /// Meta members to join through (a node added to a running cluster); such a node is
     /// spare: new groups are formed from spare nodes.
     pub seeds: Vec<String>,
+    /// A new cluster's map starts with this: rebalance slots whenever a group forms.
+    pub auto_rebalance: bool,
     pub driver: DriverConfig,
 }
 
@@ -525,10 +527,12 @@ impl Node {
             .iter()
             .map(|&g| (g, self.cfg.voters.clone()))
             .collect();
+        let mut settings = meta::Settings::new(self.cfg.dim, self.cfg.voters.len());
+        settings.auto_rebalance = self.cfg.auto_rebalance;
         MetaCommand::Init {
             nodes,
             groups,
-            settings: meta::Settings::new(self.cfg.dim, self.cfg.voters.len()),
+            settings,
         }
     }
 
