@@ -11,14 +11,15 @@ pub mod mover;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use raft::eraftpb::{Entry, EntryType, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::raft::machine::{Applied, AppliedState, Machine, MachineError, Pull};
+use crate::raft::machine::{
+    load_json, store_json, Applied, AppliedState, Machine, MachineError, Pull,
+};
 use crate::slots::SLOTS;
 
 /// The meta group's id in the Raft log, the transport and the node API.
@@ -509,17 +510,11 @@ pub struct MetaMachine {
 impl MetaMachine {
     pub fn open(dir: &Path) -> Result<Self, MachineError> {
         let path = dir.join("state.json");
-        let io = |source| MachineError::Io {
-            path: path.clone(),
+        fs::create_dir_all(dir).map_err(|source| MachineError::Io {
+            path: dir.to_path_buf(),
             source,
-        };
-        fs::create_dir_all(dir).map_err(io)?;
-        let persisted: Persisted = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(io(e)),
-        };
+        })?;
+        let persisted: Persisted = load_json(&path)?;
         Ok(Self {
             path,
             applied: persisted.applied,
@@ -537,20 +532,8 @@ impl MetaMachine {
     }
 
     fn persist(&mut self, applied: AppliedState, map: ClusterMap) -> Result<(), MachineError> {
-        let io = |source| MachineError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let persisted = Persisted { applied, map };
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(&persisted).expect("serializes"))
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        store_json(&self.path, &persisted)?;
         self.applied = applied;
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = persisted.map;
         Ok(())

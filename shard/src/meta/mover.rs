@@ -88,7 +88,7 @@ async fn step(node: &Arc<Node>, map: &ClusterMap) -> Result<(), StepError> {
                 }
             })
             .await
-            .map_err(|source| StepError::Group { group: g, source })?;
+            .map_err(on(g))?;
         propose(node, MetaCommand::MarkManaged { group: g }).await?;
         tracing::info!(group = g, "group now enforces the slot table");
         return Ok(());
@@ -120,6 +120,11 @@ async fn step(node: &Arc<Node>, map: &ClusterMap) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Attributes a failed call to group `group`.
+fn on(group: u64) -> impl Fn(ShardClientError) -> StepError + Copy {
+    move |source| StepError::Group { group, source }
+}
+
 fn deadline() -> Instant {
     Instant::now() + STEP
 }
@@ -138,14 +143,7 @@ fn client(node: &Node, map: &ClusterMap, g: u64) -> Group {
 async fn run_move(node: &Arc<Node>, map: &ClusterMap, m: &SlotMove) -> Result<(), StepError> {
     let (a, b) = (client(node, map, m.from), client(node, map, m.to));
     let v = map.version;
-    let err_a = |source| StepError::Group {
-        group: m.from,
-        source,
-    };
-    let err_b = |source| StepError::Group {
-        group: m.to,
-        source,
-    };
+    let (err_a, err_b) = (on(m.from), on(m.to));
     let started = Instant::now();
     if m.phase == MovePhase::Copying {
         set_slots(&b, v, &m.slots, SlotState::Incoming)
@@ -309,14 +307,7 @@ async fn copy(a: &Group, b: &Group, slots: &[u16]) -> Result<usize, ShardClientE
 /// Step 4: B made equal to the fenced A, comparing both in point-id order; returns how
 /// many points had to be written or deleted.
 async fn reconcile(a: &Group, b: &Group, m: &SlotMove) -> Result<usize, StepError> {
-    let err_a = |source| StepError::Group {
-        group: m.from,
-        source,
-    };
-    let err_b = |source| StepError::Group {
-        group: m.to,
-        source,
-    };
+    let (err_a, err_b) = (on(m.from), on(m.to));
     let (mut pa, mut pb) = (Pages::new(a, &m.slots), Pages::new(b, &m.slots));
     let mut batch = MigrateRequest::default();
     let mut changed = 0;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use raft::eraftpb::{Entry, EntryType, Snapshot};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::driver::SnapshotSink;
@@ -156,16 +157,7 @@ impl StateMachine {
     /// The machine over `store`, its applied index kept in `dir/applied.json`.
     pub fn open(store: Arc<dyn VectorStore>, dir: &Path) -> Result<Self, MachineError> {
         let path = dir.join("applied.json");
-        let io = |source| MachineError::Io {
-            path: path.clone(),
-            source,
-        };
-        let persisted: Persisted = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(io(e)),
-        };
+        let persisted: Persisted = load_json(&path)?;
         Ok(Self {
             store,
             path,
@@ -462,24 +454,43 @@ impl StateMachine {
     }
 
     fn persist(&mut self, state: AppliedState) -> Result<(), MachineError> {
-        let io = |source| MachineError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let persisted = Persisted {
             applied: state,
             slots: self.guard().clone(),
         };
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(&persisted).expect("serializes"))
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        sync_dir(&self.path).map_err(io)?;
+        store_json(&self.path, &persisted)?;
         self.applied = state;
         Ok(())
     }
+}
+
+/// A machine's state file, or the default where there is none yet.
+pub(crate) fn load_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, MachineError> {
+    let io = |source| MachineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Replaces a machine's state file durably: written aside, fsynced, renamed over.
+pub(crate) fn store_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MachineError> {
+    let io = |source| MachineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&serde_json::to_vec(value).expect("serializes"))
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path).map_err(io)
 }
 
 /// Makes a file's creation, rename or removal durable.
