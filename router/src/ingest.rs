@@ -92,13 +92,13 @@ pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, Ro
                 Err(e) => failed.push(format!("shard {i}: {e}")),
             }
         }
-        if again.is_empty() || !failed.is_empty() {
-            if !failed.is_empty() {
-                return Err(RouterError::ShardsUnavailable(format!(
-                    "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
-                    failed.join("; ")
-                )));
-            }
+        if !failed.is_empty() {
+            return Err(RouterError::ShardsUnavailable(format!(
+                "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
+                failed.join("; ")
+            )));
+        }
+        if again.is_empty() {
             metrics::counter!("redrec_items_upserted_total").increment(n as u64);
             return Ok(n);
         }

@@ -249,15 +249,15 @@ pub mod groups {
     }
 
     /// A replica serving default reads must have caught up with its group.
-    fn readable(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
-        let group = shard(node, g)?.0;
+    fn readable(node: &Node, g: u64) -> Result<(Arc<Group>, Arc<dyn VectorStore>), GroupError> {
+        let (group, store) = shard(node, g)?;
         if !group.caught_up() {
             return Err(unavailable(
                 "not_ready",
                 format!("replica of group {g} on node {} has not caught up", node.id),
             ));
         }
-        Ok(group)
+        Ok((group, store))
     }
 
     /// The lone shard's [`super::blocking`], answering in this module's error type.
@@ -390,7 +390,7 @@ pub mod groups {
         Path(g): Path<u64>,
         Json(r): Json<GetRequest>,
     ) -> Reply<GetResponse> {
-        let (_, store) = shard(&node, readable(&node, g)?.id)?;
+        let (_, store) = readable(&node, g)?;
         blocking(store, move |st| {
             st.get(&r.ids, r.with_vector)
                 .map(|points| GetResponse { points })
@@ -403,10 +403,10 @@ pub mod groups {
         Path(g): Path<u64>,
         Json(r): Json<SearchRequest>,
     ) -> Reply<SearchResponse> {
-        let group = match r.consistency {
+        let (group, store) = match r.consistency {
             Consistency::Any => readable(&node, g)?,
             Consistency::Strong => {
-                let group = shard(&node, g)?.0;
+                let (group, store) = shard(&node, g)?;
                 if !group.replica.status().is_leader {
                     return Err(propose_error(&node, g, ProposeError::NotLeader(None)));
                 }
@@ -418,21 +418,23 @@ pub mod groups {
                         ProposeError::Timeout(m) => unavailable("no_quorum", m),
                         other => propose_error(&node, g, other),
                     })?;
-                group
+                (group, store)
             }
         };
-        let (group, store) = shard(&node, group.id)?;
         let mut answer = blocking(store, move |st| {
             st.search(&r).map(|results| SearchResponse { results })
         })
         .await?;
         // Slots being copied in, or already dropped here, are not this group's to serve.
-        let slots = group.slots();
-        if slots.states.is_some() {
-            for list in &mut answer.results {
-                list.retain(|h| matches!(slots.of(&h.id), SlotState::Owned | SlotState::Fenced));
+        group.with_slots(|slots| {
+            if slots.states.is_some() {
+                for list in &mut answer.results {
+                    list.retain(|h| {
+                        matches!(slots.of(&h.id), SlotState::Owned | SlotState::Fenced)
+                    });
+                }
             }
-        }
+        });
         Ok(answer)
     }
 

@@ -598,6 +598,17 @@ impl Machine for MetaMachine {
 mod tests {
     use super::*;
 
+    fn add_spares(map: &mut ClusterMap, ids: std::ops::RangeInclusive<u64>) {
+        for n in ids {
+            map.apply(MetaCommand::AddNode {
+                id: n,
+                addr: format!("http://n{n}"),
+                spare: true,
+            })
+            .unwrap();
+        }
+    }
+
     fn two_groups() -> ClusterMap {
         let mut map = ClusterMap::default();
         let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
@@ -631,14 +642,7 @@ mod tests {
     #[test]
     fn groups_form_from_free_spare_nodes_only() {
         let mut map = two_groups();
-        for n in 4..=6 {
-            map.apply(MetaCommand::AddNode {
-                id: n,
-                addr: format!("http://n{n}"),
-                spare: true,
-            })
-            .unwrap();
-        }
+        add_spares(&mut map, 4..=6);
         assert_eq!(map.free_nodes(), vec![4, 5, 6]);
         let bad = MetaCommand::CreateGroup {
             id: 2,
@@ -657,14 +661,7 @@ mod tests {
         map.apply(MetaCommand::RebalanceDone).unwrap();
         map.apply(MetaCommand::SetAutoRebalance { enabled: false })
             .unwrap();
-        for n in 7..=9 {
-            map.apply(MetaCommand::AddNode {
-                id: n,
-                addr: format!("http://n{n}"),
-                spare: true,
-            })
-            .unwrap();
-        }
+        add_spares(&mut map, 7..=9);
         map.apply(MetaCommand::CreateGroup {
             id: 3,
             replicas: vec![7, 8, 9],
@@ -678,14 +675,7 @@ mod tests {
     fn planned_moves_even_out_slots_and_refuse_overlaps() {
         let mut map = two_groups();
         for (g, first) in [(2u64, 4u64), (3, 7)] {
-            for n in first..first + 3 {
-                map.apply(MetaCommand::AddNode {
-                    id: n,
-                    addr: format!("http://n{n}"),
-                    spare: true,
-                })
-                .unwrap();
-            }
+            add_spares(&mut map, first..=first + 2);
             map.apply(MetaCommand::CreateGroup {
                 id: g,
                 replicas: (first..first + 3).collect(),

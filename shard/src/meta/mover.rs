@@ -246,7 +246,8 @@ impl<'a> Pages<'a> {
         Ok(self.buf.front())
     }
 
-    /// The next point; `Ok(Err(()))` if the scroll went backwards (it must not).
+    /// The next point; `Err(())` if there is none or the scroll went backwards (it must
+    /// not: both sides of a comparison must come in point-id order).
     fn pop(&mut self) -> Result<StoredPoint, ()> {
         let p = self.buf.pop_front().ok_or(())?;
         let key = point_uuid(&p.id);

@@ -107,11 +107,11 @@ impl Group {
         }
     }
 
-    /// The slots a shard replica serves (unmanaged: all).
-    pub fn slots(&self) -> SlotGuard {
+    /// Runs `f` on the slots a shard replica serves (unmanaged: all), under its lock.
+    pub fn with_slots<T>(&self, f: impl FnOnce(&SlotGuard) -> T) -> T {
         match &self.kind {
-            Kind::Shard { slots, .. } => slots.read().unwrap_or_else(|p| p.into_inner()).clone(),
-            Kind::Meta { .. } => SlotGuard::default(),
+            Kind::Shard { slots, .. } => f(&slots.read().unwrap_or_else(|p| p.into_inner())),
+            Kind::Meta { .. } => f(&SlotGuard::default()),
         }
     }
 
@@ -124,13 +124,12 @@ impl Group {
     }
 
     pub fn status(&self) -> GroupStatus {
-        let slots = self.slots();
         GroupStatus {
             group: self.id,
             node: self.replica.id(),
             caught_up: self.caught_up(),
             raft: self.replica.status(),
-            slots: slots.states.is_some().then(|| slots.counts()),
+            slots: self.with_slots(|s| s.states.is_some().then(|| s.counts())),
         }
     }
 }
@@ -539,9 +538,13 @@ impl Node {
     /// One look at the cluster map: learn node addresses, register this node if the map
     /// does not know it (as it is), and open the replicas the map gives it.
     async fn sync_with_map(self: &Arc<Self>) {
+        let members = self.meta_addrs();
+        // The first member that answers: a map a little behind is caught up next time.
         let map = match self.meta().and_then(|m| m.map()) {
             Some(map) => Some(map),
-            None => meta::fetch_map(&self.http, &self.meta_addrs()).await.ok(),
+            None => meta::call_meta::<ClusterMap>(&self.http, &members, "/v1/meta/map", None)
+                .await
+                .ok(),
         };
         let Some(map) = map.filter(ClusterMap::initialised) else {
             return;
@@ -568,7 +571,7 @@ impl Node {
             };
             match meta::call_meta::<serde_json::Value>(
                 &self.http,
-                &self.meta_addrs(),
+                &members,
                 "/admin/v1/cluster/commands",
                 Some(&cmd),
             )
