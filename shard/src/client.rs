@@ -42,9 +42,16 @@ pub enum ShardClientError {
     },
 }
 
+/// The code a node answers for a group it does not host.
+pub const UNKNOWN_GROUP: &str = "unknown_group";
+
 impl ShardClientError {
+    /// The request itself was at fault, so every group would refuse it alike. A replica
+    /// that does not host the group (`unknown_group`) is the caller's view of the cluster
+    /// being out of date, not a fault of the request.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Self::Rejected { status, .. } if (400..500).contains(status))
+        matches!(self, Self::Rejected { status, code, .. }
+            if (400..500).contains(status) && code != UNKNOWN_GROUP)
     }
 
     /// The group refused a write to slots it does not serve: `Some(true)` while they are
@@ -62,11 +69,11 @@ impl ShardClientError {
     }
 
     /// Another replica may succeed where this one did not: it was unreachable, is not
-    /// the leader, or is not ready (503).
+    /// the leader, is not ready (503), or does not host the group (any more, or yet).
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unavailable { .. } | Self::NotLeader { .. } => true,
-            Self::Rejected { status, .. } => *status == 503,
+            Self::Rejected { status, code, .. } => *status == 503 || code == UNKNOWN_GROUP,
         }
     }
 }
@@ -392,5 +399,34 @@ impl Group {
             }
         }
         Err(last.unwrap_or_else(|| self.deadline_passed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16, code: &str) -> ShardClientError {
+        ShardClientError::Rejected {
+            addr: "127.0.0.1:1".into(),
+            status,
+            code: code.into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_replica_without_the_group_is_a_stale_view_not_a_bad_request() {
+        let unknown = rejected(404, UNKNOWN_GROUP);
+        assert!(!unknown.is_client_error());
+        assert!(unknown.is_retryable());
+
+        let bad = rejected(400, "invalid_request");
+        assert!(bad.is_client_error());
+        assert!(!bad.is_retryable());
+
+        let opening = rejected(503, "group_opening");
+        assert!(!opening.is_client_error());
+        assert!(opening.is_retryable());
     }
 }

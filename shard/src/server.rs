@@ -224,8 +224,22 @@ pub mod groups {
         }
     }
 
+    /// This node's replica of group `g`. A group the cluster map places here but that is
+    /// not open yet (it formed moments ago) is unavailable for now, not unknown.
     fn group(node: &Node, g: u64) -> Result<Arc<Group>, GroupError> {
-        node.group(g).ok_or_else(|| {
+        if let Some(group) = node.group(g) {
+            return Ok(group);
+        }
+        let placed_here = node
+            .map()
+            .and_then(|m| m.groups.get(&g).map(|i| i.replicas.contains(&node.id)))
+            .unwrap_or(false);
+        Err(if placed_here {
+            unavailable(
+                "group_opening",
+                format!("node {} is opening its replica of group {g}", node.id),
+            )
+        } else {
             HttpError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_group",
