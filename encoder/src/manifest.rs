@@ -40,6 +40,18 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Item vectors the training pipeline computed for a few texts: the encoder must
+    /// reproduce them (tokenizer and tower together) before it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<KnownVectors>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownVectors {
+    pub texts: Vec<String>,
+    pub item_embedding: Vec<Vec<f32>>,
+    /// The largest difference allowed in any coordinate.
+    pub max_abs_diff: f32,
 }
 
 impl Manifest {
@@ -88,6 +100,16 @@ impl Manifest {
                 return bad(format!(
                     "mixing for {scenario:?} needs {} non-negative weights, not all zero",
                     self.queries()
+                ));
+            }
+        }
+        if let Some(c) = &self.check {
+            if c.texts.len() != c.item_embedding.len()
+                || c.item_embedding.iter().any(|v| v.len() != self.dim)
+            {
+                return bad(format!(
+                    "check needs one {}-d item_embedding per text",
+                    self.dim
                 ));
             }
         }

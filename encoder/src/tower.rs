@@ -213,7 +213,33 @@ impl Encoder {
             device,
         };
         encoder.check_contract()?;
+        encoder.check_known_vectors()?;
         Ok(encoder)
+    }
+
+    /// Encodes the manifest's check texts and compares with the vectors training computed,
+    /// which catches a tokenizer that is not the one the tower was trained with.
+    fn check_known_vectors(&self) -> Result<(), EncoderError> {
+        let Some(check) = &self.manifest.check else {
+            return Ok(());
+        };
+        let got = self.encode_items(&check.texts)?;
+        for ((text, want), got) in check.texts.iter().zip(&check.item_embedding).zip(&got) {
+            let diff = want
+                .iter()
+                .zip(got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            if diff > check.max_abs_diff {
+                return Err(EncoderError::Contract(format!(
+                    "the item tower gives {text:?} a vector {diff:.2e} away from the manifest's \
+                     check (at most {:.0e}): tokenizer.json or item_tower.onnx is not what \
+                     the towers were trained with",
+                    check.max_abs_diff
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -284,14 +310,15 @@ impl Encoder {
         self.run_items(None, &tokens)
     }
 
-    /// Token ids of each text, cut to the tower's T.
+    /// Token ids of each text, with the special tokens its tokenizer adds (a pretrained
+    /// backbone's [CLS] and [SEP], say; as in training), cut to the tower's T.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<i64>>, EncoderError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), false)
+            .encode_batch(texts.to_vec(), true)
             .map_err(|e| EncoderError::Input(format!("tokenizing: {e}")))?;
         let t = self.manifest.max_tokens;
         Ok(encodings
@@ -529,6 +556,42 @@ mod tests {
             Encoder::load(dir.path(), &EncoderConfig::default()),
             Err(EncoderError::Contract(_))
         ));
+    }
+
+    #[test]
+    fn a_tokenizer_the_towers_were_not_trained_with_is_refused() {
+        let src = default_dir();
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "item_tower.onnx",
+            "user_tower.onnx",
+            "tokenizer.json",
+            "manifest.json",
+        ] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        assert!(Encoder::load(dir.path(), &EncoderConfig::default()).is_ok());
+        // The same vocabulary, but every text now starts with a special token.
+        let path = dir.path().join("tokenizer.json");
+        let mut tok: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let unk = serde_json::json!({"SpecialToken": {"id": "[UNK]", "type_id": 0}});
+        let a = serde_json::json!({"Sequence": {"id": "A", "type_id": 0}});
+        let b = serde_json::json!({"Sequence": {"id": "B", "type_id": 0}});
+        tok["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [unk, a],
+            "pair": [unk, a, b],
+            "special_tokens": {"[UNK]": {"id": "[UNK]", "ids": [1], "tokens": ["[UNK]"]}},
+        });
+        std::fs::write(&path, tok.to_string()).unwrap();
+        let err = Encoder::load(dir.path(), &EncoderConfig::default())
+            .err()
+            .expect("a tokenizer that adds a token must be refused");
+        assert!(
+            matches!(&err, EncoderError::Contract(m) if m.contains("check")),
+            "{err}"
+        );
     }
 
     #[test]

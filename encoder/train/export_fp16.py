@@ -96,6 +96,9 @@ def main():
     shutil.copy(os.path.join(src, tok), os.path.join(dst, tok))
     m["model_version"] = m["model_version"] + "-fp16"
     m["files"] = {f: sha256(os.path.join(dst, f)) for f in m["files"]}
+    if "check" in m:
+        # fp16 vectors agree with fp32 to a cosine of 0.999, not to 1e-3 per coordinate.
+        m["check"]["max_abs_diff"] = 2e-2
     m["fp16"] = {"from": m["model_version"][: -len("-fp16")], "min_cosine_vs_fp32": agreement}
     json.dump(m, open(os.path.join(dst, "manifest.json"), "w"), indent=2)
     print(f"wrote {dst} ({m['model_version']}); min cosine vs fp32: {agreement}")

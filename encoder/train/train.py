@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-SCENARIOS = ["homefeed", "search", "ads"]
-
+from towers import SCENARIOS, ItemTower, UserTower, small_init
 
 def load_jsonl(path):
     with open(path) as f:
@@ -39,7 +38,7 @@ def build_tokenizer(texts, vocab_size):
 
 
 def tokenize(tok, texts, max_tokens):
-    encodings = tok.encode_batch(texts)
+    encodings = tok.encode_batch(texts, add_special_tokens=True)  # as the encoder does
     max_tokens = min(max_tokens, max(len(e.ids) for e in encodings))
     ids = np.zeros((len(texts), max_tokens), dtype=np.int64)
     mask = np.zeros((len(texts), max_tokens), dtype=np.int64)
@@ -48,105 +47,6 @@ def tokenize(tok, texts, max_tokens):
         ids[row, :n] = enc.ids[:n]
         mask[row, :n] = 1
     return ids, mask
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block written with plain matmuls so it exports cleanly."""
-
-    def __init__(self, d, heads, ff):
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
-
-    def forward(self, x, bias):
-        b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // self.heads)) + bias
-        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
-        x = x + self.out(y)
-        return x + self.ff(self.ln2(x))
-
-
-class Head(nn.Module):
-    """Projection head of RED-Rec: linear, GELU MLP with residual, LayerNorm, L2 norm."""
-
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.proj = nn.Linear(d_in, d_out)
-        self.mlp = nn.Sequential(nn.Linear(d_out, 2 * d_out), nn.GELU(), nn.Linear(2 * d_out, d_out))
-        self.ln = nn.LayerNorm(d_out)
-
-    def forward(self, h):
-        z = self.proj(h)
-        return F.normalize(self.ln(z + self.mlp(z)), dim=-1)
-
-
-def small_init(module):
-    """Embeddings start small (std 0.02): at the default N(0, 1), scenario and position
-    embeddings drown the item vectors a user tower reads, and every user looks the same."""
-    for m in module.modules():
-        if isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-    return module
-
-
-def attention_bias(mask):
-    return (1.0 - mask[:, None, None, :].float()) * -1e4
-
-
-class ItemTower(nn.Module):
-    """Text -> tiny transformer; the state at an appended learnable token -> 64-d."""
-
-    def __init__(self, vocab, dim, d=96, layers=2, heads=4, max_tokens=48):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d)
-        self.pos = nn.Embedding(max_tokens, d)
-        self.emb_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        self.blocks = nn.ModuleList([Block(d, heads, 4 * d) for _ in range(layers)])
-        self.ln = nn.LayerNorm(d)
-        self.head = Head(d, dim)
-
-    def forward(self, input_ids, attention_mask):
-        b, t = input_ids.shape
-        x = self.tok(input_ids) + self.pos.weight[:t]
-        x = torch.cat([x, self.emb_token.expand(b, 1, -1)], 1)
-        mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
-        bias = attention_bias(mask)
-        for block in self.blocks:
-            x = block(x, bias)
-        return self.head(self.ln(x[:, -1]))
-
-
-class UserTower(nn.Module):
-    """Item-vector sequence + scenario + recency -> transformer; Q appended query tokens -> Q x 64-d."""
-
-    def __init__(self, dim, n_queries, max_history, d=96, layers=2, heads=4):
-        super().__init__()
-        self.inp = nn.Linear(dim, d)
-        self.scenario = nn.Embedding(len(SCENARIOS), d)
-        self.recency = nn.Embedding(max_history, d)
-        self.queries = nn.Parameter(torch.randn(1, n_queries, d) * 0.02)
-        self.blocks = nn.ModuleList([Block(d, heads, 4 * d) for _ in range(layers)])
-        self.ln = nn.LayerNorm(d)
-        self.head = Head(d, dim)
-        self.n_queries = n_queries
-        self.max_history = max_history
-
-    def forward(self, history, scenario, mask):
-        b = history.shape[0]
-        # Distance from the newest event, whichever side the batch is padded on.
-        from_end = (mask.sum(1, keepdim=True) - mask.cumsum(1)).clamp(0, self.max_history - 1)
-        x = self.inp(history) + self.scenario(scenario) + self.recency(from_end)
-        x = torch.cat([x, self.queries.expand(b, -1, -1)], 1)
-        m = torch.cat([mask, torch.ones(b, self.n_queries, dtype=mask.dtype)], 1)
-        bias = attention_bias(m)
-        for block in self.blocks:
-            x = block(x, bias)
-        return self.head(self.ln(x[:, -self.n_queries :]))
 
 
 def make_samples(users, item_index, max_history, targets, rng):
@@ -177,13 +77,13 @@ def pad_batch(batch, max_history):
     return idx, scen, mask
 
 
-def max_query_loss(queries, batch, item_tower, ids_all, mask_all, logit_scale, rng, args, n_items):
+def max_query_loss(queries, batch, items, logit_scale, rng, args, n_items):
     """One target per window, scored by the best of the Q queries, against in-batch and
     random negatives."""
     positives = [rng.choice(nxt) for _, nxt in batch]
     negatives = rng.sample(range(n_items), args.negatives)
     cand = np.array(positives + negatives)
-    cv = item_tower(ids_all[cand], mask_all[cand])  # [B+N, D]
+    cv = items(cand)  # [B+N, D]
     scores = torch.einsum("bqd,nd->bqn", queries, cv).max(1).values  # max over queries
     scores = scores * logit_scale.clamp(max=math.log(100)).exp()
     # The same item elsewhere in the candidates is not a negative.
@@ -208,7 +108,7 @@ def cluster_targets(vectors, q, iters=5):
     return np.argmax(vectors @ centroids.T, axis=1), centroids
 
 
-def hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_scale, rng, args):
+def hungarian_loss(queries, batch, table, items, logit_scale, rng, args):
     """RED-Rec's multi-interest objective: each window's next targets are clustered into Q
     groups, the groups matched one-to-one to the Q queries by the Hungarian algorithm
     (on query-centroid similarity), and each matched query must rank a target of its group
@@ -230,7 +130,7 @@ def hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_s
                 positives.append(rng.choice(members))
     negatives = rng.sample(range(len(table_np)), args.negatives)
     cand = np.array(positives + negatives)
-    cv = item_tower(ids_all[cand], mask_all[cand])  # [P+N, D]
+    cv = items(cand)  # [P+N, D]
     qsel = queries[torch.tensor(rows), torch.tensor(cols)]  # [P, D]
     scores = (qsel @ cv.T) * logit_scale.clamp(max=math.log(100)).exp()
     p = len(positives)
@@ -241,6 +141,43 @@ def hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_s
     same[torch.arange(p), torch.arange(p)] = False
     scores = scores.masked_fill(same, -1e4)
     return F.cross_entropy(scores, torch.arange(p))
+
+
+def build_towers(args, texts):
+    """(item tower, user tower, tokenizer) for the chosen backbones."""
+    llm = None
+    if "smollm2" in (args.item_backbone, args.user_backbone):
+        from backbones import load_backbone
+
+        llm, llm_tok = load_backbone("smollm2", args.llm_layers)
+    if args.item_backbone == "tiny":
+        tok = build_tokenizer(texts, args.vocab)
+        item_tower = small_init(ItemTower(tok.get_vocab_size(), args.dim, max_tokens=args.max_tokens))
+    else:
+        from backbones import PretrainedItemTower, load_backbone
+
+        model, tok = (llm, llm_tok) if args.item_backbone == "smollm2" else load_backbone(args.item_backbone)
+        item_tower = PretrainedItemTower(args.item_backbone, model, tok, args.dim)
+    if args.user_backbone == "tiny":
+        user_tower = small_init(UserTower(args.dim, args.queries, args.max_history))
+    else:
+        from backbones import LlmUserTower
+
+        user_tower = LlmUserTower(llm, args.dim, args.queries)
+    return item_tower, user_tower, tok
+
+
+def backbone_features(item_tower, ids_all, mask_all, batch, started):
+    """Every item's pooled backbone state, [N, H], computed once (the backbone is frozen)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ids_all), batch):
+            ids, mask = ids_all[i : i + batch], mask_all[i : i + batch]
+            t = int(mask.sum(1).max())  # this batch's own padding, not the catalogue's
+            out.append(item_tower.features(ids[:, :t], mask[:, :t]))
+            if (i // batch) % 20 == 0:
+                print(f"backbone states {i + len(ids):6d}/{len(ids_all)}  {time.time() - started:.0f}s", flush=True)
+    return torch.cat(out)
 
 
 def train(args):
@@ -254,20 +191,31 @@ def train(args):
     users = load_jsonl(os.path.join(args.data, "users.jsonl"))
     item_index = {it["id"]: n for n, it in enumerate(items)}
     texts = [it["text"] for it in items]
-    tok = build_tokenizer(texts, args.vocab)
+    item_tower, user_tower, tok = build_towers(args, texts)
     ids_np, mask_np = tokenize(tok, texts, args.max_tokens)
     ids_all, mask_all = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
-    # Two views of each item (title; category and tags) for the item tower's own contrastive
-    # loss: it spreads items by content from the start, which keeps the towers from
-    # collapsing onto one vector before the user signal takes hold.
-    views = [tokenize(tok, [it["title"] for it in items], args.max_tokens),
-             tokenize(tok, [it["category"] + " | " + " ".join(it["tags"]) for it in items], args.max_tokens)]
-    views = [(torch.from_numpy(i), torch.from_numpy(m)) for i, m in views]
+    started = time.time()
+    if args.item_backbone == "tiny":
+        # Two views of each item (title; category and tags) for the item tower's own
+        # contrastive loss: it spreads items by content from the start, which keeps the
+        # towers from collapsing onto one vector before the user signal takes hold.
+        views = [tokenize(tok, [it["title"] for it in items], args.max_tokens),
+                 tokenize(tok, [it["category"] + " | " + " ".join(it["tags"]) for it in items], args.max_tokens)]
+        views = [(torch.from_numpy(i), torch.from_numpy(m)) for i, m in views]
 
-    item_tower = small_init(ItemTower(tok.get_vocab_size(), args.dim, max_tokens=args.max_tokens))
-    user_tower = small_init(UserTower(args.dim, args.queries, args.max_history))
+        def item_vectors(idx):
+            return item_tower(ids_all[idx], mask_all[idx])
+    else:
+        # A frozen pretrained backbone: each item's pooled state is computed once, and only
+        # the projection head trains on it. (Its pretraining already spreads items by
+        # content, so there is no warm-up or item-views loss.)
+        features = backbone_features(item_tower, ids_all, mask_all, args.feature_batch, started)
+
+        def item_vectors(idx):
+            return item_tower.head(features[idx])
+
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    params = list(item_tower.parameters()) + list(user_tower.parameters()) + [logit_scale]
+    params = [p for p in list(item_tower.parameters()) + list(user_tower.parameters()) if p.requires_grad] + [logit_scale]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     samples = make_samples(users, item_index, args.max_history, args.targets, rng)
     print(f"{len(items)} items, {len(users)} users, {len(samples)} training windows", flush=True)
@@ -276,18 +224,18 @@ def train(args):
         """Every item's vector under the current item tower, without gradient."""
         with torch.no_grad():
             item_tower.eval()
-            table = torch.cat([item_tower(ids_all[i : i + 4096], mask_all[i : i + 4096]) for i in range(0, len(items), 4096)])
+            table = torch.cat([item_vectors(np.arange(i, min(i + 4096, len(items)))) for i in range(0, len(items), 4096)])
             item_tower.train()
         return table
 
-    started = time.time()
     def item_views_loss():
         pick = torch.from_numpy(np.array(rng.sample(range(len(items)), args.batch * 2)))
         a = item_tower(views[0][0][pick], views[0][1][pick])
         b = item_tower(views[1][0][pick], views[1][1][pick])
         return F.cross_entropy(a @ b.T * 20.0, torch.arange(len(pick)))
 
-    for step in range(args.warmup):
+    pretrained_items = args.item_backbone != "tiny"
+    for step in range(0 if pretrained_items else args.warmup):
         loss = item_views_loss()
         opt.zero_grad()
         loss.backward()
@@ -306,16 +254,29 @@ def train(args):
         queries = user_tower(hv, torch.from_numpy(hscen), torch.from_numpy(hmask))  # [B,Q,D]
 
         if args.assign == "hungarian" and args.queries > 1:
-            loss = hungarian_loss(queries, batch, table, item_tower, ids_all, mask_all, logit_scale, rng, args)
+            loss = hungarian_loss(queries, batch, table, item_vectors, logit_scale, rng, args)
         else:
-            loss = max_query_loss(queries, batch, item_tower, ids_all, mask_all, logit_scale, rng, args, len(items))
-        aux = item_views_loss()
+            loss = max_query_loss(queries, batch, item_vectors, logit_scale, rng, args, len(items))
+        aux = torch.zeros(()) if pretrained_items else item_views_loss()
         opt.zero_grad()
         (loss + args.aux_weight * aux).backward()
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  views {aux.item():.3f}  scale {logit_scale.exp().item():.1f}  {time.time() - started:.0f}s", flush=True)
     return tok, item_tower.eval(), user_tower.eval(), time.time() - started, len(samples)
+
+
+# How far the serving encoder may stray from training's vectors for the manifest's check texts.
+CHECK_MAX_ABS_DIFF = 1e-3
+
+
+def known_vectors(tok, texts, max_tokens, item_tower):
+    """The manifest's check: a few item texts and the vectors training gives them, which the
+    encoder reproduces before it serves (see Encoder::load)."""
+    ids, mask = tokenize(tok, texts, max_tokens)
+    with torch.no_grad():
+        vectors = item_tower(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    return {"texts": texts, "item_embedding": [[round(float(x), 7) for x in v] for v in vectors], "max_abs_diff": CHECK_MAX_ABS_DIFF}
 
 
 def export(args, tok, item_tower, user_tower):
@@ -331,6 +292,7 @@ def export(args, tok, item_tower, user_tower):
     scen = torch.randint(0, len(SCENARIOS), (b, l))
     hmask = torch.ones(b, l, dtype=torch.int64)
     hmask[2, 9:] = 0
+    hmask[1, 7:] = 0
     with torch.no_grad():
         torch.onnx.export(
             item_tower, (ids, amask), item_path, input_names=["input_ids", "attention_mask"],
@@ -344,11 +306,19 @@ def export(args, tok, item_tower, user_tower):
         )
         pin_output_shape(item_path, ["batch", args.dim])
         pin_output_shape(user_path, ["batch", args.queries, args.dim])
-        want_item = item_tower(ids, amask).numpy()
-        want_user = user_tower(hist, scen, hmask).numpy()
-    got_item = ort.InferenceSession(item_path).run(None, {"input_ids": ids.numpy(), "attention_mask": amask.numpy()})[0]
-    got_user = ort.InferenceSession(user_path).run(None, {"history": hist.numpy(), "scenario": scen.numpy(), "mask": hmask.numpy()})[0]
-    parity = {"item_tower": float(np.abs(got_item - want_item).max()), "user_tower": float(np.abs(got_user - want_user).max())}
+    # Checked at the traced shapes and at others, so a size baked in by tracing shows.
+    item_sess, user_sess = ort.InferenceSession(item_path), ort.InferenceSession(user_path)
+    parity = {"item_tower": 0.0, "user_tower": 0.0}
+    for cut_b, cut_t, cut_l in [(b, t, l), (2, 13, 11)]:
+        ids_c, amask_c = ids[:cut_b, :cut_t], amask[:cut_b, :cut_t]
+        hist_c, scen_c, hmask_c = hist[:cut_b, :cut_l], scen[:cut_b, :cut_l], hmask[:cut_b, :cut_l]
+        with torch.no_grad():
+            want_item = item_tower(ids_c, amask_c).numpy()
+            want_user = user_tower(hist_c, scen_c, hmask_c).numpy()
+        got_item = item_sess.run(None, {"input_ids": ids_c.numpy(), "attention_mask": amask_c.numpy()})[0]
+        got_user = user_sess.run(None, {"history": hist_c.numpy(), "scenario": scen_c.numpy(), "mask": hmask_c.numpy()})[0]
+        parity["item_tower"] = max(parity["item_tower"], float(np.abs(got_item - want_item).max()))
+        parity["user_tower"] = max(parity["user_tower"], float(np.abs(got_user - want_user).max()))
     print(f"parity (max abs diff, ONNX Runtime vs PyTorch): {parity}", flush=True)
     if max(parity.values()) >= 1e-4:
         raise SystemExit(f"parity check failed: {parity}")
@@ -397,14 +367,23 @@ def main():
                    help="max: one target per window scored by the best query; hungarian: targets clustered into Q groups matched to the queries")
     p.add_argument("--aux-weight", type=float, default=0.3)
     p.add_argument("--refresh", type=int, default=50, help="steps between refreshes of the history item table")
+    p.add_argument("--item-backbone", choices=["tiny", "minilm", "smollm2"], default="tiny",
+                   help="tiny: a small transformer trained from scratch; minilm, smollm2: frozen pretrained backbones from PyPI packages")
+    p.add_argument("--user-backbone", choices=["tiny", "smollm2"], default="tiny",
+                   help="tiny: a small transformer trained from scratch; smollm2: the frozen LLM read through inputs_embeds")
+    p.add_argument("--llm-layers", type=int, default=None, help="keep only the first N layers of the pretrained backbones")
+    p.add_argument("--feature-batch", type=int, default=128, help="batch size for computing frozen item-backbone states")
     p.add_argument("--command", default="", help="the command line to record in the manifest")
     args = p.parse_args()
 
     tok, item_tower, user_tower, seconds, n_samples = train(args)
     parity = export(args, tok, item_tower, user_tower)
+    items = load_jsonl(os.path.join(args.data, "items.jsonl"))
+    check = known_vectors(tok, [it["text"] for it in items[:3]], args.max_tokens, item_tower)
     files = {name: sha256(os.path.join(args.out, name)) for name in ["item_tower.onnx", "user_tower.onnx", "tokenizer.json"]}
     data_meta = json.load(open(os.path.join(args.data, "meta.json")))
-    version = "reference-v0-" + hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()[:12]
+    prefix = "reference-v0" if (args.item_backbone, args.user_backbone) == ("tiny", "tiny") else f"{args.item_backbone}-{args.user_backbone}"
+    version = prefix + "-" + hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()[:12]
     manifest = {
         "model_version": version,
         "dim": args.dim,
@@ -424,10 +403,12 @@ def main():
             "batch": args.batch,
             "negatives": args.negatives,
             "assign": args.assign,
+            "backbones": {"item": args.item_backbone, "user": args.user_backbone, "llm_layers": args.llm_layers},
             "seconds": round(seconds, 1),
             "torch": torch.__version__,
             "parity_max_abs_diff": parity,
         },
+        "check": check,
     }
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
