@@ -527,8 +527,8 @@ mod tests {
         assert!(m.files.contains_key("item_tower.onnx") && m.files.contains_key("user_tower.onnx"));
     }
 
-    #[test]
-    fn a_manifest_that_lies_about_the_towers_is_refused() {
+    /// The shipped towers in a directory of their own, to tamper with.
+    fn copy_of_shipped_towers() -> tempfile::TempDir {
         let src = default_dir();
         let dir = tempfile::tempdir().unwrap();
         for f in [
@@ -539,6 +539,12 @@ mod tests {
         ] {
             std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn a_manifest_that_lies_about_the_towers_is_refused() {
+        let dir = copy_of_shipped_towers();
         let path = dir.path().join("manifest.json");
         let mut m: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -560,16 +566,7 @@ mod tests {
 
     #[test]
     fn a_tokenizer_the_towers_were_not_trained_with_is_refused() {
-        let src = default_dir();
-        let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "item_tower.onnx",
-            "user_tower.onnx",
-            "tokenizer.json",
-            "manifest.json",
-        ] {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
+        let dir = copy_of_shipped_towers();
         assert!(Encoder::load(dir.path(), &EncoderConfig::default()).is_ok());
         // The same vocabulary, but every text now starts with a special token.
         let path = dir.path().join("tokenizer.json");
