@@ -119,20 +119,35 @@ class BackboneStack(nn.Module):
 class PretrainedItemTower(nn.Module):
     """Text -> pretrained backbone -> pooled state -> projection head -> 64-d.
 
-    Pooling is the backbone's own way of summarising a text: MiniLM (a sentence encoder)
-    averages its token states over the attention mask; the LLM reads an end-of-text token
-    appended right after each row's last real token (so a padded row reads exactly like an
-    unpadded one) and gives that token's state."""
+    Pooling `mean` averages the token states over the attention mask (how MiniLM, a sentence
+    encoder, summarises a text); `last` appends an end-of-text token right after each row's
+    last real token (so a padded row reads exactly like an unpadded one) and gives that
+    token's state, the usual read-out of an LLM trained for it."""
 
-    def __init__(self, name, model, tok, dim):
+    def __init__(self, name, model, tok, dim, pooling):
         super().__init__()
         self.stack = BackboneStack(name, model)
         self.end_id = None
-        if name == "smollm2":
-            self.end_id = tok.token_to_id("<|im_end|>")
+        if pooling == "last":
+            end = "[SEP]" if name == "minilm" else "<|im_end|>"
+            self.end_id = tok.token_to_id(end)
             if self.end_id is None:
-                raise SystemExit("smollm2's tokenizer has no <|im_end|> token")
+                raise SystemExit(f"{name}'s tokenizer has no {end} token")
         self.head = Head(self.stack.hidden, dim)
+        # Per-dimension standardisation of the pooled states, set from the catalogue's
+        # (`standardise`): an LLM's few huge-activation dimensions would otherwise swamp
+        # the head's input.
+        self.register_buffer("state_mean", torch.zeros(self.stack.hidden))
+        self.register_buffer("state_std", torch.ones(self.stack.hidden))
+
+    def standardise(self, states):
+        """Fixes the standardisation to these states' statistics; returns them standardised."""
+        self.state_mean.copy_(states.mean(0))
+        self.state_std.copy_(states.std(0).clamp(min=1e-4))
+        return self.scale(states)
+
+    def scale(self, states):
+        return (states - self.state_mean) / self.state_std
 
     def features(self, input_ids, attention_mask):
         """The pooled backbone state, [B, H] (no trainable weights involved)."""
@@ -149,7 +164,7 @@ class PretrainedItemTower(nn.Module):
         return x[:, -1]
 
     def forward(self, input_ids, attention_mask):
-        return self.head(self.features(input_ids, attention_mask))
+        return self.head(self.scale(self.features(input_ids, attention_mask)))
 
 
 class LlmUserTower(nn.Module):

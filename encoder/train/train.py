@@ -157,7 +157,7 @@ def build_towers(args, texts):
         from backbones import PretrainedItemTower, load_backbone
 
         model, tok = (llm, llm_tok) if args.item_backbone == "smollm2" else load_backbone(args.item_backbone)
-        item_tower = PretrainedItemTower(args.item_backbone, model, tok, args.dim)
+        item_tower = PretrainedItemTower(args.item_backbone, model, tok, args.dim, args.item_pooling)
     if args.user_backbone == "tiny":
         user_tower = small_init(UserTower(args.dim, args.queries, args.max_history))
     else:
@@ -209,7 +209,7 @@ def train(args):
         # A frozen pretrained backbone: each item's pooled state is computed once, and only
         # the projection head trains on it. (Its pretraining already spreads items by
         # content, so there is no warm-up or item-views loss.)
-        features = backbone_features(item_tower, ids_all, mask_all, args.feature_batch, started)
+        features = item_tower.standardise(backbone_features(item_tower, ids_all, mask_all, args.feature_batch, started))
 
         def item_vectors(idx):
             return item_tower.head(features[idx])
@@ -371,6 +371,8 @@ def main():
                    help="tiny: a small transformer trained from scratch; minilm, smollm2: frozen pretrained backbones from PyPI packages")
     p.add_argument("--user-backbone", choices=["tiny", "smollm2"], default="tiny",
                    help="tiny: a small transformer trained from scratch; smollm2: the frozen LLM read through inputs_embeds")
+    p.add_argument("--item-pooling", choices=["mean", "last"], default="mean",
+                   help="pretrained item backbones: mean of the token states, or the state of an appended end-of-text token")
     p.add_argument("--llm-layers", type=int, default=None, help="keep only the first N layers of the pretrained backbones")
     p.add_argument("--feature-batch", type=int, default=128, help="batch size for computing frozen item-backbone states")
     p.add_argument("--command", default="", help="the command line to record in the manifest")
@@ -403,7 +405,7 @@ def main():
             "batch": args.batch,
             "negatives": args.negatives,
             "assign": args.assign,
-            "backbones": {"item": args.item_backbone, "user": args.user_backbone, "llm_layers": args.llm_layers},
+            "backbones": {"item": args.item_backbone, "item_pooling": args.item_pooling, "user": args.user_backbone, "llm_layers": args.llm_layers},
             "seconds": round(seconds, 1),
             "torch": torch.__version__,
             "parity_max_abs_diff": parity,
