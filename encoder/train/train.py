@@ -1,8 +1,13 @@
-"""Trains redrec's reference towers on a synthetic multi-scenario dataset and exports
-them to the ONNX contract (see DESIGN: item_tower.onnx, user_tower.onnx, tokenizer.json,
-manifest.json), checking ONNX Runtime against PyTorch on every export.
+"""Trains redrec's towers on a dataset in `redrec dataset`'s layout and exports them to the
+ONNX contract (see DESIGN: item_tower.onnx, user_tower.onnx, tokenizer.json, manifest.json),
+checking ONNX Runtime against PyTorch on every export.
 
-Run through encoder/train/train.sh, which generates the dataset with `redrec dataset synth`.
+The towers are tiny transformers trained from scratch (the default), or built on frozen
+pretrained backbones (see backbones.py): `--item-backbone minilm|smollm2`,
+`--user-backbone smollm2`.
+
+Run through encoder/train/train.sh, which generates the synthetic dataset with
+`redrec dataset synth` and takes the backbone as its first argument.
 """
 
 import argparse
