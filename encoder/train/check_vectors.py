@@ -11,7 +11,7 @@ import sys
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from train import CHECK_MAX_ABS_DIFF, load_jsonl, tokenize
+from train import CHECK_MAX_ABS_DIFF, check_entry, load_jsonl, tokenize
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
     ids, mask = tokenize(tok, texts, m["max_tokens"])
     session = ort.InferenceSession(os.path.join(model_dir, m["item_tower"]["file"]), providers=["CPUExecutionProvider"])
     vectors = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    m["check"] = {"texts": texts, "item_embedding": [[round(float(x), 7) for x in v] for v in vectors], "max_abs_diff": max_abs_diff}
+    m["check"] = check_entry(texts, vectors, max_abs_diff)
     with open(path, "w") as f:
         json.dump(m, f, indent=2)
         f.write("\n")

@@ -268,7 +268,7 @@ def train(args):
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  views {aux.item():.3f}  scale {logit_scale.exp().item():.1f}  {time.time() - started:.0f}s", flush=True)
-    return tok, item_tower.eval(), user_tower.eval(), time.time() - started, len(samples)
+    return tok, item_tower.eval(), user_tower.eval(), time.time() - started, len(samples), texts[:3]
 
 
 # How far the serving encoder may stray from training's vectors for the manifest's check texts.
@@ -281,7 +281,12 @@ def known_vectors(tok, texts, max_tokens, item_tower):
     ids, mask = tokenize(tok, texts, max_tokens)
     with torch.no_grad():
         vectors = item_tower(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    return {"texts": texts, "item_embedding": [[round(float(x), 7) for x in v] for v in vectors], "max_abs_diff": CHECK_MAX_ABS_DIFF}
+    return check_entry(texts, vectors, CHECK_MAX_ABS_DIFF)
+
+
+def check_entry(texts, vectors, max_abs_diff):
+    """The manifest's `check` object."""
+    return {"texts": texts, "item_embedding": [[round(float(x), 7) for x in v] for v in vectors], "max_abs_diff": max_abs_diff}
 
 
 def export(args, tok, item_tower, user_tower):
@@ -383,10 +388,9 @@ def main():
     p.add_argument("--command", default="", help="the command line to record in the manifest")
     args = p.parse_args()
 
-    tok, item_tower, user_tower, seconds, n_samples = train(args)
+    tok, item_tower, user_tower, seconds, n_samples, check_texts = train(args)
     parity = export(args, tok, item_tower, user_tower)
-    items = load_jsonl(os.path.join(args.data, "items.jsonl"))
-    check = known_vectors(tok, [it["text"] for it in items[:3]], args.max_tokens, item_tower)
+    check = known_vectors(tok, check_texts, args.max_tokens, item_tower)
     files = {name: sha256(os.path.join(args.out, name)) for name in ["item_tower.onnx", "user_tower.onnx", "tokenizer.json"]}
     data_meta = json.load(open(os.path.join(args.data, "meta.json")))
     prefix = "reference-v0" if (args.item_backbone, args.user_backbone) == ("tiny", "tiny") else f"{args.item_backbone}-{args.user_backbone}"
