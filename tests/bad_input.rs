@@ -168,6 +168,17 @@ fn bad_requests_get_json_4xx_answers() {
     // Nothing of the rejected batches was written.
     assert_eq!(get(&cluster.url("/v1/items/a")).0, 404);
 
+    // The encoder's packed histories: not base64, not whole vectors, both forms at once.
+    let enc = format!("{}/v1/encode/users", cluster.encoder.addr);
+    for user in [
+        json!({"history_b64": "*not base64*", "scenarios": ["search"]}),
+        json!({"history_b64": "AAAAAA==", "scenarios": ["search"]}),
+        json!({"history_b64": "AAAAAA==", "history": [vec![0.1; 64]], "scenarios": ["search"]}),
+    ] {
+        let (s, b) = post(&enc, &json!({ "users": [user] }));
+        assert_error(s, &b, 400, "invalid_input");
+    }
+
     // Unknown paths, methods and items.
     let (s, b) = get(&cluster.url("/v1/nope"));
     assert_error(s, &b, 404, "not_found");

@@ -5,6 +5,8 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde_json::{json, Value};
 use support::*;
 
@@ -81,6 +83,20 @@ fn recommend_top10_equals_brute_force_over_three_shards() {
             .map(floats)
             .collect();
         assert_eq!(queries.len(), 3);
+        // The packed form of the same history gives the same queries, bit for bit.
+        let packed: Vec<u8> = hv.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let (status, enc_packed) = post(
+            &format!("{}/v1/encode/users", cluster.encoder.addr),
+            &json!({"users": [{"history_b64": BASE64.encode(packed), "scenarios": scen}], "packed": true}),
+        );
+        assert_eq!(status, 200, "{enc_packed}");
+        let packed_queries: Vec<f32> = BASE64
+            .decode(enc_packed["queries_b64"][0].as_str().unwrap())
+            .unwrap()
+            .chunks_exact(4)
+            .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+            .collect();
+        assert_eq!(packed_queries, queries.concat());
         let seen: HashSet<&str> = history
             .iter()
             .map(|e| e["item_id"].as_str().unwrap())

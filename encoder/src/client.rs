@@ -149,21 +149,23 @@ impl EncoderHandle {
                 let names = &c.manifest.scenarios;
                 let users = users
                     .into_iter()
-                    .map(|u| UserInput {
-                        scenarios: u
+                    .map(|u| {
+                        let scenarios = u
                             .scenarios
                             .iter()
                             .map(|&s| names.get(s as usize).cloned().unwrap_or_default())
-                            .collect(),
-                        history: u.vectors,
+                            .collect();
+                        UserInput::packed(&u.vectors, scenarios)
                     })
                     .collect();
                 let body = EncodeUsersRequest {
                     users,
+                    packed: true,
                     timeout_ms: timeout_ms(deadline),
                 };
                 let r: EncodeUsersResponse = c.post("/v1/encode/users", &body, deadline).await?;
-                Ok(r.queries)
+                r.into_queries(c.manifest.dim)
+                    .map_err(|e| EncoderError::Unavailable(format!("{}: answer: {e}", c.addr)))
             }
         }
     }

@@ -10,8 +10,8 @@ use axum::Router;
 use redrec_wire::{with_fallbacks, HttpError, Json};
 
 use crate::api::{
-    EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, EncoderStats,
-    MAX_BATCH,
+    self, EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse,
+    EncoderStats, MAX_BATCH,
 };
 use crate::manifest::Manifest;
 use crate::service::Towers;
@@ -80,7 +80,8 @@ async fn users(
     let histories = r
         .users
         .into_iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             let scenarios = u
                 .scenarios
                 .iter()
@@ -93,19 +94,32 @@ async fn users(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(UserHistory {
-                vectors: u.history,
-                scenarios,
-            })
+            let vectors = u
+                .into_vectors(m.dim)
+                .map_err(|e| HttpError::bad_request("invalid_input", format!("user {i}: {e}")))?;
+            Ok(UserHistory { vectors, scenarios })
         })
         .collect::<Result<Vec<_>, HttpError>>()?;
     let queries = towers
         .encode_users(histories, deadline(r.timeout_ms))
         .await
         .map_err(http_error)?;
-    Ok(axum::Json(EncodeUsersResponse {
-        queries,
-        model_version: m.model_version.clone(),
+    let model_version = m.model_version.clone();
+    Ok(axum::Json(if r.packed {
+        EncodeUsersResponse {
+            queries: Vec::new(),
+            queries_b64: queries
+                .iter()
+                .map(|user| api::pack(user.iter().map(Vec::as_slice)))
+                .collect(),
+            model_version,
+        }
+    } else {
+        EncodeUsersResponse {
+            queries,
+            queries_b64: Vec::new(),
+            model_version,
+        }
     }))
 }
 
