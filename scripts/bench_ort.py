@@ -43,7 +43,7 @@ def main():
         batches = [list(rng.choice(texts, size=b)) for _ in range(64)]
 
         def feeds(i):
-            encs = tok.encode_batch(batches[i % len(batches)], add_special_tokens=False)
+            encs = tok.encode_batch(batches[i % len(batches)], add_special_tokens=True)
             t = max(1, min(n, max(len(e.ids) for e in encs)))
             ids = np.zeros((b, t), dtype=np.int64)
             mask = np.zeros((b, t), dtype=np.int64)
