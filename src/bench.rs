@@ -35,6 +35,11 @@ pub struct EncoderBenchArgs {
     /// Events per user history.
     #[arg(long, default_value_t = 32)]
     history: usize,
+    /// Times each comparison is repeated, its setups taking turns; the ratios reported
+    /// are the median over rounds, with their spread, so a slow spell of a shared machine
+    /// lands on both sides of a ratio instead of one.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Which towers to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "users,items")]
     tower: Vec<Tower>,
@@ -72,9 +77,40 @@ struct Report {
     sessions: usize,
     intra_threads: usize,
     model_version: String,
+    rounds: u32,
     measurements: Vec<Measurement>,
-    ratios: Vec<(String, f64)>,
+    ratios: Vec<Ratio>,
     notes: Vec<String>,
+}
+
+/// One ratio of two setups, measured once per round.
+#[derive(Debug, Serialize)]
+struct Ratio {
+    name: String,
+    rounds: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Report {
+    fn ratio(&mut self, name: String, value: f64) {
+        let name = name.to_lowercase();
+        match self.ratios.iter_mut().find(|r| r.name == name) {
+            Some(r) => r.rounds.push(value),
+            None => self.ratios.push(Ratio {
+                name,
+                rounds: vec![value],
+            }),
+        }
+    }
 }
 
 /// Inputs shared by every setup: real item texts, and histories of their vectors.
@@ -320,13 +356,14 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
         sessions: encoder.sessions(),
         intra_threads: a.towers.encoder_config().intra_threads,
         model_version: m.model_version.clone(),
+        rounds: a.rounds,
         measurements: Vec::new(),
         ratios: Vec::new(),
         notes: Vec::new(),
     };
     eprintln!(
-        "redrec bench encoder: {} · {} sessions × {} threads · towers {}",
-        report.machine, report.sessions, report.intra_threads, m.model_version
+        "redrec bench encoder: {} · {} sessions × {} threads · towers {} · {} rounds",
+        report.machine, report.sessions, report.intra_threads, m.model_version, a.rounds
     );
     let python = a.python.clone().or_else(default_python);
     if python.is_none() {
@@ -356,7 +393,14 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
     for &tower in &a.tower {
         // Equal batch sizes: as many requests in flight as sessions, each one batch.
         eprintln!("{tower:?} tower, equal batch sizes:");
-        for &b in &a.batch_sizes {
+        for (b, round) in a
+            .batch_sizes
+            .iter()
+            .flat_map(|&b| (0..a.rounds).map(move |r| (b, r)))
+        {
+            if a.rounds > 1 {
+                eprintln!("  round {}/{}:", round + 1, a.rounds);
+            }
             let towers = Arc::new(Towers::new(encoder.clone(), unbatched.clone()));
             let local = EncoderHandle::Local(towers.clone());
             let r = drive(&local, &work, tower, b, sessions, a.seconds).await?;
@@ -396,16 +440,14 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
                             raw.p50_ms,
                             raw.p99_ms
                         );
-                        report.ratios.push((
-                            format!("{tower:?} batch {b}: redrec in-process / raw onnxruntime")
-                                .to_lowercase(),
+                        report.ratio(
+                            format!("{tower:?} batch {b}: redrec in-process / raw onnxruntime"),
                             ours.rows_per_s / raw.rows_per_s,
-                        ));
-                        report.ratios.push((
-                            format!("{tower:?} batch {b}: redrec over HTTP / raw onnxruntime")
-                                .to_lowercase(),
+                        );
+                        report.ratio(
+                            format!("{tower:?} batch {b}: redrec over HTTP / raw onnxruntime"),
                             over_http.rows_per_s / raw.rows_per_s,
-                        ));
+                        );
                         report.measurements.push(Measurement {
                             tower,
                             setup,
@@ -429,33 +471,73 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
         // Many concurrent single-row requests: dynamic batching against none.
         let c = a.concurrency;
         eprintln!("{tower:?} tower, {c} concurrent single-row requests:");
-        let mut by_setup = Vec::new();
-        for (name, cfg) in [("batching", &batching), ("no batching", &unbatched)] {
-            let towers = Arc::new(Towers::new(encoder.clone(), cfg.clone()));
-            let local = EncoderHandle::Local(towers.clone());
-            let r = drive(&local, &work, tower, 1, c, a.seconds).await?;
-            let inproc = measurement(tower, &format!("redrec in-process, {name}"), 1, c, r);
-            let (remote, server) = serve(towers.clone(), &http).await?;
-            let r = drive(&remote, &work, tower, 1, c, a.seconds).await?;
-            let over_http = measurement(tower, &format!("redrec over HTTP, {name}"), 1, c, r);
-            server.abort();
-            by_setup.push((inproc.rows_per_s, over_http.rows_per_s));
-            report.measurements.push(inproc);
-            report.measurements.push(over_http);
+        for round in 0..a.rounds {
+            if a.rounds > 1 {
+                eprintln!("  round {}/{}:", round + 1, a.rounds);
+            }
+            let mut by_setup = Vec::new();
+            for (name, cfg) in [("batching", &batching), ("no batching", &unbatched)] {
+                let towers = Arc::new(Towers::new(encoder.clone(), cfg.clone()));
+                let local = EncoderHandle::Local(towers.clone());
+                let r = drive(&local, &work, tower, 1, c, a.seconds).await?;
+                let inproc = measurement(tower, &format!("redrec in-process, {name}"), 1, c, r);
+                let (remote, server) = serve(towers.clone(), &http).await?;
+                let r = drive(&remote, &work, tower, 1, c, a.seconds).await?;
+                let over_http = measurement(tower, &format!("redrec over HTTP, {name}"), 1, c, r);
+                server.abort();
+                by_setup.push((inproc.rows_per_s, over_http.rows_per_s));
+                report.measurements.push(inproc);
+                report.measurements.push(over_http);
+            }
+            report.ratio(
+                format!("{tower:?} {c} concurrent: batching / no batching, in-process"),
+                by_setup[0].0 / by_setup[1].0,
+            );
+            report.ratio(
+                format!("{tower:?} {c} concurrent: batching / no batching, over HTTP"),
+                by_setup[0].1 / by_setup[1].1,
+            );
         }
-        report.ratios.push((
-            format!("{tower:?} {c} concurrent: batching / no batching, in-process").to_lowercase(),
-            by_setup[0].0 / by_setup[1].0,
-        ));
-        report.ratios.push((
-            format!("{tower:?} {c} concurrent: batching / no batching, over HTTP").to_lowercase(),
-            by_setup[0].1 / by_setup[1].1,
-        ));
     }
 
-    println!("\nratios (same run):");
-    for (name, r) in &report.ratios {
-        println!("  {name:<62} {r:>6.2}×");
+    println!("\nthroughput (median of {} rounds):", a.rounds);
+    let mut seen: Vec<(Tower, &str, usize, usize)> = Vec::new();
+    for m in &report.measurements {
+        let key = (m.tower, m.setup.as_str(), m.batch, m.concurrency);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let rows = report
+            .measurements
+            .iter()
+            .filter(|x| (x.tower, x.setup.as_str(), x.batch, x.concurrency) == key)
+            .map(|x| x.rows_per_s)
+            .collect();
+        println!(
+            "  {:<6} {:<36} batch {:>4} × {:>3} concurrent: {:>9.0} rows/s",
+            format!("{:?}", m.tower).to_lowercase(),
+            m.setup,
+            m.batch,
+            m.concurrency,
+            median(rows)
+        );
+    }
+
+    println!(
+        "\nratios (same run; median of {} rounds, then the lowest and highest):",
+        a.rounds
+    );
+    for r in &report.ratios {
+        let (lo, hi) = r
+            .rounds
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        println!(
+            "  {:<62} {:>6.2}×   ({lo:.2}–{hi:.2})",
+            r.name,
+            median(r.rounds.clone())
+        );
     }
     for n in &report.notes {
         println!("  note: {n}");
