@@ -138,6 +138,10 @@ pub struct EncoderStats {
     pub queue_rows: usize,
     pub queued_item_rows: usize,
     pub queued_user_rows: usize,
+    /// This encoder reads `history_b64` and answers `packed` requests. Absent (false) on
+    /// encoders older than the packed form: their clients send JSON numbers.
+    #[serde(default)]
+    pub packed: bool,
 }
 
 #[cfg(test)]

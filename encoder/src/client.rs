@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, UserInput,
+    EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, EncoderStats,
+    UserInput,
 };
 use crate::manifest::Manifest;
 use crate::service::Towers;
@@ -20,6 +21,9 @@ pub struct EncoderClient {
     http: reqwest::Client,
     manifest: Arc<Manifest>,
     timeout: Duration,
+    /// The encoder takes packed histories (it says so in `/v1/stats`); else JSON numbers,
+    /// so a client newer than its encoder keeps working through a rolling upgrade.
+    packed: bool,
 }
 
 impl EncoderClient {
@@ -40,11 +44,22 @@ impl EncoderClient {
             .json::<Manifest>()
             .await
             .map_err(|e| EncoderError::Unavailable(format!("{addr}: manifest: {e}")))?;
+        let packed = http
+            .get(format!("{addr}/v1/stats"))
+            .timeout(timeout)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| EncoderError::Unavailable(format!("{addr}: {e}")))?
+            .json::<EncoderStats>()
+            .await
+            .is_ok_and(|s| s.packed);
         Ok(Self {
             addr,
             http,
             manifest: Arc::new(manifest),
             timeout,
+            packed,
         })
     }
 
@@ -155,12 +170,20 @@ impl EncoderHandle {
                             .iter()
                             .map(|&s| names.get(s as usize).cloned().unwrap_or_default())
                             .collect();
-                        UserInput::packed(&u.vectors, scenarios)
+                        if c.packed {
+                            UserInput::packed(&u.vectors, scenarios)
+                        } else {
+                            UserInput {
+                                history: u.vectors,
+                                history_b64: None,
+                                scenarios,
+                            }
+                        }
                     })
                     .collect();
                 let body = EncodeUsersRequest {
                     users,
-                    packed: true,
+                    packed: c.packed,
                     timeout_ms: timeout_ms(deadline),
                 };
                 let r: EncodeUsersResponse = c.post("/v1/encode/users", &body, deadline).await?;
@@ -168,5 +191,124 @@ impl EncoderHandle {
                     .map_err(|e| EncoderError::Unavailable(format!("{}: answer: {e}", c.addr)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::BatchConfig;
+    use crate::manifest::default_dir;
+    use crate::tower::{Encoder, EncoderConfig};
+    use axum::routing::{get, post};
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// An encoder from before the packed form: `history` is required, unknown fields are
+    /// refused, and `/v1/stats` says nothing of packing. Its user tower answers each user
+    /// with the user's newest vector, Q times.
+    fn older_encoder(manifest: Manifest) -> axum::Router {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OldUser {
+            history: Vec<Vec<f32>>,
+            scenarios: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OldRequest {
+            users: Vec<OldUser>,
+            #[allow(dead_code)]
+            timeout_ms: Option<u64>,
+        }
+        let q = manifest.queries();
+        let version = manifest.model_version.clone();
+        let stats = serde_json::json!({
+            "model_version": version, "device": "cpu", "sessions": 1, "batching": true,
+            "max_batch": 128, "max_wait_us": 500, "queue_rows": 8192,
+            "queued_item_rows": 0, "queued_user_rows": 0,
+        });
+        axum::Router::new()
+            .route(
+                "/v1/manifest",
+                get(move || async move { axum::Json(manifest) }),
+            )
+            .route("/v1/stats", get(move || async move { axum::Json(stats) }))
+            .route(
+                "/v1/encode/users",
+                post(move |axum::Json(r): axum::Json<OldRequest>| async move {
+                    let queries: Vec<Vec<Vec<f32>>> = r
+                        .users
+                        .iter()
+                        .map(|u| {
+                            assert_eq!(u.history.len(), u.scenarios.len());
+                            vec![u.history.last().cloned().unwrap_or_default(); q]
+                        })
+                        .collect();
+                    axum::Json(serde_json::json!({"queries": queries, "model_version": version}))
+                }),
+            )
+    }
+
+    fn histories(dim: usize) -> Vec<UserHistory> {
+        (0..3)
+            .map(|u| UserHistory {
+                vectors: (0..4)
+                    .map(|i| {
+                        (0..dim)
+                            .map(|j| ((u * 7 + i * 3 + j) % 11) as f32 / 11.0 - 0.5)
+                            .collect()
+                    })
+                    .collect(),
+                scenarios: vec![0, 1, 2, 0],
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_client_speaks_each_encoders_form() {
+        let encoder =
+            Arc::new(Encoder::load(&default_dir(), &EncoderConfig::with_sessions(1)).unwrap());
+        let towers = Arc::new(Towers::new(encoder.clone(), BatchConfig::default()));
+        let dim = towers.manifest().dim;
+        let users = histories(dim);
+        let http = reqwest::Client::new();
+        let timeout = Duration::from_secs(10);
+
+        // A current encoder: packed both ways, and the same queries as in-process.
+        let addr = serve(crate::server::router(towers.clone())).await;
+        let current = EncoderClient::connect(&addr, http.clone(), timeout)
+            .await
+            .unwrap();
+        assert!(current.packed);
+        let remote = EncoderHandle::Remote(current)
+            .encode_users(users.clone(), None)
+            .await
+            .unwrap();
+        let local = EncoderHandle::Local(towers)
+            .encode_users(users.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(remote, local);
+
+        // An older encoder: JSON numbers, which it reads.
+        let addr = serve(older_encoder(encoder.manifest().clone())).await;
+        let older = EncoderClient::connect(&addr, http, timeout).await.unwrap();
+        assert!(!older.packed);
+        let got = EncoderHandle::Remote(older)
+            .encode_users(users.clone(), None)
+            .await
+            .unwrap();
+        let q = encoder.manifest().queries();
+        let want: Vec<_> = users
+            .iter()
+            .map(|u| vec![u.vectors.last().cloned().unwrap(); q])
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -140,6 +140,7 @@ async fn stats(State(towers): State<Arc<Towers>>) -> axum::Json<EncoderStats> {
         queue_rows: cfg.queue_rows,
         queued_item_rows: items.queued_rows,
         queued_user_rows: users.queued_rows,
+        packed: true,
     })
 }
 
