@@ -161,7 +161,25 @@ fn a_request_whose_deadline_passes_in_the_queue_gets_504() {
             std::thread::spawn(move || client.post(&url).json(&*big).send().unwrap().status())
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    // Wait until rows are queued behind the running batch: at least 128 histories of
+    // 64 events, far more than a millisecond of work.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats: Value = client
+            .get(format!("{}/v1/stats", encoder.addr))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if stats["queued_user_rows"].as_u64().unwrap() >= 128 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the big requests never queued: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut late = heavy_request(1);
     late["timeout_ms"] = 1.into();
     let r = client.post(&url).json(&late).send().unwrap();
