@@ -33,6 +33,16 @@ fn heavy_request(users: usize) -> Value {
     json!({ "users": vec![user; users] })
 }
 
+/// The encoder's `/v1/stats`.
+fn stats(client: &reqwest::blocking::Client, encoder: &Proc) -> Value {
+    client
+        .get(format!("{}/v1/stats", encoder.addr))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 /// An encoder process with one single-thread session per tower, plus `extra` flags.
 fn one_session_encoder(dir: &std::path::Path, extra: &[&str]) -> Proc {
     let mut args = vec![
@@ -133,12 +143,7 @@ fn past_capacity_the_encoder_sheds_load_and_recovers() {
     );
 
     // Load gone: the queue drains and requests are served again.
-    let stats: Value = client
-        .get(format!("{}/v1/stats", encoder.addr))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let stats = stats(&client, &encoder);
     assert_eq!(stats["queued_user_rows"], 0, "{stats}");
     for _ in 0..5 {
         let r = client.post(&url).json(&one).send().unwrap();
@@ -165,12 +170,7 @@ fn a_request_whose_deadline_passes_in_the_queue_gets_504() {
     // 64 events, far more than a millisecond of work.
     let give_up = Instant::now() + Duration::from_secs(20);
     loop {
-        let stats: Value = client
-            .get(format!("{}/v1/stats", encoder.addr))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let stats = stats(&client, &encoder);
         if stats["queued_user_rows"].as_u64().unwrap() >= 128 {
             break;
         }

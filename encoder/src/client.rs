@@ -27,33 +27,28 @@ pub struct EncoderClient {
 }
 
 impl EncoderClient {
-    /// Connects to `addr` and reads its manifest.
+    /// Connects to `addr`, reads its manifest and whether it takes packed histories.
     pub async fn connect(
         addr: &str,
         http: reqwest::Client,
         timeout: Duration,
     ) -> Result<Self, EncoderError> {
         let addr = addr.trim_end_matches('/').to_string();
-        let manifest = http
-            .get(format!("{addr}/v1/manifest"))
-            .timeout(timeout)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| EncoderError::Unavailable(format!("{addr}: {e}")))?
+        let get = |path: &'static str| {
+            let req = http.get(format!("{addr}{path}")).timeout(timeout).send();
+            let addr = &addr;
+            async move {
+                req.await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| EncoderError::Unavailable(format!("{addr}: {e}")))
+            }
+        };
+        let (manifest, stats) = tokio::try_join!(get("/v1/manifest"), get("/v1/stats"))?;
+        let manifest = manifest
             .json::<Manifest>()
             .await
             .map_err(|e| EncoderError::Unavailable(format!("{addr}: manifest: {e}")))?;
-        let packed = http
-            .get(format!("{addr}/v1/stats"))
-            .timeout(timeout)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| EncoderError::Unavailable(format!("{addr}: {e}")))?
-            .json::<EncoderStats>()
-            .await
-            .is_ok_and(|s| s.packed);
+        let packed = stats.json::<EncoderStats>().await.is_ok_and(|s| s.packed);
         Ok(Self {
             addr,
             http,

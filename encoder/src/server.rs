@@ -104,22 +104,19 @@ async fn users(
         .encode_users(histories, deadline(r.timeout_ms))
         .await
         .map_err(http_error)?;
-    let model_version = m.model_version.clone();
-    Ok(axum::Json(if r.packed {
-        EncodeUsersResponse {
-            queries: Vec::new(),
-            queries_b64: queries
-                .iter()
-                .map(|user| api::pack(user.iter().map(Vec::as_slice)))
-                .collect(),
-            model_version,
-        }
+    let (queries, queries_b64) = if r.packed {
+        let packed = queries
+            .iter()
+            .map(|user| api::pack(user.iter().map(Vec::as_slice)))
+            .collect();
+        (Vec::new(), packed)
     } else {
-        EncodeUsersResponse {
-            queries,
-            queries_b64: Vec::new(),
-            model_version,
-        }
+        (queries, Vec::new())
+    };
+    Ok(axum::Json(EncodeUsersResponse {
+        queries,
+        queries_b64,
+        model_version: m.model_version.clone(),
     }))
 }
 
