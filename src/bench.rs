@@ -16,8 +16,9 @@ use rand_chacha::ChaCha8Rng;
 use redrec_encoder::{BatchConfig, Encoder, EncoderClient, EncoderHandle, Towers, UserHistory};
 use serde::Serialize;
 
-use crate::dataset::Catalogue;
-use crate::TowerArgs;
+use redrec::dataset::synthetic::Catalogue;
+
+use crate::cli::roles::TowerArgs;
 
 #[derive(Args, Clone)]
 pub struct EncoderBenchArgs {
@@ -342,9 +343,10 @@ pub fn machine() -> String {
 }
 
 pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
-    let encoder = a.towers.load().await?;
+    let towers = a.towers.config();
+    let encoder = towers.load().await?;
     let m = encoder.manifest().clone();
-    let dir = a.towers.model_dir();
+    let dir = towers.models.clone();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let work = Arc::new({
         let e = encoder.clone();
@@ -354,7 +356,7 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
     let mut report = Report {
         machine: machine(),
         sessions: encoder.sessions(),
-        intra_threads: a.towers.encoder_config().intra_threads,
+        intra_threads: towers.encoder.intra_threads,
         model_version: m.model_version.clone(),
         rounds: a.rounds,
         measurements: Vec::new(),
@@ -371,7 +373,7 @@ pub async fn encoder(a: EncoderBenchArgs) -> Result<()> {
             "raw onnxruntime baseline skipped: no Python found (scripts/setup.sh --bench)".into(),
         );
     }
-    let batching = a.towers.batching();
+    let batching = towers.batching.clone();
     let unbatched = BatchConfig {
         enabled: false,
         ..batching.clone()

@@ -12,10 +12,10 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redrec_shard::api::Point;
-use redrec_shard::client::ShardClient;
+use redrec_shard_api::points::Point;
+use redrec_shard_api::ShardClient;
 
-use crate::demo;
+use redrec::launch::{self, Layout};
 
 #[derive(Args, Clone)]
 pub struct IngestBenchArgs {
@@ -118,7 +118,7 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
-    let http = crate::http_client()?;
+    let http = redrec_wire::http_client()?;
     let dim = a.dim.to_string();
     eprintln!(
         "redrec bench ingest: {} × {} points per request, {} s each, on {}",
@@ -129,29 +129,38 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
     );
 
     // Children are killed if this returns early; stopped cleanly otherwise.
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let extra = ["--dim", dim.as_str()];
-    let mut procs = Vec::new();
-    let solo_dir = root.join("solo");
-    let solo = demo::start_shards(1, &solo_dir, &extra, &logs, &mut procs).await?;
+    let (solo_dir, nodes_dir) = (root.join("solo"), root.clone());
+    let extra = vec!["--dim".to_string(), dim];
+    let start = move |dir: std::path::PathBuf, nodes: bool| {
+        let extra = extra.clone();
+        tokio::task::spawn_blocking(move || {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let layout = Layout::of_current_exe(&dir)?;
+            match nodes {
+                true => layout.shard_nodes(3, 1, &extra),
+                false => layout.lone_shards(1, &extra),
+            }
+        })
+    };
+    let procs = start(solo_dir, false).await??;
     let solo = drive(
-        ShardClient::new(solo[0].clone(), http.clone()),
+        ShardClient::new(procs[0].addr.clone(), http.clone()),
         &a,
         "unreplicated (1 shard)",
     )
     .await?;
-    demo::stop(std::mem::take(&mut procs)).await;
+    tokio::task::spawn_blocking(move || launch::stop_all(procs)).await?;
 
-    let nodes = demo::start_nodes(3, 1, &root, &extra, &logs, &mut procs).await?;
-    let leader = wait_leader(&http, &nodes).await?;
+    let procs = start(nodes_dir, true).await??;
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let leader = wait_leader(&http, &addrs).await?;
     let replicated = drive(
         ShardClient::replica(leader, 0, http.clone()),
         &a,
         "Raft group, R=3",
     )
     .await?;
-    demo::stop(procs).await;
+    tokio::task::spawn_blocking(move || launch::stop_all(procs)).await?;
 
     let ratio = replicated.points_per_s / solo.points_per_s;
     println!("| setup | points/s | p50 ms | p99 ms |");
@@ -180,7 +189,8 @@ async fn wait_leader(http: &reqwest::Client, nodes: &[String]) -> Result<String>
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         for addr in nodes {
-            let status = redrec_shard::raft::node::peer_status(http, addr, 0).await;
+            let replica = ShardClient::replica(addr.clone(), 0, http.clone());
+            let status = replica.status(Duration::from_secs(1)).await.ok();
             if status.is_some_and(|s| s.raft.is_leader && s.caught_up) {
                 return Ok(addr.clone());
             }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use redrec_shard::meta::{call_meta, fetch_map, ClusterMap, MetaCommand, META_GROUP};
+use redrec_shard_api::client::{call_leader, replicas_path, MEMBERSHIP_CALL};
+use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
+use redrec_shard_api::meta::{self, fetch_map};
+use redrec_shard_api::status::{GroupStatus, MembershipRequest};
+use redrec_shard_api::ShardClient;
 use serde_json::{json, Value};
 
 #[derive(Subcommand)]
@@ -137,10 +141,10 @@ pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
 
 /// Proposes a map change through the meta members.
 async fn change(meta: &MetaArgs, cmd: MetaCommand, http: &reqwest::Client) -> Result<()> {
-    let answer: Value = call_meta(http, &meta.via, "/admin/v1/cluster/commands", Some(&cmd))
+    let version = meta::propose(http, &meta.via, &cmd)
         .await
         .with_context(|| format!("{cmd:?}"))?;
-    println!("applied; cluster map version {}", answer["version"]);
+    println!("applied; cluster map version {version}");
     Ok(())
 }
 
@@ -178,21 +182,11 @@ async fn print_map(map: &ClusterMap, nodes: &[Value], http: &reqwest::Client) {
             .find(|r| r["group"] == *g && r["is_leader"] == true)
             .and_then(|r| r["node"].as_u64());
         let points = match leader.and_then(|l| map.nodes.get(&l)) {
-            Some(n) => http
-                .get(format!("{}/v1/groups/{g}/stats", n.addr))
-                .timeout(Duration::from_secs(2))
-                .send()
+            Some(n) => ShardClient::replica(n.addr.clone(), *g, http.clone())
+                .stats(Duration::from_secs(2))
                 .await
                 .ok()
-                .and_then(|r| r.error_for_status().ok()),
-            None => None,
-        };
-        let points = match points {
-            Some(r) => r
-                .json::<Value>()
-                .await
-                .ok()
-                .map(|v| v["points"].to_string()),
+                .map(|s| s.points.to_string()),
             None => None,
         };
         let leader = leader.map_or("none".to_string(), |l| {
@@ -239,16 +233,10 @@ async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
     addrs.dedup();
     let mut nodes = Vec::new();
     for addr in &addrs {
-        let addr = addr.trim_end_matches('/');
-        let answer = http
-            .get(format!("{addr}/v1/node"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        nodes.push(match answer {
-            Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
-            Err(e) => json!({"addr": addr, "error": e.to_string()}),
+        let node = ShardClient::new(addr.clone(), http.clone());
+        nodes.push(match node.node_status(Duration::from_secs(2)).await {
+            Ok(status) => serde_json::to_value(status)?,
+            Err(e) => json!({"addr": node.addr(), "error": e.to_string()}),
         });
     }
     if a.json {
@@ -316,40 +304,26 @@ async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
     Ok(())
 }
 
-/// Posts the change to `via`, then to the leader it names, a few times.
+/// Proposes the change through `via`, following it to the group's leader.
 async fn member(a: MemberArgs, action: &str, http: &reqwest::Client) -> Result<()> {
     if action == "add" && a.addr.is_none() {
         bail!("add-replica needs --addr, where node {} listens", a.node);
     }
-    let body = json!({"action": action, "node": a.node, "addr": a.addr});
-    let mut target = a.via.trim_end_matches('/').to_string();
-    for _ in 0..5 {
-        let resp = http
-            .post(format!("{target}/admin/v1/groups/{}/replicas", a.group))
-            .timeout(Duration::from_secs(15))
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("reaching {target}"))?;
-        let status = resp.status();
-        let leader = resp
-            .headers()
-            .get("x-redrec-leader")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let answer: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            println!(
-                "group {}: {action} node {} applied; voters now {}",
-                a.group, a.node, answer["voters"]
-            );
-            return Ok(());
-        }
-        match (status.as_u16(), leader) {
-            (421, Some(l)) => target = l,
-            (421, None) | (503, _) => tokio::time::sleep(Duration::from_millis(500)).await,
-            _ => bail!("{target} answered {status}: {answer}"),
-        }
-    }
-    bail!("no leader of group {} accepted the change", a.group)
+    let change = MembershipRequest {
+        action: action.into(),
+        node: a.node,
+        addr: a.addr.clone(),
+    };
+    let path = replicas_path(a.group);
+    let via = [a.via.clone()];
+    let status: GroupStatus = call_leader(http, &via, &path, Some(&change), MEMBERSHIP_CALL)
+        .await
+        .with_context(|| format!("no leader of group {} accepted the change", a.group))?;
+    println!(
+        "group {}: {action} node {} applied; voters now {}",
+        a.group,
+        a.node,
+        serde_json::to_string(&status.raft.voters)?
+    );
+    Ok(())
 }

@@ -3,21 +3,16 @@
 //! reference towers, a synthetic catalogue ingested through the item tower, one example
 //! recommendation, then serving until Ctrl-C.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use redrec::dataset::synthetic::{self, SynthConfig};
+use redrec::dataset::{self, Item, User};
+use redrec::launch::Layout;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-use crate::dataset::{self, Item, User};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -43,67 +38,7 @@ pub struct DemoArgs {
     exit_after_example: bool,
 }
 
-/// A child `redrec` process and the address it announced.
-pub(crate) struct Proc {
-    name: String,
-    child: Child,
-    pub(crate) addr: String,
-}
-
-pub(crate) async fn spawn(name: &str, args: &[&str], logs: &Path) -> Result<Proc> {
-    let exe = std::env::current_exe()?;
-    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("{name}: no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "{name} did not start within 120 s (see {}/{name}.log)",
-                logs.display()
-            )
-        })??
-        .ok_or_else(|| anyhow!("{name} exited at start (see {}/{name}.log)", logs.display()))?;
-    let addr = line.rsplit(' ').next().unwrap_or_default().to_string();
-    if !addr.starts_with("http://") {
-        bail!("{name}: unexpected first line {line:?}");
-    }
-    Ok(Proc {
-        name: name.to_string(),
-        child,
-        addr,
-    })
-}
-
-/// SIGTERM, a grace period for a clean shutdown, then SIGKILL.
-pub(crate) async fn stop(mut procs: Vec<Proc>) {
-    // Router first, shards last: nothing is sent to a shard that is already gone.
-    procs.reverse();
-    for p in &mut procs {
-        if let Some(pid) = p.child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(10), p.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("{} did not stop in 10 s; killing it", p.name);
-            let _ = p.child.kill().await;
-        }
-    }
-}
-
-pub(crate) async fn ingest(http: &reqwest::Client, base: &str, items: &[Item]) -> Result<()> {
+pub async fn ingest(http: &reqwest::Client, base: &str, items: &[Item]) -> Result<()> {
     let bar = ProgressBar::new(items.len() as u64).with_style(ProgressStyle::with_template(
         "ingesting {bar:40} {pos}/{len} items through the item tower ({per_sec}, eta {eta})",
     )?);
@@ -185,131 +120,30 @@ async fn example(
     Ok(())
 }
 
-/// `n` lone shards with their data under `dir`, on free ports; returns their addresses.
-pub(crate) async fn start_shards(
-    n: usize,
-    dir: &Path,
-    extra: &[&str],
-    logs: &Path,
-    procs: &mut Vec<Proc>,
-) -> Result<Vec<String>> {
-    let mut addrs = Vec::with_capacity(n);
-    for i in 0..n {
-        let data = dir.join(format!("shard-{i}"));
-        let data = data.to_string_lossy();
-        let mut args = vec!["shard", "--listen", "127.0.0.1:0", "--data", &data];
-        args.extend_from_slice(extra);
-        let p = spawn(&format!("shard-{i}"), &args, logs).await?;
-        addrs.push(p.addr.clone());
-        procs.push(p);
-    }
-    Ok(addrs)
-}
-
-/// `nodes` shard nodes (ids 1..=nodes) with their data under `dir`, each hosting a replica
-/// of groups 0..`groups`; waits until every node is ready (each group has a leader and
-/// every replica caught up) and returns their addresses.
-pub(crate) async fn start_nodes(
-    nodes: usize,
-    groups: usize,
-    dir: &Path,
-    extra: &[&str],
-    logs: &Path,
-    procs: &mut Vec<Proc>,
-) -> Result<Vec<String>> {
-    let ports = (0..nodes)
-        .map(|_| {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        })
-        .collect::<Result<Vec<u16>>>()?;
-    let addrs: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    // Every node gets the same list: a node leaves itself out of its peers.
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(j, addr)| format!("{}={addr}", j + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let groups = (0..groups)
-        .map(|g| g.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, port) in ports.iter().enumerate() {
-        let (id, listen) = ((i + 1).to_string(), format!("127.0.0.1:{port}"));
-        let data = dir.join(format!("node-{id}"));
-        let data = data.to_string_lossy();
-        let mut args = vec![
-            "shard",
-            "--listen",
-            &listen,
-            "--data",
-            &data,
-            "--node-id",
-            &id,
-            "--peers",
-            &peers,
-            "--groups",
-            &groups,
-        ];
-        args.extend_from_slice(extra);
-        procs.push(spawn(&format!("node-{id}"), &args, logs).await?);
-    }
-    let http = reqwest::Client::new();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    for addr in &addrs {
-        while !http
-            .get(format!("{addr}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            if std::time::Instant::now() > until {
-                bail!("shard node {addr} did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(addrs)
-}
-
 pub async fn run(a: DemoArgs) -> Result<()> {
     if a.dir.exists() {
         std::fs::remove_dir_all(&a.dir).with_context(|| format!("clearing {}", a.dir.display()))?;
     }
-    let logs = a.dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-
-    let mut procs = Vec::new();
+    let layout = Layout::of_current_exe(&a.dir)?;
+    let (shards, replicas) = (a.shards, a.replicas);
+    let listen = format!("127.0.0.1:{}", a.port);
+    // Writes need each group's leader: the launcher waits for every node to be ready.
+    let cluster = tokio::task::spawn_blocking({
+        let layout = layout.clone();
+        move || layout.cluster(shards, replicas, &[], &listen, &[])
+    })
+    .await??;
+    let base = cluster.router.addr.clone();
+    for p in cluster
+        .shards
+        .iter()
+        .chain([&cluster.encoder, &cluster.router])
+    {
+        println!("{:8} {}", p.name, p.addr);
+    }
     let result = async {
-        let groups = if a.replicas <= 1 {
-            let addrs = start_shards(a.shards, &a.dir, &[], &logs, &mut procs).await?;
-            vec![("--shards", addrs.join(","))]
-        } else {
-            // Writes need each group's leader: start_nodes waits for every node to be ready.
-            let addrs = start_nodes(a.replicas, a.shards, &a.dir, &[], &logs, &mut procs).await?;
-            // The router follows the cluster map the nodes' meta group keeps.
-            vec![("--meta", addrs.join(","))]
-        };
-        procs.push(spawn("encoder", &["encoder", "--listen", "127.0.0.1:0"], &logs).await?);
-        let encoder = procs.last().map(|p| p.addr.clone()).unwrap_or_default();
-        let listen = format!("127.0.0.1:{}", a.port);
-        let mut args = vec!["router", "--listen", &listen, "--encoder", &encoder];
-        for (flag, value) in &groups {
-            args.extend([*flag, value.as_str()]);
-        }
-        procs.push(spawn("router", &args, &logs).await?);
-        let base = procs.last().map(|p| p.addr.clone()).unwrap_or_default();
-        for p in &procs {
-            println!("{:8} {}", p.name, p.addr);
-        }
-
         let data_dir = a.dir.join("dataset");
-        let cfg = dataset::SynthConfig {
+        let cfg = SynthConfig {
             items: a.items,
             users: 100,
             seed: a.seed,
@@ -317,7 +151,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         };
         let cat = tokio::task::spawn_blocking({
             let d = data_dir.clone();
-            move || dataset::write(&cfg, &d)
+            move || synthetic::write(&cfg, &d)
         })
         .await??;
         let http = reqwest::Client::new();
@@ -333,7 +167,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         }
         println!(
             "\nServing the API on {base} (logs in {}). Ctrl-C stops the cluster.",
-            logs.display()
+            layout.logs.display()
         );
         anyhow::Ok(())
     }
@@ -342,6 +176,6 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         redrec_wire::shutdown_signal().await;
         println!("stopping");
     }
-    stop(procs).await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result
 }

@@ -15,7 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dataset::{self, Item, User};
+use redrec::dataset::{self, Item, User};
+use redrec::launch::Layout;
+
 use crate::demo;
 
 #[derive(Args)]
@@ -243,48 +245,26 @@ async fn evaluate(
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
     }
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let mut procs = Vec::new();
+    let layout = Layout::of_current_exe(&root)?;
+    let (m, max_k) = (models.to_string_lossy().into_owned(), a.k.to_string());
+    let cluster = tokio::task::spawn_blocking(move || {
+        let router = [
+            "--user-cache",
+            "0",
+            "--max-k",
+            &max_k,
+            "--deadline-ms",
+            "30000",
+        ];
+        layout.cluster(3, 1, &["--models", &m], "127.0.0.1:0", &router)
+    })
+    .await??;
+    let (base, shards) = (cluster.router.addr.clone(), cluster.shards.len());
     let result = async {
-        let shards = demo::start_shards(3, &root, &[], &logs, &mut procs).await?;
-        let m = models.to_string_lossy();
-        let enc = demo::spawn(
-            "encoder",
-            &["encoder", "--listen", "127.0.0.1:0", "--models", &m],
-            &logs,
-        )
-        .await?;
-        let encoder = enc.addr.clone();
-        procs.push(enc);
-        let shard_list = shards.join(",");
-        let max_k = a.k.to_string();
-        let router = demo::spawn(
-            "router",
-            &[
-                "router",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shard_list,
-                "--encoder",
-                &encoder,
-                "--user-cache",
-                "0",
-                "--max-k",
-                &max_k,
-                "--deadline-ms",
-                "30000",
-            ],
-            &logs,
-        )
-        .await?;
-        let base = router.addr.clone();
-        procs.push(router);
         let http = reqwest::Client::new();
         eprintln!(
             "{name}: cluster up ({} shards); ingesting {} items",
-            shards.len(),
+            shards,
             items.len()
         );
         demo::ingest(&http, &base, items).await?;
@@ -304,7 +284,7 @@ async fn evaluate(
         anyhow::Ok((tower, mean))
     }
     .await;
-    demo::stop(procs).await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result
 }
 

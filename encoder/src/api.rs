@@ -130,7 +130,7 @@ impl EncodeUsersResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncoderStats {
     pub model_version: String,
-    pub device: crate::tower::Device,
+    pub device: crate::runtime::Device,
     pub sessions: usize,
     pub batching: bool,
     pub max_batch: usize,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::EncoderError;
+use crate::error::EncoderError;
 
 #[derive(Debug, Clone)]
 pub struct BatchConfig {

@@ -10,10 +10,10 @@ use crate::api::{
     EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse, EncoderStats,
     UserInput,
 };
+use crate::error::EncoderError;
 use crate::manifest::Manifest;
 use crate::service::Towers;
 use crate::tower::UserHistory;
-use crate::EncoderError;
 
 #[derive(Clone)]
 pub struct EncoderClient {
@@ -194,7 +194,8 @@ mod tests {
     use super::*;
     use crate::batcher::BatchConfig;
     use crate::manifest::default_dir;
-    use crate::tower::{Encoder, EncoderConfig};
+    use crate::pool::EncoderConfig;
+    use crate::tower::Encoder;
     use axum::routing::{get, post};
 
     async fn serve(app: axum::Router) -> String {

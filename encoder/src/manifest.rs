@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::EncoderError;
+use crate::error::EncoderError;
 
 pub const MODELS_ENV: &str = "REDREC_MODELS";
 

@@ -7,8 +7,29 @@ use std::sync::OnceLock;
 use ort::environment::Environment;
 use ort::session::builder::SessionBuilder;
 
-use crate::tower::Device;
-use crate::EncoderError;
+use crate::error::EncoderError;
+
+/// Where the towers run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider (the `cuda` cargo feature and a GPU build
+    /// of the library); without either, the towers run on the CPU and say so in the log.
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device {other:?}; cpu or cuda")),
+        }
+    }
+}
 
 /// Overrides where the library is looked for.
 pub const DYLIB_ENV: &str = "REDREC_ORT_DYLIB";

@@ -13,10 +13,10 @@ use crate::api::{
     self, EncodeItemsRequest, EncodeItemsResponse, EncodeUsersRequest, EncodeUsersResponse,
     EncoderStats, MAX_BATCH,
 };
+use crate::error::EncoderError;
 use crate::manifest::Manifest;
 use crate::service::Towers;
 use crate::tower::UserHistory;
-use crate::EncoderError;
 
 /// The HTTP answer for an encoder error, the same from the encoder service and a router.
 pub fn http_error(e: EncoderError) -> HttpError {

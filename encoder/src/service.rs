@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::batcher::{BatchConfig, BatchStats, Batcher, RunFn};
+use crate::error::EncoderError;
 use crate::manifest::Manifest;
 use crate::tower::{Encoder, UserHistory};
-use crate::EncoderError;
 
 /// Requests with more texts than this are tokenized off the async threads.
 const INLINE_TOKENIZE: usize = 16;

@@ -1,72 +1,19 @@
-//! The two towers as ONNX Runtime sessions: item text -> D-d vector, and a history of
-//! item vectors with scenarios -> Q query vectors. Sessions are pooled because running
-//! one needs exclusive access.
+//! The two towers: item text -> D-d vector (tokenized here), and a history of item
+//! vectors with scenarios -> Q query vectors, run on pooled ONNX Runtime sessions and
+//! checked at load against their manifest.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ndarray::{Array2, Array3};
-use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
+use crate::contract;
+use crate::error::EncoderError;
 use crate::manifest::Manifest;
-use crate::runtime;
-use crate::EncoderError;
-
-/// Where the towers run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    #[default]
-    Cpu,
-    /// ONNX Runtime's CUDA execution provider (the `cuda` cargo feature and a GPU build
-    /// of the library); without either, the towers run on the CPU and say so in the log.
-    Cuda,
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown device {other:?}; cpu or cuda")),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct EncoderConfig {
-    /// Sessions per tower: how many batches can run at once.
-    pub sessions: usize,
-    /// Threads each session uses inside one run.
-    pub intra_threads: usize,
-    pub device: Device,
-}
-
-impl EncoderConfig {
-    /// `sessions` sessions sharing the machine's cores: cores / sessions threads each.
-    pub fn with_sessions(sessions: usize) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let sessions = sessions.max(1);
-        Self {
-            sessions,
-            intra_threads: (cores / sessions).max(1),
-            device: Device::Cpu,
-        }
-    }
-}
-
-impl Default for EncoderConfig {
-    /// Sessions × threads fill the machine's cores: on small machines one thread per
-    /// session (batches run side by side), on large ones a few sessions of several threads.
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_sessions((cores / 4).clamp(2, 8))
-    }
-}
+use crate::pool::{EncoderConfig, Pool};
+use crate::runtime::Device;
 
 /// One user's events, oldest to newest: item vectors and their scenario indices.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,116 +22,12 @@ pub struct UserHistory {
     pub scenarios: Vec<i64>,
 }
 
-struct Pool {
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
-}
-
-impl Pool {
-    fn load(path: &Path, cfg: &EncoderConfig) -> Result<(Self, Device), EncoderError> {
-        let env = runtime::environment()?;
-        let wanted = runtime::usable_device(cfg.device);
-        // Where the sessions really run: the CPU as soon as one of them could not use CUDA.
-        let device = std::cell::Cell::new(wanted);
-        let open = || -> Result<Session, String> {
-            let e = |e: &dyn std::fmt::Display| e.to_string();
-            let builder = Session::builder(&env)
-                .map_err(|x| e(&x))?
-                .with_intra_threads(cfg.intra_threads.max(1))
-                .map_err(|x| e(&x))?
-                .with_inter_threads(1)
-                .map_err(|x| e(&x))?;
-            let (mut builder, got) = runtime::with_device(builder, wanted)?;
-            if got == Device::Cpu {
-                device.set(Device::Cpu);
-            }
-            builder.commit_from_file(path).map_err(|x| e(&x))
-        };
-        let sessions = (0..cfg.sessions.max(1))
-            .map(|_| open().map(Mutex::new))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| EncoderError::Model(format!("{}: {e}", path.display())))?;
-        Ok((
-            Self {
-                sessions,
-                next: AtomicUsize::new(0),
-            },
-            device.get(),
-        ))
-    }
-
-    /// Runs `f` on session `worker` when given (a batch worker owns one session), else
-    /// on a free session if there is one, else on the next in turn.
-    fn with<T>(
-        &self,
-        worker: Option<usize>,
-        f: impl FnOnce(&mut Session) -> Result<T, EncoderError>,
-    ) -> Result<T, EncoderError> {
-        if let Some(i) = worker {
-            let i = i % self.sessions.len();
-            return f(&mut self.sessions[i].lock().unwrap_or_else(|p| p.into_inner()));
-        }
-        for s in &self.sessions {
-            if let Ok(mut guard) = s.try_lock() {
-                return f(&mut guard);
-            }
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        let mut guard = self.sessions[i].lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
-    }
-
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
-        self.sessions[0].lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 pub struct Encoder {
     manifest: Manifest,
     tokenizer: Tokenizer,
     items: Pool,
     users: Pool,
     device: Device,
-}
-
-fn check_io(
-    what: &str,
-    got: &[(String, ValueType)],
-    want: &[(&str, TensorElementType, Vec<i64>)],
-) -> Result<(), EncoderError> {
-    if got.len() != want.len() {
-        return Err(EncoderError::Contract(format!(
-            "{what}: {} tensors, expected {}",
-            got.len(),
-            want.len()
-        )));
-    }
-    for ((name, ty), (want_name, want_ty, want_shape)) in got.iter().zip(want) {
-        let shape: Vec<i64> = ty
-            .tensor_shape()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        let ok_shape = shape.len() == want_shape.len()
-            && shape.iter().zip(want_shape).all(|(g, w)| *w < 0 || g == w);
-        if name != want_name || ty.tensor_type() != Some(*want_ty) || !ok_shape {
-            return Err(EncoderError::Contract(format!(
-                "{what}: found {name} {:?} {shape:?}, expected {want_name} {want_ty:?} {want_shape:?} (-1: any)",
-                ty.tensor_type()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Names and types of a session's inputs and outputs.
-type Signature = Vec<(String, ValueType)>;
-
-fn io(session: &Session) -> (Signature, Signature) {
-    let f = |o: &ort::value::Outlet| (o.name().to_string(), o.dtype().clone());
-    (
-        session.inputs().iter().map(f).collect(),
-        session.outputs().iter().map(f).collect(),
-    )
 }
 
 impl Encoder {
@@ -212,7 +55,11 @@ impl Encoder {
             users,
             device,
         };
-        encoder.check_contract()?;
+        contract::check(
+            &encoder.manifest,
+            &encoder.items.session(),
+            &encoder.users.session(),
+        )?;
         encoder.check_known_vectors()?;
         Ok(encoder)
     }
@@ -254,54 +101,6 @@ impl Encoder {
     /// Sessions per tower: one batch worker each.
     pub fn sessions(&self) -> usize {
         self.items.sessions.len()
-    }
-
-    /// The ONNX contract: names, element types and the static dimensions D and Q.
-    fn check_contract(&self) -> Result<(), EncoderError> {
-        use TensorElementType::{Float32, Int64};
-        let (d, q) = (self.manifest.dim as i64, self.manifest.queries() as i64);
-        let m = &self.manifest;
-        let (inputs, outputs) = io(&self.items.session());
-        let names: Vec<&str> = m.item_tower.inputs.iter().map(String::as_str).collect();
-        if names != ["input_ids", "attention_mask"] || m.item_tower.output != "item_embedding" {
-            return Err(EncoderError::Contract(
-                "item tower names differ from the ONNX contract".into(),
-            ));
-        }
-        check_io(
-            "item tower inputs",
-            &inputs,
-            &[
-                ("input_ids", Int64, vec![-1, -1]),
-                ("attention_mask", Int64, vec![-1, -1]),
-            ],
-        )?;
-        check_io(
-            "item tower outputs",
-            &outputs,
-            &[("item_embedding", Float32, vec![-1, d])],
-        )?;
-        let (inputs, outputs) = io(&self.users.session());
-        let names: Vec<&str> = m.user_tower.inputs.iter().map(String::as_str).collect();
-        if names != ["history", "scenario", "mask"] || m.user_tower.output != "queries" {
-            return Err(EncoderError::Contract(
-                "user tower names differ from the ONNX contract".into(),
-            ));
-        }
-        check_io(
-            "user tower inputs",
-            &inputs,
-            &[
-                ("history", Float32, vec![-1, -1, d]),
-                ("scenario", Int64, vec![-1, -1]),
-                ("mask", Int64, vec![-1, -1]),
-            ],
-        )?;
-        check_io(
-            "user tower outputs",
-            &outputs,
-            &[("queries", Float32, vec![-1, q, d])],
-        )
     }
 
     /// Item texts -> one D-d vector each (L2-normalised by the tower).

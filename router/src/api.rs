@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use serde_with::skip_serializing_none;
 
 pub type Payload = Map<String, Value>;
 
@@ -108,7 +109,7 @@ pub struct RecommendRequest {
     pub consistency: Consistency,
 }
 
-pub use redrec_shard::api::Consistency;
+pub use redrec_shard_api::points::Consistency;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Recommendation {
@@ -187,6 +188,7 @@ pub struct RecommendResponse {
     pub took_ms: u64,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardStatus {
     pub index: usize,
@@ -196,30 +198,23 @@ pub struct ShardStatus {
     pub addr: String,
     pub slots: usize,
     pub up: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The replicas of a Raft-replicated group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaInfo>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaInfo {
     pub addr: String,
     pub up: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caught_up: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -242,6 +237,6 @@ pub struct ClusterResponse {
 pub struct MapSummary {
     pub version: u64,
     pub rebalancing: bool,
-    pub moves: Vec<redrec_shard::meta::SlotMove>,
+    pub moves: Vec<redrec_shard_api::map::SlotMove>,
     pub nodes: usize,
 }

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use redrec_shard::client::Group;
-use redrec_shard::client::ShardClient;
-use redrec_shard::meta::{fetch_map, ClusterMap};
+use redrec_shard_api::meta::fetch_map;
+use redrec_shard_api::ClusterMap;
+pub use redrec_shard_api::Group;
+use redrec_shard_api::ShardClient;
 
-use crate::slots::SlotTable;
+use redrec_shard_api::slots::SlotTable;
 
 #[derive(Clone)]
 pub struct Cluster {

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use redrec_encoder::EncoderError;
-use redrec_shard::client::ShardClientError;
+use redrec_shard_api::ShardClientError;
 use redrec_wire::HttpError;
 
 #[derive(Debug, thiserror::Error)]

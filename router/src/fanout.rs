@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::join_all;
-use redrec_shard::client::ShardClientError;
+use redrec_shard_api::ShardClientError;
 
 use crate::api::Coverage;
 use crate::cluster::{Cluster, Group};

@@ -4,15 +4,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redrec_shard::api::Point;
-use redrec_shard::store::ID_KEY;
+use redrec_shard_api::points::Point;
+use redrec_shard_api::points::ID_KEY;
 
 use crate::api::{
     DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse, Payload,
 };
 use crate::error::RouterError;
 use crate::fanout::fan_out;
-use crate::server::RouterState;
+use crate::state::RouterState;
 
 const MAX_ID_BYTES: usize = 512;
 

@@ -9,9 +9,15 @@ pub mod fanout;
 pub mod ingest;
 pub mod merge;
 pub mod recommend;
+pub mod search;
+pub mod serve;
 pub mod server;
-pub use redrec_shard::slots;
+pub mod state;
 pub mod user_cache;
 
+pub use redrec_shard_api::slots;
+
 pub use config::RouterConfig;
-pub use server::{app, RouterState};
+pub use serve::{serve, Topology, Towers};
+pub use server::app;
+pub use state::{RouterInner, RouterState};

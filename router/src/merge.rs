@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use redrec_shard::api::Hit;
+use redrec_shard_api::points::Hit;
 
 use crate::api::Recommendation;
 

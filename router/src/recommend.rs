@@ -5,17 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use redrec_encoder::{Manifest, UserHistory};
-use redrec_shard::api::{Consistency, Hit, SearchRequest};
-use redrec_shard::client::ShardClient;
 
-use crate::api::{
-    Coverage, HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse,
-    SearchVectorsRequest, SearchVectorsResponse,
-};
+use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse};
 use crate::error::RouterError;
-use crate::fanout::{client_error, coverage, fan_out};
+use crate::fanout::fan_out;
 use crate::merge;
-use crate::server::RouterState;
+use crate::search::search_groups;
+use crate::state::RouterState;
 use crate::user_cache::{CachedUser, UserCache};
 
 /// A request that passed validation, its history cut to what the tower reads.
@@ -171,127 +167,6 @@ async fn history_vectors(
         });
     }
     Ok(history)
-}
-
-/// Searches every shard group with `queries` (each group leaving out its part of
-/// `exclude`); returns, per query, the lists of the groups that answered, and who did.
-/// No group answering is a 503; a client error any group reports is a 400.
-pub async fn search_groups(
-    state: &RouterState,
-    queries: Vec<Vec<f32>>,
-    k: usize,
-    filter: Option<serde_json::Value>,
-    exclude: &[String],
-    consistency: Consistency,
-    deadline: Instant,
-) -> Result<(Vec<Vec<Vec<Hit>>>, Coverage), RouterError> {
-    let cluster = &*state.cluster.get();
-    let n = queries.len();
-    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |_, group| {
-        let request = SearchRequest {
-            queries: queries.clone(),
-            k,
-            filter: filter.clone(),
-            // Every group gets the whole list: during a slot move an item may be served
-            // by the group it leaves as well as by its new owner.
-            exclude: exclude.to_vec(),
-            ef: None,
-            consistency,
-        };
-        async move {
-            let call = |c: ShardClient, left| {
-                let request = &request;
-                async move { c.search(request, left).await }
-            };
-            match request.consistency {
-                Consistency::Strong => group.leader_call(deadline, call).await,
-                Consistency::Any => group.read(deadline, call).await,
-            }
-        }
-    })
-    .await;
-    if let Some(e) = client_error(&outcomes) {
-        let message = match e {
-            redrec_shard::client::ShardClientError::Rejected { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
-        return Err(RouterError::bad("invalid_request", message));
-    }
-    let coverage = coverage(cluster.groups.len(), &outcomes);
-    metrics::histogram!("redrec_recommend_coverage_ratio")
-        .record(coverage.answered as f64 / coverage.shards.max(1) as f64);
-    if coverage.answered == 0 {
-        return Err(RouterError::ShardsUnavailable(format!(
-            "no shard answered: {}",
-            coverage.failed.join("; ")
-        )));
-    }
-    let mut per_query: Vec<Vec<Vec<Hit>>> = vec![Vec::new(); n];
-    for (_, r) in outcomes {
-        if let Ok(resp) = r {
-            for (q, hits) in resp.results.into_iter().enumerate().take(n) {
-                per_query[q].push(hits);
-            }
-        }
-    }
-    Ok((per_query, coverage))
-}
-
-/// `POST /v1/search`: the catalogue searched with query vectors the caller brings (no
-/// user tower), an item scoring the max over them.
-pub async fn search(
-    state: &RouterState,
-    req: SearchVectorsRequest,
-) -> Result<SearchVectorsResponse, RouterError> {
-    let started = Instant::now();
-    let dim = state.encoder.manifest().dim;
-    if req.vectors.is_empty() || req.vectors.len() > 16 {
-        return Err(RouterError::bad(
-            "invalid_vectors",
-            format!("send 1 to 16 query vectors, got {}", req.vectors.len()),
-        ));
-    }
-    for (i, v) in req.vectors.iter().enumerate() {
-        if v.len() != dim || v.iter().any(|x| !x.is_finite()) {
-            return Err(RouterError::bad(
-                "invalid_vectors",
-                format!("vectors[{i}] must have {dim} finite values"),
-            ));
-        }
-    }
-    if req.k == 0 || req.k > state.cfg.max_k {
-        return Err(RouterError::bad(
-            "invalid_k",
-            format!("k must be between 1 and {}, got {}", state.cfg.max_k, req.k),
-        ));
-    }
-    if req.exclude.len() > state.cfg.max_items_per_request {
-        return Err(RouterError::bad(
-            "invalid_exclude",
-            format!("at most {} ids in exclude", state.cfg.max_items_per_request),
-        ));
-    }
-    let exclude = req.exclude;
-    let n = req.vectors.len();
-    let (per_query, coverage) = search_groups(
-        state,
-        req.vectors,
-        req.k,
-        req.filter,
-        &exclude,
-        req.consistency,
-        started + state.cfg.deadline,
-    )
-    .await?;
-    let lists = per_query
-        .into_iter()
-        .take(n)
-        .flat_map(|lists| lists.into_iter().map(|l| (1.0, l)));
-    Ok(SearchVectorsResponse {
-        items: merge::max_over_queries(lists, req.k),
-        coverage,
-        took_ms: started.elapsed().as_millis() as u64,
-    })
 }
 
 pub async fn recommend(

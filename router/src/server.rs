@@ -1,6 +1,6 @@
-//! The public HTTP API: routes, the shared state, request metrics.
+//! The public HTTP API: routes, cluster status, request metrics.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
@@ -10,41 +10,18 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::future::join_all;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use redrec_encoder::EncoderHandle;
-use redrec_shard::client::ShardClient;
+use redrec_shard_api::ShardClient;
 use redrec_wire::{with_fallbacks, Json};
 
 use crate::api::{
-    ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
-    ItemResponse, MapSummary, RecommendRequest, RecommendResponse, ReplicaInfo,
-    SearchVectorsRequest, SearchVectorsResponse, ShardStatus,
+    ClusterResponse, DeleteResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse,
+    MapSummary, RecommendRequest, ReplicaInfo, SearchVectorsRequest, ShardStatus,
 };
-use crate::cluster::ClusterView;
-use crate::config::RouterConfig;
 use crate::error::RouterError;
-use crate::slots::SLOTS;
-use crate::user_cache::UserCache;
-use crate::{ingest, recommend};
+use crate::state::RouterState;
+use crate::{ingest, recommend, search};
+use redrec_shard_api::slots::SLOTS;
 
-pub struct RouterInner {
-    pub encoder: EncoderHandle,
-    pub cluster: Arc<ClusterView>,
-    pub cfg: RouterConfig,
-    pub users: UserCache,
-}
-
-impl RouterInner {
-    pub fn new(encoder: EncoderHandle, cluster: Arc<ClusterView>, cfg: RouterConfig) -> Self {
-        Self {
-            users: UserCache::new(cfg.user_cache_capacity, cfg.user_cache_ttl),
-            encoder,
-            cluster,
-            cfg,
-        }
-    }
-}
-
-pub type RouterState = Arc<RouterInner>;
 type Reply<T> = Result<axum::Json<T>, RouterError>;
 
 /// The process's Prometheus recorder (one per process, whatever number of routers).
@@ -77,32 +54,15 @@ async fn record(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn recommend_handler(
-    State(s): State<RouterState>,
-    Json(r): Json<RecommendRequest>,
-) -> Reply<RecommendResponse> {
-    recommend::recommend(&s, r).await.map(axum::Json)
-}
-
-async fn search_handler(
-    State(s): State<RouterState>,
-    Json(r): Json<SearchVectorsRequest>,
-) -> Reply<SearchVectorsResponse> {
-    recommend::search(&s, r).await.map(axum::Json)
-}
-
-async fn ingest_texts(
-    State(s): State<RouterState>,
-    Json(r): Json<IngestTextsRequest>,
-) -> Reply<IngestResponse> {
-    ingest::ingest_texts(&s, r).await.map(axum::Json)
-}
-
-async fn ingest_vectors(
-    State(s): State<RouterState>,
-    Json(r): Json<IngestVectorsRequest>,
-) -> Reply<IngestResponse> {
-    ingest::ingest_vectors(&s, r).await.map(axum::Json)
+/// A handler for `POST` of a JSON body, answered by `$f(&state, body)` as JSON.
+macro_rules! json_post {
+    ($f:path, $body:ty) => {
+        post(
+            |State(s): State<RouterState>, Json(r): Json<$body>| async move {
+                $f(&s, r).await.map(axum::Json)
+            },
+        )
+    };
 }
 
 async fn get_item(State(s): State<RouterState>, Path(id): Path<String>) -> Reply<ItemResponse> {
@@ -210,10 +170,22 @@ pub fn app(state: RouterState) -> Router {
     metrics_handle();
     let limit = state.cfg.max_body_bytes;
     let api = Router::new()
-        .route("/v1/recommend", post(recommend_handler))
-        .route("/v1/search", post(search_handler))
-        .route("/v1/items", post(ingest_texts))
-        .route("/v1/items/vectors", post(ingest_vectors))
+        .route(
+            "/v1/recommend",
+            json_post!(recommend::recommend, RecommendRequest),
+        )
+        .route(
+            "/v1/search",
+            json_post!(search::search, SearchVectorsRequest),
+        )
+        .route(
+            "/v1/items",
+            json_post!(ingest::ingest_texts, IngestTextsRequest),
+        )
+        .route(
+            "/v1/items/vectors",
+            json_post!(ingest::ingest_vectors, IngestVectorsRequest),
+        )
         .route("/v1/items/{id}", get(get_item).delete(delete_item))
         .route("/v1/cluster", get(cluster))
         .route("/healthz", get(ok))

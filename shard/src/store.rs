@@ -20,11 +20,11 @@ use qdrant_edge::{
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::api::{Hit, Payload, Point, SearchRequest, Stats, StoredPoint};
+use redrec_shard_api::points::{
+    point_uuid, Hit, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
+};
 
 /// Payload key holding the caller's item id (Qdrant point ids are UUIDs derived from it).
-pub const ID_KEY: &str = "_redrec_id";
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7265_6472_6563_4000_8000_6974_656d_7321);
 const DEFAULT_EF: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,22 +90,9 @@ pub fn digest(store: &dyn VectorStore) -> StoreResult<(usize, String)> {
     }
 }
 
-/// One page of a scroll over a store.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Page {
-    pub points: Vec<StoredPoint>,
-    /// Where the next page starts; `None` after the last page.
-    pub next: Option<String>,
-}
-
 /// Deterministic Qdrant point id of an item id.
 pub fn point_id(item_id: &str) -> PointId {
     PointId::Uuid(point_uuid(item_id))
-}
-
-/// The UUID behind an item's point id: scrolls return points in its order.
-pub fn point_uuid(item_id: &str) -> Uuid {
-    Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes())
 }
 
 pub fn check_vector(vector: &[f32], dim: usize) -> StoreResult<()> {

@@ -1,90 +1,43 @@
-//! Real `redrec` processes on loopback for cluster scenarios: each picks a free port
-//! (port 0, announced on stdout), logs to the scenario's temp dir, and is killed on drop.
+//! Real `redrec` processes on loopback for cluster scenarios, started by the launcher the
+//! demo and the benches use: each picks a free port (port 0, announced on stdout) or is
+//! given one, logs to the scenario's temp dir, and is killed on drop.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_redrec");
 
-pub struct Proc {
-    pub name: String,
-    pub addr: String,
-    child: Child,
-}
+use redrec::launch::Layout;
+pub use redrec::launch::Proc;
 
-impl Proc {
-    pub fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
+/// [`Proc::start`] of this build's binary, logging into `dir`; a process that does not
+/// start fails the test.
+pub trait Spawn {
+    fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
         Self::spawn_with_env(name, args, &[], dir)
     }
 
-    /// Like [`Proc::spawn`], with extra environment variables.
-    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(String, String)], dir: &Path) -> Proc {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.contains("listening on") => l,
-            other => {
-                let _ = child.kill();
-                let log =
-                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-                panic!("{name} did not start ({other:?}); log:\n{log}");
-            }
-        };
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        Proc {
-            name: name.into(),
-            addr,
-            child,
-        }
-    }
+    /// Like [`Spawn::spawn`], with extra environment variables.
+    fn spawn_with_env(name: &str, args: &[&str], env: &[(String, String)], dir: &Path) -> Proc;
+}
 
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+impl Spawn for Proc {
+    fn spawn_with_env(name: &str, args: &[&str], env: &[(String, String)], dir: &Path) -> Proc {
+        Proc::start(Path::new(BIN), name, args, env, dir).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-        self.kill();
+/// The launcher's layout for a test: data and logs in `dir`.
+pub fn layout(dir: &Path) -> Layout {
+    Layout {
+        exe: BIN.into(),
+        dir: dir.to_path_buf(),
+        logs: dir.to_path_buf(),
     }
 }
 
@@ -99,47 +52,13 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(shards: usize, router_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let shards: Vec<Proc> = (0..shards)
-            .map(|i| {
-                let data = dir.path().join(format!("shard-{i}"));
-                Proc::spawn(
-                    &format!("shard-{i}"),
-                    &[
-                        "shard",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--data",
-                        data.to_str().unwrap(),
-                    ],
-                    dir.path(),
-                )
-            })
-            .collect();
-        let encoder = Proc::spawn(
-            "encoder",
-            &["encoder", "--listen", "127.0.0.1:0", "--sessions", "1"],
-            dir.path(),
-        );
-        let list = shards
-            .iter()
-            .map(|s| s.addr.clone())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut args = vec![
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            &list,
-            "--encoder",
-            &encoder.addr,
-        ];
-        args.extend_from_slice(router_args);
-        let router = Proc::spawn("router", &args, dir.path());
+        let local = layout(dir.path())
+            .cluster(shards, 1, &["--sessions", "1"], "127.0.0.1:0", router_args)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Cluster {
-            router,
-            encoder,
-            shards,
+            router: local.router,
+            encoder: local.encoder,
+            shards: local.shards,
             dir,
         }
     }

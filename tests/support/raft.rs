@@ -13,14 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{http, Proc};
+pub use redrec::launch::free_port;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use super::{http, Proc, Spawn};
 
 /// Forwards TCP from its own port to `target` while up; when down, cuts every open
 /// connection and refuses new ones.

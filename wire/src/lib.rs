@@ -132,7 +132,16 @@ pub fn with_fallbacks(router: Router) -> Router {
 /// Binds `listen` (port 0 picks a free one), prints `redrec <role> listening on http://ADDR`
 /// on stdout (what supervisors and tests wait for), and serves until SIGINT or SIGTERM.
 pub async fn serve(role: &str, listen: SocketAddr, app: Router) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_on(role, tokio::net::TcpListener::bind(listen).await?, app).await
+}
+
+/// [`serve`] on a listener bound beforehand (a server that must know it holds its port
+/// before it starts anything else).
+pub async fn serve_on(
+    role: &str,
+    listener: tokio::net::TcpListener,
+    app: Router,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     println!("redrec {role} listening on http://{addr}");
     tracing::info!(%addr, "{role} listening");
@@ -157,4 +166,14 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The HTTP client every tier calls the others with: short connect timeout, pooled
+/// connections, no Nagle delay.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
 }

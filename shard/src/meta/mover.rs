@@ -20,31 +20,55 @@
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::future::Future;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use super::{ClusterMap, MetaCommand, MovePhase, SlotMove};
-use crate::api::{MigrateRequest, Point, StoredPoint};
-use crate::client::{Group, ShardClient, ShardClientError};
-use crate::raft::node::Node;
-use crate::slots::SlotState;
-use crate::store::point_uuid;
+use redrec_shard_api::map::{ClusterMap, MetaCommand, MovePhase, SlotMove};
+use redrec_shard_api::points::{point_uuid, Point, StoredPoint};
+use redrec_shard_api::slots::{MigrateRequest, SlotState};
+use redrec_shard_api::{Group, ShardClient, ShardClientError};
+
+/// What the mover needs of the node it runs on, and nothing more: the meta replica's
+/// state and a way to propose (as Qdrant's shard transfer talks to consensus through a
+/// trait instead of holding it).
+pub trait MetaConsensus: Send + Sync + 'static {
+    fn role(&self) -> MetaRole;
+    /// Proposes a change to the map and waits until it applied; returns the new version.
+    fn propose(&self, cmd: MetaCommand) -> impl Future<Output = Result<u64, String>> + Send;
+    /// The first map of a new cluster, from the seed nodes' configuration.
+    fn bootstrap_map(&self) -> MetaCommand;
+}
+
+/// Where this node stands in the meta group.
+pub enum MetaRole {
+    /// It hosts no meta replica (any more): the mover stops.
+    Absent,
+    Follower,
+    /// It leads the meta group, whose map is this.
+    Leader(Box<ClusterMap>),
+}
 
 const TICK: Duration = Duration::from_millis(150);
 /// Longest one step (a call to a group, following its leader) may take.
 const STEP: Duration = Duration::from_secs(20);
 const PAGE: usize = 1024;
 
-pub async fn run(node: Weak<Node>) {
+/// Works while `node` lives and hosts a meta replica, whenever that replica leads.
+pub async fn run<C: MetaConsensus>(node: Weak<C>, http: reqwest::Client) {
     loop {
         tokio::time::sleep(TICK).await;
         let Some(node) = node.upgrade() else { return };
-        let Some(meta) = node.meta() else { return };
-        if !meta.replica.status().is_leader {
-            continue;
-        }
-        let Some(map) = meta.map() else { continue };
-        if let Err(e) = step(&node, &map).await {
+        let map = match node.role() {
+            MetaRole::Absent => return,
+            MetaRole::Follower => continue,
+            MetaRole::Leader(map) => map,
+        };
+        let mover = Mover {
+            node: node.as_ref(),
+            http: &http,
+        };
+        if let Err(e) = mover.step(&map).await {
             tracing::warn!("cluster map work: {e}; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -64,60 +88,130 @@ enum StepError {
     Order(u64),
 }
 
-async fn propose(node: &Node, cmd: MetaCommand) -> Result<u64, StepError> {
-    node.propose_meta(&cmd)
-        .await
-        .map_err(|e| StepError::Meta(format!("{cmd:?}: {e}")))
+struct Mover<'a, C> {
+    node: &'a C,
+    http: &'a reqwest::Client,
 }
 
-/// One piece of work, the first one the map calls for.
-async fn step(node: &Arc<Node>, map: &ClusterMap) -> Result<(), StepError> {
-    if !map.initialised() {
-        propose(node, node.bootstrap_map()).await?;
-        tracing::info!("cluster map initialised");
-        return Ok(());
-    }
-    if let Some((&g, _)) = map.groups.iter().find(|(_, info)| !info.managed) {
-        let owned = map.owned_by(g);
-        client(node, map, g)
-            .leader_call(deadline(), |c, left| {
-                let owned = owned.clone();
-                async move {
-                    c.set_slots(map.version, owned, SlotState::Owned, left)
-                        .await
-                }
-            })
+impl<C: MetaConsensus> Mover<'_, C> {
+    async fn propose(&self, cmd: MetaCommand) -> Result<u64, StepError> {
+        let what = format!("{cmd:?}");
+        self.node
+            .propose(cmd)
             .await
-            .map_err(on(g))?;
-        propose(node, MetaCommand::MarkManaged { group: g }).await?;
-        tracing::info!(group = g, "group now enforces the slot table");
-        return Ok(());
+            .map_err(|e| StepError::Meta(format!("{what}: {e}")))
     }
-    if let Some(m) = map.moves.first() {
-        return run_move(node, map, m).await;
-    }
-    let free = map.free_nodes();
-    let r = map.settings.replication;
-    if free.len() >= r {
-        let id = map.groups.keys().max().map_or(0, |g| g + 1);
-        let replicas = free[..r].to_vec();
-        propose(node, MetaCommand::CreateGroup { id, replicas }).await?;
-        tracing::info!(group = id, "new group formed from spare nodes");
-        return Ok(());
-    }
-    if map.rebalancing {
-        match map.plan_move() {
-            Some((slots, from, to)) => {
-                tracing::info!(from, to, slots = slots.len(), "moving slots");
-                propose(node, MetaCommand::BeginMove { slots, from, to }).await?;
-            }
-            None => {
-                propose(node, MetaCommand::RebalanceDone).await?;
-                tracing::info!(slots = ?map.slot_counts(), "slots balanced");
+
+    /// One piece of work, the first one the map calls for.
+    async fn step(&self, map: &ClusterMap) -> Result<(), StepError> {
+        if !map.initialised() {
+            self.propose(self.node.bootstrap_map()).await?;
+            tracing::info!("cluster map initialised");
+            return Ok(());
+        }
+        if let Some((&g, _)) = map.groups.iter().find(|(_, info)| !info.managed) {
+            let owned = map.owned_by(g);
+            self.client(map, g)
+                .leader_call(deadline(), |c, left| {
+                    let owned = owned.clone();
+                    async move {
+                        c.set_slots(map.version, owned, SlotState::Owned, left)
+                            .await
+                    }
+                })
+                .await
+                .map_err(on(g))?;
+            self.propose(MetaCommand::MarkManaged { group: g }).await?;
+            tracing::info!(group = g, "group now enforces the slot table");
+            return Ok(());
+        }
+        if let Some(m) = map.moves.first() {
+            return self.run_move(map, m).await;
+        }
+        let free = map.free_nodes();
+        let r = map.settings.replication;
+        if free.len() >= r {
+            let id = map.groups.keys().max().map_or(0, |g| g + 1);
+            let replicas = free[..r].to_vec();
+            self.propose(MetaCommand::CreateGroup { id, replicas })
+                .await?;
+            tracing::info!(group = id, "new group formed from spare nodes");
+            return Ok(());
+        }
+        if map.rebalancing {
+            match map.plan_move() {
+                Some((slots, from, to)) => {
+                    tracing::info!(from, to, slots = slots.len(), "moving slots");
+                    self.propose(MetaCommand::BeginMove { slots, from, to })
+                        .await?;
+                }
+                None => {
+                    self.propose(MetaCommand::RebalanceDone).await?;
+                    tracing::info!(slots = ?map.slot_counts(), "slots balanced");
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// A client of group `g`'s replicas, as the map places them.
+    fn client(&self, map: &ClusterMap, g: u64) -> Group {
+        let replicas = map.groups[&g]
+            .replicas
+            .iter()
+            .filter_map(|n| map.nodes.get(n))
+            .map(|n| ShardClient::replica(n.addr.clone(), g, self.http.clone()))
+            .collect();
+        Group::new(g as usize, replicas)
+    }
+
+    async fn run_move(&self, map: &ClusterMap, m: &SlotMove) -> Result<(), StepError> {
+        let (a, b) = (self.client(map, m.from), self.client(map, m.to));
+        let v = map.version;
+        let (err_a, err_b) = (on(m.from), on(m.to));
+        let started = Instant::now();
+        if m.phase == MovePhase::Copying {
+            set_slots(&b, v, &m.slots, SlotState::Incoming)
+                .await
+                .map_err(err_b)?;
+            let copied = copy(&a, &b, &m.slots).await.map_err(err_a)?;
+            set_slots(&a, v, &m.slots, SlotState::Fenced)
+                .await
+                .map_err(err_a)?;
+            let fenced = Instant::now();
+            let caught_up = reconcile(&a, &b, m).await?;
+            self.propose(MetaCommand::FlipMove { id: m.id }).await?;
+            tracing::info!(
+                id = m.id,
+                from = m.from,
+                to = m.to,
+                slots = m.slots.len(),
+                copied,
+                caught_up,
+                fenced_ms = fenced.elapsed().as_millis() as u64,
+                "slots flipped"
+            );
+        }
+        set_slots(&b, v, &m.slots, SlotState::Owned)
+            .await
+            .map_err(err_b)?;
+        let slots = m.slots.clone();
+        let dropped = a
+            .leader_call(deadline(), |c, left| {
+                let slots = slots.clone();
+                async move { c.drop_slots(v, slots, left).await }
+            })
+            .await
+            .map_err(err_a)?;
+        self.propose(MetaCommand::EndMove { id: m.id }).await?;
+        tracing::info!(
+            id = m.id,
+            dropped,
+            took_ms = started.elapsed().as_millis() as u64,
+            "move done"
+        );
+        Ok(())
+    }
 }
 
 /// Attributes a failed call to group `group`.
@@ -127,65 +221,6 @@ fn on(group: u64) -> impl Fn(ShardClientError) -> StepError + Copy {
 
 fn deadline() -> Instant {
     Instant::now() + STEP
-}
-
-/// A client of group `g`'s replicas, as the map places them.
-fn client(node: &Node, map: &ClusterMap, g: u64) -> Group {
-    let replicas = map.groups[&g]
-        .replicas
-        .iter()
-        .filter_map(|n| map.nodes.get(n))
-        .map(|n| ShardClient::replica(n.addr.clone(), g, node.http.clone()))
-        .collect();
-    Group::new(g as usize, replicas)
-}
-
-async fn run_move(node: &Arc<Node>, map: &ClusterMap, m: &SlotMove) -> Result<(), StepError> {
-    let (a, b) = (client(node, map, m.from), client(node, map, m.to));
-    let v = map.version;
-    let (err_a, err_b) = (on(m.from), on(m.to));
-    let started = Instant::now();
-    if m.phase == MovePhase::Copying {
-        set_slots(&b, v, &m.slots, SlotState::Incoming)
-            .await
-            .map_err(err_b)?;
-        let copied = copy(&a, &b, &m.slots).await.map_err(err_a)?;
-        set_slots(&a, v, &m.slots, SlotState::Fenced)
-            .await
-            .map_err(err_a)?;
-        let fenced = Instant::now();
-        let caught_up = reconcile(&a, &b, m).await?;
-        propose(node, MetaCommand::FlipMove { id: m.id }).await?;
-        tracing::info!(
-            id = m.id,
-            from = m.from,
-            to = m.to,
-            slots = m.slots.len(),
-            copied,
-            caught_up,
-            fenced_ms = fenced.elapsed().as_millis() as u64,
-            "slots flipped"
-        );
-    }
-    set_slots(&b, v, &m.slots, SlotState::Owned)
-        .await
-        .map_err(err_b)?;
-    let slots = m.slots.clone();
-    let dropped = a
-        .leader_call(deadline(), |c, left| {
-            let slots = slots.clone();
-            async move { c.drop_slots(v, slots, left).await }
-        })
-        .await
-        .map_err(err_a)?;
-    propose(node, MetaCommand::EndMove { id: m.id }).await?;
-    tracing::info!(
-        id = m.id,
-        dropped,
-        took_ms = started.elapsed().as_millis() as u64,
-        "move done"
-    );
-    Ok(())
 }
 
 async fn set_slots(

@@ -1,31 +1,29 @@
-//! The Raft driver of one replica of a shard group: a thread that ticks the clock, steps
+//! The Raft driver of one replica of a group: a thread that ticks the clock, steps
 //! incoming messages, takes proposals, and turns each Ready into (in this order) messages a
 //! leader may send before persisting, a restored snapshot, applied committed entries, one
 //! synced log write, and the messages that had to wait for it. The log ([`RaftLog`]) and
-//! the state machine ([`StateMachine`]) know nothing of each other; only this loop moves
-//! data between them.
+//! the state machine ([`Machine`]) know nothing of each other; only this loop moves data
+//! between them. Callers talk to the loop through its [`Replica`] handle.
 //!
-//! Snapshots are logical: the metadata says "everything up to index I"; the data is the
-//! group's points, pulled page by page from the leader's live shard. The pages may already
-//! hold writes past I, which is harmless: every write replaces or removes whole points by
-//! id, so replaying the log from I+1 on top converges to the leader's state.
+//! Snapshots are logical: the metadata says "everything up to index I" and carries the
+//! machine's small state; the machine fetches its bulk from the leader itself (see
+//! [`Machine::restore`]).
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{RawNode, SnapshotStatus, StateRole};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+
+pub use redrec_shard_api::status::ReplicaStatus;
 
 use super::log::{LogWrite, RaftLog};
-use super::machine::{Applied, Command, Machine, MachineError};
-use crate::api::StoredPoint;
-
-/// Receives one page of a snapshot's points.
-pub type SnapshotSink<'a> = dyn FnMut(Vec<StoredPoint>) -> Result<(), String> + 'a;
+use super::machine::{Applied, Machine, MachineError};
+use super::replica::{IndexReply, Input, ProposeError, Replica, Reply};
 
 /// Sends Raft messages to other replicas; best effort, Raft retries what is lost.
 pub trait Transport: Send + Sync + 'static {
@@ -33,18 +31,6 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Learns where a node listens (from a committed membership change).
     fn add_peer(&self, _node: u64, _addr: &str) {}
-
-    /// Streams group `group`'s points from node `from`, page by page, into `sink`.
-    fn fetch_snapshot(
-        &self,
-        group: u64,
-        from: u64,
-        _sink: &mut SnapshotSink,
-    ) -> Result<(), String> {
-        Err(format!(
-            "no snapshot source for group {group} on node {from}"
-        ))
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,151 +51,6 @@ impl Default for DriverConfig {
             heartbeat_ticks: 2,
             compact_after: 10_000,
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ProposeError {
-    /// Not the leader; the hint, if known, is the leader's replica id.
-    #[error("not the leader (leader: {0:?})")]
-    NotLeader(Option<u64>),
-    /// The outcome is unknown (leadership changed before the entry was applied here):
-    /// the write may or may not have been committed. Retrying is safe (idempotent writes).
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
-    #[error("rejected: {0}")]
-    Rejected(String),
-    #[error("timed out: {0}")]
-    Timeout(String),
-    #[error("replica stopped")]
-    Stopped,
-    /// A client write to slots the group does not serve (see [`Applied::WrongSlot`]).
-    #[error("slots not served here (moving: {moving}, map version {version})")]
-    WrongSlot { moving: bool, version: u64 },
-}
-
-type Reply = oneshot::Sender<Result<usize, ProposeError>>;
-type IndexReply = oneshot::Sender<Result<u64, ProposeError>>;
-
-enum Input {
-    Raft(Message),
-    Propose(Vec<u8>, Reply),
-    ConfChange(ConfChange, Reply),
-    ReadIndex(IndexReply),
-    SnapshotFailed(u64),
-    TransferLeader(u64),
-    Stop,
-}
-
-/// A replica's public face: hand it messages and proposals from any thread.
-#[derive(Clone)]
-pub struct Replica {
-    group: u64,
-    id: u64,
-    tx: Sender<Input>,
-    status: Arc<Mutex<ReplicaStatus>>,
-    applied: watch::Receiver<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaStatus {
-    pub leader: Option<u64>,
-    pub is_leader: bool,
-    pub term: u64,
-    pub commit: u64,
-    pub applied: u64,
-    /// First index still in the log (earlier ones are compacted into the snapshot point).
-    pub first_index: u64,
-    pub voters: Vec<u64>,
-    /// A snapshot is being restored: the shard's contents are incomplete.
-    pub restoring: bool,
-    /// The replica stopped on a storage error and serves nothing.
-    pub halted: bool,
-}
-
-impl Replica {
-    pub fn group(&self) -> u64 {
-        self.group
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    pub fn status(&self) -> ReplicaStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn step(&self, m: Message) {
-        let _ = self.tx.send(Input::Raft(m));
-    }
-
-    /// Proposes a write and waits until it is committed by a majority and applied here.
-    pub async fn propose(&self, cmd: Command) -> Result<usize, ProposeError> {
-        self.propose_bytes(cmd.encode()).await
-    }
-
-    /// Proposes an encoded command (of whichever machine the group runs) and waits until
-    /// it is committed and applied here.
-    pub async fn propose_bytes(&self, cmd: Vec<u8>) -> Result<usize, ProposeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Input::Propose(cmd, tx))
-            .map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
-    }
-
-    /// Proposes a membership change and waits until it is applied here.
-    pub async fn change_membership(&self, cc: ConfChange) -> Result<(), ProposeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Input::ConfChange(cc, tx))
-            .map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?.map(|_| ())
-    }
-
-    /// Waits until this replica has applied everything the group had committed when the
-    /// call was made (Raft's ReadIndex, confirmed by a quorum of heartbeats): a read
-    /// after it sees every write acknowledged before it.
-    pub async fn catch_up(&self, timeout: Duration) -> Result<u64, ProposeError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Input::ReadIndex(tx))
-            .map_err(|_| ProposeError::Stopped)?;
-        let index = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(r) => r.map_err(|_| ProposeError::Stopped)??,
-            Err(_) => {
-                return Err(ProposeError::Timeout(
-                    "no quorum confirmed the read index".into(),
-                ))
-            }
-        };
-        let mut applied = self.applied.clone();
-        let reached = tokio::time::timeout_at(deadline, async {
-            applied.wait_for(|a| *a >= index).await.is_ok()
-        })
-        .await;
-        match reached {
-            Ok(true) => Ok(index),
-            Ok(false) => Err(ProposeError::Stopped),
-            Err(_) => Err(ProposeError::Timeout(format!(
-                "not caught up to index {index} in time"
-            ))),
-        }
-    }
-
-    /// Hands leadership to `to` (a graceful stop does this before exiting).
-    pub fn transfer_leader(&self, to: u64) {
-        let _ = self.tx.send(Input::TransferLeader(to));
-    }
-
-    /// A snapshot for `node` could not be delivered: let the leader send another.
-    pub fn snapshot_failed(&self, node: u64) {
-        let _ = self.tx.send(Input::SnapshotFailed(node));
     }
 }
 
@@ -265,13 +106,7 @@ impl Driver {
         let (tx, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(ReplicaStatus::default()));
         let (applied_tx, applied_rx) = watch::channel(machine.applied().index);
-        let replica = Replica {
-            group,
-            id,
-            tx,
-            status: status.clone(),
-            applied: applied_rx,
-        };
+        let replica = Replica::new(group, id, tx, status.clone(), applied_rx);
         let mut state = Loop {
             group,
             node,
@@ -301,7 +136,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.replica.tx.send(Input::Stop);
+        self.replica.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -355,7 +190,7 @@ impl<M: Machine> Loop<M> {
                 next_tick += tick;
             }
             if let Err(e) = self.on_ready() {
-                // The log or the shard failed to persist: this replica must not go on.
+                // The log or the machine failed to persist: this replica must not go on.
                 tracing::error!(group = self.group, "replica halted: {e}");
                 self.status.lock().unwrap_or_else(|p| p.into_inner()).halted = true;
                 break;
@@ -501,7 +336,7 @@ impl<M: Machine> Loop<M> {
     }
 
     /// Replaces the machine's state with the leader's and the log with the snapshot
-    /// point. (A shard's restore mark makes a crash halfway start the replica over, empty.)
+    /// point. (A machine that can be caught halfway must mark it durably and start over.)
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), HaltError> {
         let meta = snapshot.get_metadata();
         let from = self.node.raft.leader_id;
@@ -516,9 +351,7 @@ impl<M: Machine> Loop<M> {
             .unwrap_or_else(|p| p.into_inner())
             .restoring = true;
         let started = Instant::now();
-        let (group, transport) = (self.group, self.transport.clone());
-        let mut pull = |sink: &mut SnapshotSink| transport.fetch_snapshot(group, from, sink);
-        let points = self.machine.restore(snapshot, &mut pull)?;
+        let items = self.machine.restore(snapshot, from)?;
         let store = self.node.mut_store();
         let mut w = LogWrite::default();
         store.apply_snapshot(&mut w, snapshot)?;
@@ -531,14 +364,14 @@ impl<M: Machine> Loop<M> {
         tracing::info!(
             group = self.group,
             index = meta.index,
-            points,
+            items,
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot restored"
         );
         Ok(())
     }
 
-    /// Once enough applied entries pile up, drops them from the log: the shard holds
+    /// Once enough applied entries pile up, drops them from the log: the machine holds
     /// them, and the applied point becomes the snapshot a lagging follower is sent.
     fn maybe_compact(&mut self) -> Result<(), HaltError> {
         let applied = self.machine.applied();
@@ -586,8 +419,8 @@ impl<M: Machine> Loop<M> {
                 let _ = reply.send(match applied {
                     Applied::Write(n) => Ok(n),
                     Applied::Rejected(m) => Err(ProposeError::Rejected(m)),
-                    Applied::WrongSlot { moving, version } => {
-                        Err(ProposeError::WrongSlot { moving, version })
+                    Applied::Refused { code, message } => {
+                        Err(ProposeError::Refused { code, message })
                     }
                     Applied::Noop | Applied::ConfChange(_) => Ok(0),
                 });
@@ -657,204 +490,5 @@ impl<M: Machine> Loop<M> {
         for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Unknown(why.into())));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::Point;
-    use crate::raft::log::open_engine;
-    use crate::raft::machine::StateMachine;
-    use crate::store::{EdgeStore, VectorStore};
-    use std::sync::RwLock;
-
-    /// Delivers messages between replicas of this process, except to those cut off.
-    #[derive(Default)]
-    struct Loopback {
-        replicas: RwLock<HashMap<u64, Replica>>,
-        stores: RwLock<HashMap<u64, Arc<dyn VectorStore>>>,
-        down: RwLock<Vec<u64>>,
-    }
-
-    impl Transport for Loopback {
-        fn fetch_snapshot(
-            &self,
-            _group: u64,
-            from: u64,
-            sink: &mut SnapshotSink,
-        ) -> Result<(), String> {
-            let store = self.stores.read().unwrap()[&from].clone();
-            let mut cursor = None;
-            loop {
-                let page = store
-                    .scroll(cursor.as_deref(), 3)
-                    .map_err(|e| e.to_string())?;
-                sink(page.points)?;
-                match page.next {
-                    Some(next) => cursor = Some(next),
-                    None => return Ok(()),
-                }
-            }
-        }
-
-        fn send(&self, _group: u64, messages: Vec<Message>) {
-            let down = self.down.read().unwrap();
-            let replicas = self.replicas.read().unwrap();
-            for m in messages {
-                if down.contains(&m.to) || down.contains(&m.from) {
-                    continue;
-                }
-                if let Some(r) = replicas.get(&m.to) {
-                    r.step(m);
-                }
-            }
-        }
-    }
-
-    fn start(dir: &std::path::Path, id: u64, net: &Arc<Loopback>) -> Driver {
-        start_with(dir, id, net, &[1, 2, 3])
-    }
-
-    fn start_with(dir: &std::path::Path, id: u64, net: &Arc<Loopback>, voters: &[u64]) -> Driver {
-        let d = dir.join(format!("r{id}"));
-        let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 1).unwrap();
-        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::open(&d.join("shard"), 4).unwrap());
-        net.stores.write().unwrap().insert(id, store.clone());
-        let machine = StateMachine::open(store, &d).unwrap();
-        let cfg = DriverConfig {
-            tick: Duration::from_millis(20),
-            compact_after: 5,
-            ..Default::default()
-        };
-        let driver = Driver::start(1, id, voters, log, machine, net.clone(), cfg).unwrap();
-        net.replicas
-            .write()
-            .unwrap()
-            .insert(id, driver.replica().clone());
-        driver
-    }
-
-    fn leader(drivers: &[Driver]) -> Option<usize> {
-        drivers.iter().position(|d| d.replica().status().is_leader)
-    }
-
-    fn wait_leader(drivers: &[Driver]) -> usize {
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = leader(drivers) {
-                return i;
-            }
-            assert!(Instant::now() < until, "no leader elected");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn upsert(id: &str) -> Command {
-        Command::Upsert(vec![Point {
-            id: id.into(),
-            vector: vec![1.0, 0.0, 0.0, 0.0],
-            payload: Default::default(),
-        }])
-    }
-
-    /// Stops a replica and lets go of its shard (the engine locks its files while open).
-    fn stop(drivers: &mut Vec<Driver>, i: usize, net: &Loopback) {
-        let id = drivers.remove(i).replica().id();
-        net.stores.write().unwrap().remove(&id);
-    }
-
-    fn count(net: &Loopback, id: u64) -> usize {
-        net.stores.read().unwrap()[&id].stats().unwrap().points
-    }
-
-    #[test]
-    fn three_replicas_elect_commit_survive_a_leader_restart_and_restore_a_wiped_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = Arc::new(Loopback::default());
-        let mut drivers: Vec<Driver> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let l = wait_leader(&drivers);
-        for i in 0..20 {
-            let r = rt.block_on(drivers[l].replica().propose(upsert(&format!("p{i}"))));
-            assert_eq!(r, Ok(1));
-        }
-        let follower = (l + 1) % 3;
-        assert!(matches!(
-            rt.block_on(drivers[follower].replica().propose(upsert("x"))),
-            Err(ProposeError::NotLeader(Some(_)))
-        ));
-        // A follower's ReadIndex goes through the leader and waits for its own apply.
-        let index = rt
-            .block_on(drivers[follower].replica().catch_up(Duration::from_secs(5)))
-            .unwrap();
-        assert!(drivers[follower].replica().status().applied >= index);
-        assert!(
-            drivers[l].replica().status().first_index > 5,
-            "log not compacted"
-        );
-
-        // Restart the leader: the others elect a new one; all 20 writes are there, and the
-        // old leader catches up from its own log and the new leader's.
-        let old_id = drivers[l].replica().id();
-        stop(&mut drivers, l, &net);
-        let l2 = wait_leader(&drivers);
-        let r = rt.block_on(drivers[l2].replica().propose(upsert("after")));
-        assert_eq!(r, Ok(1));
-        drivers.push(start(dir.path(), old_id, &net));
-        let until = Instant::now() + Duration::from_secs(10);
-        let want = drivers[l2].replica().status().applied;
-        while drivers.iter().any(|d| d.replica().status().applied < want) {
-            assert!(Instant::now() < until, "replicas did not converge");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-
-        // Wipe a follower: it is removed and added back as a new member, and as the log
-        // it needs is compacted away, the leader sends it a snapshot.
-        let l3 = wait_leader(&drivers);
-        let f = (l3 + 1) % 3;
-        let fid = drivers[f].replica().id();
-        stop(&mut drivers, f, &net);
-        std::fs::remove_dir_all(dir.path().join(format!("r{fid}"))).unwrap();
-        let change = |kind: ConfChangeType| ConfChange {
-            change_type: kind,
-            node_id: fid,
-            ..Default::default()
-        };
-        let l = wait_leader(&drivers);
-        rt.block_on(
-            drivers[l]
-                .replica()
-                .change_membership(change(ConfChangeType::RemoveNode)),
-        )
-        .unwrap();
-        for i in 0..10 {
-            let l = wait_leader(&drivers);
-            let r = rt.block_on(drivers[l].replica().propose(upsert(&format!("q{i}"))));
-            assert_eq!(r, Ok(1));
-        }
-        drivers.push(start_with(dir.path(), fid, &net, &[]));
-        let l = wait_leader(&drivers);
-        rt.block_on(
-            drivers[l]
-                .replica()
-                .change_membership(change(ConfChangeType::AddNode)),
-        )
-        .unwrap();
-        let lid = drivers[wait_leader(&drivers)].replica().id();
-        // The points arrive page by page before the restore completes: wait for both.
-        let restored = || {
-            let st = drivers.last().unwrap().replica().status();
-            !st.restoring && st.first_index > 1 && st.applied >= want
-        };
-        while count(&net, fid) != count(&net, lid) || count(&net, fid) != 31 || !restored() {
-            assert!(
-                Instant::now() < until + Duration::from_secs(10),
-                "no snapshot catch-up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = drivers.last().unwrap().replica().status();
-        assert!(!status.halted, "{status:?}");
     }
 }

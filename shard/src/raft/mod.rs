@@ -1,8 +1,10 @@
-//! Raft replication of shard groups (raft-rs): the durable log here, apart from the state
-//! machine (the Qdrant shard) and the driver that moves Readies between them.
+//! Raft replication (raft-rs), generic over what is replicated: the durable log, the
+//! driver that moves each Ready between log, state machine and transport, the transport
+//! between nodes, and the [`machine::Machine`] trait a replicated state machine
+//! implements. Nothing here knows shards, slots or the cluster map.
 
 pub mod driver;
 pub mod log;
 pub mod machine;
-pub mod node;
+pub mod replica;
 pub mod transport;

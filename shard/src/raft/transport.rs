@@ -1,4 +1,4 @@
-//! Raft messages between shard processes over the internal HTTP API. Each peer node has a
+//! Raft messages between node processes over HTTP. Each peer node has a
 //! bounded outbound queue drained by one task that batches what is waiting into a single
 //! `POST /raft/v1/messages` and backs off while the peer is unreachable. A full queue
 //! drops messages: Raft resends what matters (heartbeats, appends, votes). Replica ids are
@@ -15,8 +15,8 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 
-use super::driver::{Replica, SnapshotSink, Transport};
-use crate::store::Page;
+use super::driver::Transport;
+use super::replica::Replica;
 
 const QUEUE: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -53,9 +53,6 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<(u64, Message)>, String> {
 
 /// A peer's address and the queue its sender task drains.
 type Peer = (String, mpsc::Sender<(u64, Message)>);
-
-/// Points per page of a snapshot transfer.
-const SNAPSHOT_PAGE: usize = 1024;
 
 /// Outbound side: node id -> address, one queue and sender task per peer.
 pub struct HttpTransport {
@@ -131,38 +128,6 @@ impl Transport for HttpTransport {
     fn add_peer(&self, node: u64, addr: &str) {
         self.set_peer(node, addr.to_string());
         self.save_peers();
-    }
-
-    /// Pulls the group's points from `from` page by page (`POST /v1/groups/{g}/scroll`),
-    /// blocking this (driver) thread.
-    fn fetch_snapshot(&self, group: u64, from: u64, sink: &mut SnapshotSink) -> Result<(), String> {
-        let addr = self
-            .peer_addr(from)
-            .ok_or_else(|| format!("no address for node {from}"))?;
-        let url = format!("{addr}/v1/groups/{group}/scroll");
-        let mut cursor: Option<String> = None;
-        loop {
-            let body = serde_json::json!({"cursor": cursor, "limit": SNAPSHOT_PAGE});
-            let page: Page = self.runtime.block_on(async {
-                let resp = self
-                    .http
-                    .post(&url)
-                    .timeout(Duration::from_secs(30))
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !resp.status().is_success() {
-                    return Err(format!("{url} answered {}", resp.status()));
-                }
-                resp.json::<Page>().await.map_err(|e| e.to_string())
-            })?;
-            sink(page.points)?;
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return Ok(()),
-            }
-        }
     }
 
     fn send(&self, group: u64, messages: Vec<Message>) {
@@ -290,12 +255,6 @@ pub fn routes(inbox: Arc<Inbox>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Point;
-    use crate::raft::driver::{Driver, DriverConfig, ProposeError};
-    use crate::raft::log::{open_engine, RaftLog};
-    use crate::raft::machine::{Command, StateMachine};
-    use crate::store::{EdgeStore, VectorStore};
-    use std::time::Instant;
 
     #[test]
     fn frames_round_trip_and_garbage_is_refused() {
@@ -312,82 +271,5 @@ mod tests {
         let mut cut = encode(&batch);
         cut.truncate(cut.len() - 1);
         assert!(decode(&cut).is_err());
-    }
-
-    /// Three nodes, each an HTTP server with one replica of group 7, over loopback.
-    #[test]
-    fn a_group_replicates_over_http() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
-        let mut addrs = HashMap::new();
-        let mut inboxes = HashMap::new();
-        for id in 1..=3u64 {
-            let inbox = Arc::new(Inbox::default());
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .unwrap();
-            addrs.insert(id, format!("http://{}", listener.local_addr().unwrap()));
-            let app = routes(inbox.clone());
-            rt.spawn(async move { axum::serve(listener, app).await });
-            inboxes.insert(id, inbox);
-        }
-        let drivers: Vec<Driver> = (1..=3u64)
-            .map(|id| {
-                let transport = HttpTransport::new(
-                    http.clone(),
-                    rt.handle().clone(),
-                    inboxes[&id].clone(),
-                    None,
-                );
-                for (peer, addr) in &addrs {
-                    if *peer != id {
-                        transport.set_peer(*peer, addr.clone());
-                    }
-                }
-                let d = dir.path().join(format!("n{id}"));
-                let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 7).unwrap();
-                let store: Arc<dyn VectorStore> =
-                    Arc::new(EdgeStore::open(&d.join("shard"), 4).unwrap());
-                let machine = StateMachine::open(store, &d).unwrap();
-                let cfg = DriverConfig {
-                    tick: Duration::from_millis(20),
-                    ..Default::default()
-                };
-                let driver =
-                    Driver::start(7, id, &[1, 2, 3], log, machine, transport, cfg).unwrap();
-                inboxes[&id].add(driver.replica().clone());
-                driver
-            })
-            .collect();
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut written = 0;
-        while written < 10 {
-            assert!(Instant::now() < until, "no progress over HTTP");
-            let cmd = Command::Upsert(vec![Point {
-                id: format!("p{written}"),
-                vector: vec![0.0, 1.0, 0.0, 0.0],
-                payload: Default::default(),
-            }]);
-            let leader = drivers.iter().find(|d| d.replica().status().is_leader);
-            match leader.map(|d| rt.block_on(d.replica().propose(cmd))) {
-                Some(Ok(1)) => written += 1,
-                Some(Err(ProposeError::Rejected(m))) => panic!("{m}"),
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        let want = drivers
-            .iter()
-            .map(|d| d.replica().status().commit)
-            .max()
-            .unwrap();
-        while drivers.iter().any(|d| d.replica().status().applied < want) {
-            assert!(Instant::now() < until, "followers did not apply");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }

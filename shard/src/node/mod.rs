@@ -7,26 +7,32 @@
 //! `applied.json` (with the slots served), and `restoring` while a snapshot is being
 //! restored, and on the meta group's members `meta/state.json` (the cluster map).
 //!
-//! Every node follows the cluster map: it learns node addresses from it, registers itself
-//! in it, and opens the replicas of any group the map places on it.
+//! Every node follows the cluster map ([`follow`]): it learns node addresses from it,
+//! registers itself in it, and opens the replicas of any group the map places on it. A
+//! shard group's replica is opened through the [`GroupFactory`] the node is given; the
+//! node itself never names the storage engine.
+
+mod follow;
+pub mod replica;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use raft_engine::Engine;
-use serde::{Deserialize, Serialize};
+use redrec_shard_api::map::{ClusterMap, MetaCommand, Settings, META_GROUP};
+use replica::{track_readiness, Hosted, Kind};
 
-use super::driver::{Driver, DriverConfig, ProposeError, Replica, ReplicaStatus, Transport};
-use super::log::{open_engine, RaftLog};
-use super::machine::{Machine, StateMachine};
-use super::transport::{HttpTransport, Inbox};
-use crate::meta::{self, ClusterMap, MetaCommand, MetaMachine, META_GROUP};
-use crate::slots::SlotGuard;
-use crate::store::{EdgeStore, VectorStore};
+use crate::group::GroupFactory;
+use crate::meta::machine::MetaMachine;
+use crate::meta::mover::{self, MetaConsensus, MetaRole};
+use crate::raft::driver::{Driver, DriverConfig};
+use crate::raft::log::{open_engine, RaftLog};
+use crate::raft::machine::Machine;
+use crate::raft::replica::ProposeError;
+use crate::raft::transport::{HttpTransport, Inbox};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -52,95 +58,14 @@ pub struct NodeConfig {
     pub driver: DriverConfig,
 }
 
-/// What a hosted replica serves.
-pub enum Kind {
-    /// A shard group's replica: its Qdrant shard and the slots it serves.
-    Shard {
-        store: Arc<dyn VectorStore>,
-        slots: Arc<RwLock<SlotGuard>>,
-    },
-    /// The meta group's replica: the cluster map.
-    Meta { map: Arc<RwLock<ClusterMap>> },
-}
-
-/// One hosted replica: what it serves, for reads, and its Raft handle, for writes.
-pub struct Group {
-    pub id: u64,
-    pub kind: Kind,
-    pub replica: Replica,
-    /// Set once a ReadIndex round confirmed this replica applied all the group had
-    /// committed; cleared while it has no leader or restores a snapshot.
-    caught_up: AtomicBool,
-    _driver: Driver,
-}
-
-/// `GET /v1/node`: a node and its replicas.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub node: u64,
-    pub addr: String,
-    pub ready: bool,
-    pub groups: Vec<GroupStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupStatus {
-    pub group: u64,
-    pub node: u64,
-    pub caught_up: bool,
-    #[serde(flatten)]
-    pub raft: ReplicaStatus,
-    /// A shard replica's slots by state (absent for the meta group and unmanaged groups).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slots: Option<BTreeMap<crate::slots::SlotState, usize>>,
-}
-
-impl Group {
-    pub fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Relaxed)
-    }
-
-    pub fn store(&self) -> Option<&Arc<dyn VectorStore>> {
-        match &self.kind {
-            Kind::Shard { store, .. } => Some(store),
-            Kind::Meta { .. } => None,
-        }
-    }
-
-    /// Runs `f` on the slots a shard replica serves (unmanaged: all), under its lock.
-    pub fn with_slots<T>(&self, f: impl FnOnce(&SlotGuard) -> T) -> T {
-        match &self.kind {
-            Kind::Shard { slots, .. } => f(&slots.read().unwrap_or_else(|p| p.into_inner())),
-            Kind::Meta { .. } => f(&SlotGuard::default()),
-        }
-    }
-
-    /// The meta replica's cluster map.
-    pub fn map(&self) -> Option<ClusterMap> {
-        match &self.kind {
-            Kind::Meta { map } => Some(map.read().unwrap_or_else(|p| p.into_inner()).clone()),
-            Kind::Shard { .. } => None,
-        }
-    }
-
-    pub fn status(&self) -> GroupStatus {
-        GroupStatus {
-            group: self.id,
-            node: self.replica.id(),
-            caught_up: self.caught_up(),
-            raft: self.replica.status(),
-            slots: self.with_slots(|s| s.states.is_some().then(|| s.counts())),
-        }
-    }
-}
-
 pub struct Node {
     pub id: u64,
     pub advertise: String,
-    groups: RwLock<BTreeMap<u64, Arc<Group>>>,
+    groups: RwLock<BTreeMap<u64, Arc<Hosted>>>,
     pub inbox: Arc<Inbox>,
     pub transport: Arc<HttpTransport>,
     engine: Arc<Engine>,
+    factory: Arc<dyn GroupFactory>,
     cfg: NodeConfig,
     pub http: reqwest::Client,
     /// The newest cluster map seen (the meta replica's, or fetched from the seeds).
@@ -157,14 +82,16 @@ pub enum NodeError {
     Store(String),
 }
 
-/// How often a node looks at the cluster map for groups it should host.
-const MAP_POLL: Duration = Duration::from_millis(250);
-
 impl Node {
     /// Opens every hosted replica (the configured groups, those left on disk by an earlier
     /// run, and the meta group on its voters) and starts their drivers and the node's
-    /// background work. Must run inside a tokio runtime.
-    pub async fn start(cfg: NodeConfig, http: reqwest::Client) -> Result<Arc<Node>, NodeError> {
+    /// background work; shard groups' replicas are opened by `factory`. Must run inside a
+    /// tokio runtime.
+    pub async fn start(
+        cfg: NodeConfig,
+        http: reqwest::Client,
+        factory: Arc<dyn GroupFactory>,
+    ) -> Result<Arc<Node>, NodeError> {
         let engine =
             open_engine(&cfg.data.join("raft")).map_err(|e| NodeError::Log(e.to_string()))?;
         let inbox = Arc::new(Inbox::default());
@@ -187,6 +114,7 @@ impl Node {
             inbox,
             transport,
             engine,
+            factory,
             cfg: cfg.clone(),
             http,
             map: RwLock::new(None),
@@ -215,7 +143,7 @@ impl Node {
         g: u64,
         bootstrap: &[u64],
         existing: &mut Option<HashSet<u64>>,
-    ) -> Result<Arc<Group>, NodeError> {
+    ) -> Result<Arc<Hosted>, NodeError> {
         let _one = self.opening.lock().await;
         if let Some(group) = self.group(g) {
             return Ok(group);
@@ -226,37 +154,33 @@ impl Node {
         } else {
             cfg.data.join("groups").join(g.to_string())
         };
-        let (engine, dim) = (self.engine.clone(), cfg.dim);
+        let (engine, factory) = (self.engine.clone(), self.factory.clone());
+        let transport = self.transport.clone();
+        let peers = Arc::new(move |n| transport.peer_addr(n));
         let opened = tokio::task::spawn_blocking(move || {
-            let log = RaftLog::open(engine, g).map_err(|e| NodeError::Log(e.to_string()))?;
+            let store_err = |e: crate::raft::machine::MachineError| NodeError::Store(e.to_string());
+            let mut log = RaftLog::open(engine, g).map_err(|e| NodeError::Log(e.to_string()))?;
             if g == META_GROUP {
-                let machine =
-                    MetaMachine::open(&dir).map_err(|e| NodeError::Store(e.to_string()))?;
+                let machine = MetaMachine::open(&dir).map_err(store_err)?;
                 let kind = Kind::Meta { map: machine.map() };
-                return Ok::<_, NodeError>((kind, Opened::Meta(machine), log));
+                let machine: Box<dyn Machine> = Box::new(machine);
+                return Ok::<_, NodeError>((kind, machine, log));
             }
-            let store: Arc<dyn VectorStore> = Arc::new(
-                EdgeStore::open(&dir.join("shard"), dim)
-                    .map_err(|e| NodeError::Store(e.to_string()))?,
-            );
-            let mut machine = StateMachine::open(store.clone(), &dir)
-                .map_err(|e| NodeError::Store(e.to_string()))?;
-            let mut log = log;
+            let mut machine = factory.open(g, &dir, peers).map_err(store_err)?;
             if machine.restore_interrupted() {
                 tracing::warn!(
                     group = g,
                     "a snapshot restore was cut short; starting empty"
                 );
                 log.reset().map_err(|e| NodeError::Log(e.to_string()))?;
-                machine
-                    .reset()
-                    .map_err(|e| NodeError::Store(e.to_string()))?;
+                machine.reset().map_err(store_err)?;
             }
             let kind = Kind::Shard {
-                store,
+                store: machine.store().clone(),
                 slots: machine.slots(),
             };
-            Ok((kind, Opened::Shard(machine), log))
+            let machine: Box<dyn Machine> = Box::new(machine);
+            Ok((kind, machine, log))
         })
         .await
         .map_err(|e| NodeError::Store(e.to_string()))??;
@@ -276,17 +200,17 @@ impl Node {
                 voters = bootstrap.to_vec();
             }
         }
-        let driver = match machine {
-            Opened::Shard(m) => self.drive(g, &voters, log, m),
-            Opened::Meta(m) => self.drive(g, &voters, log, m),
-        }?;
-        let group = Arc::new(Group {
-            id: g,
-            kind,
-            replica: driver.replica().clone(),
-            caught_up: AtomicBool::new(false),
-            _driver: driver,
-        });
+        let driver = Driver::start(
+            g,
+            cfg.id,
+            &voters,
+            log,
+            machine,
+            self.transport.clone(),
+            cfg.driver.clone(),
+        )
+        .map_err(|e| NodeError::Log(e.to_string()))?;
+        let group = Arc::new(Hosted::new(g, kind, driver));
         self.inbox.add(group.replica.clone());
         self.groups
             .write()
@@ -298,7 +222,7 @@ impl Node {
                 group = g,
                 "replica lost its data; asking the group to re-add it"
             );
-            tokio::spawn(rejoin_group(
+            tokio::spawn(follow::rejoin_group(
                 self.http.clone(),
                 self.transport.clone(),
                 g,
@@ -309,51 +233,7 @@ impl Node {
         Ok(group)
     }
 
-    fn drive<M: Machine>(
-        &self,
-        g: u64,
-        voters: &[u64],
-        log: RaftLog,
-        machine: M,
-    ) -> Result<Driver, NodeError> {
-        Driver::start(
-            g,
-            self.cfg.id,
-            voters,
-            log,
-            machine,
-            self.transport.clone(),
-            self.cfg.driver.clone(),
-        )
-        .map_err(|e| NodeError::Log(e.to_string()))
-    }
-
-    /// The groups of which some peer's replica has committed entries (`GET /v1/node` of
-    /// every peer, at once).
-    async fn existing_groups(&self) -> HashSet<u64> {
-        let http = &self.http;
-        let asks = self.transport.peers().into_values().map(|addr| async move {
-            let answer = http
-                .get(format!("{addr}/v1/node"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .ok()?
-                .error_for_status()
-                .ok()?;
-            answer.json::<NodeStatus>().await.ok()
-        });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .flat_map(|n| n.groups)
-            .filter(|g| g.raft.commit > 0)
-            .map(|g| g.group)
-            .collect()
-    }
-
-    pub fn group(&self, g: u64) -> Option<Arc<Group>> {
+    pub fn group(&self, g: u64) -> Option<Arc<Hosted>> {
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -362,7 +242,7 @@ impl Node {
     }
 
     /// Every hosted replica, the meta group's included.
-    pub fn groups(&self) -> Vec<Arc<Group>> {
+    pub fn groups(&self) -> Vec<Arc<Hosted>> {
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -372,7 +252,7 @@ impl Node {
     }
 
     /// The meta replica, where this node hosts one.
-    pub fn meta(&self) -> Option<Arc<Group>> {
+    pub fn meta(&self) -> Option<Arc<Hosted>> {
         self.group(META_GROUP)
     }
 
@@ -460,11 +340,8 @@ impl Node {
         let meta = self
             .meta()
             .ok_or_else(|| ProposeError::Rejected("this node hosts no meta replica".into()))?;
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            meta.replica.propose_bytes(cmd.encode()),
-        )
-        .await
+        match tokio::time::timeout(Duration::from_secs(10), meta.replica.propose(cmd.encode()))
+            .await
         {
             Ok(r) => r.map(|v| v as u64),
             Err(_) => Err(ProposeError::Timeout("map change not applied".into())),
@@ -505,9 +382,9 @@ impl Node {
                 }
             })
             .expect("spawn purge thread");
-        tokio::spawn(follow_map(Arc::downgrade(self)));
+        tokio::spawn(follow::follow_map(Arc::downgrade(self)));
         if self.meta().is_some() {
-            tokio::spawn(meta::mover::run(Arc::downgrade(self)));
+            tokio::spawn(mover::run(Arc::downgrade(self), self.http.clone()));
         }
     }
 
@@ -526,7 +403,7 @@ impl Node {
             .iter()
             .map(|&g| (g, self.cfg.voters.clone()))
             .collect();
-        let mut settings = meta::Settings::new(self.cfg.dim, self.cfg.voters.len());
+        let mut settings = Settings::new(self.cfg.dim, self.cfg.voters.len());
         settings.auto_rebalance = self.cfg.auto_rebalance;
         MetaCommand::Init {
             nodes,
@@ -534,69 +411,6 @@ impl Node {
             settings,
         }
     }
-
-    /// One look at the cluster map: learn node addresses, register this node if the map
-    /// does not know it (as it is), and open the replicas the map gives it.
-    async fn sync_with_map(self: &Arc<Self>) {
-        let members = self.meta_addrs();
-        // The first member that answers: a map a little behind is caught up next time.
-        let map = match self.meta().and_then(|m| m.map()) {
-            Some(map) => Some(map),
-            None => meta::call_meta::<ClusterMap>(&self.http, &members, "/v1/meta/map", None)
-                .await
-                .ok(),
-        };
-        let Some(map) = map.filter(ClusterMap::initialised) else {
-            return;
-        };
-        // Addresses given on the command line win (they may route through a proxy).
-        for (&id, n) in &map.nodes {
-            if id != self.id
-                && !self.cfg.peers.contains_key(&id)
-                && self.transport.peer_addr(id).as_deref() != Some(&n.addr)
-            {
-                self.transport.add_peer(id, &n.addr);
-            }
-        }
-        let spare = self.cfg.groups.is_empty() && !self.cfg.seeds.is_empty();
-        let known = map
-            .nodes
-            .get(&self.id)
-            .is_some_and(|n| n.addr == self.advertise && n.spare >= spare);
-        if !known {
-            let cmd = MetaCommand::AddNode {
-                id: self.id,
-                addr: self.advertise.clone(),
-                spare,
-            };
-            match meta::call_meta::<serde_json::Value>(
-                &self.http,
-                &members,
-                "/admin/v1/cluster/commands",
-                Some(&cmd),
-            )
-            .await
-            {
-                Ok(_) => tracing::info!(node = self.id, spare, "registered with the cluster"),
-                Err(e) => tracing::debug!("registering with the cluster: {e}"),
-            }
-        }
-        for (&g, info) in &map.groups {
-            if info.replicas.contains(&self.id) && self.group(g).is_none() {
-                tracing::info!(group = g, replicas = ?info.replicas, "hosting a new group");
-                if let Err(e) = self.open(g, &info.replicas, &mut None).await {
-                    tracing::error!(group = g, "opening a replica: {e}");
-                }
-            }
-        }
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
-    }
-}
-
-/// What a replica's state machine turned out to be when opened.
-enum Opened {
-    Shard(StateMachine),
-    Meta(MetaMachine),
 }
 
 /// Group directories an earlier run left (`groups/<g>/`).
@@ -609,81 +423,22 @@ fn on_disk_groups(dir: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
-async fn follow_map(node: std::sync::Weak<Node>) {
-    loop {
-        tokio::time::sleep(MAP_POLL).await;
-        let Some(node) = node.upgrade() else { return };
-        node.sync_with_map().await;
-    }
-}
-
-/// Keeps `caught_up` true only while the replica has a leader and has applied what the
-/// group committed (checked by a ReadIndex round after every loss).
-async fn track_readiness(group: std::sync::Weak<Group>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(g) = group.upgrade() else { return };
-        let st = g.replica.status();
-        if st.halted || st.restoring || st.leader.is_none() {
-            g.caught_up.store(false, Ordering::Relaxed);
-            continue;
-        }
-        if !g.caught_up() && g.replica.catch_up(Duration::from_secs(1)).await.is_ok() {
-            let st = g.replica.status();
-            g.caught_up
-                .store(!st.restoring && st.leader.is_some(), Ordering::Relaxed);
+impl MetaConsensus for Node {
+    fn role(&self) -> MetaRole {
+        match self.meta() {
+            None => MetaRole::Absent,
+            Some(meta) if meta.replica.status().is_leader => meta
+                .map()
+                .map_or(MetaRole::Follower, |m| MetaRole::Leader(Box::new(m))),
+            Some(_) => MetaRole::Follower,
         }
     }
-}
 
-pub async fn peer_status(http: &reqwest::Client, addr: &str, g: u64) -> Option<GroupStatus> {
-    http.get(format!("{addr}/v1/groups/{g}/status"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
+    async fn propose(&self, cmd: MetaCommand) -> Result<u64, String> {
+        self.propose_meta(&cmd).await.map_err(|e| e.to_string())
+    }
 
-/// Asks the group's leader to remove this node's replica and add it back, so that the
-/// leader forgets what it believed the replica held and catches it up from scratch.
-/// Retries until both changes are applied.
-async fn rejoin_group(
-    http: reqwest::Client,
-    transport: Arc<HttpTransport>,
-    g: u64,
-    me: u64,
-    advertise: String,
-) {
-    let mut backoff = Duration::from_millis(200);
-    for action in ["remove", "add"] {
-        loop {
-            let mut done = false;
-            for addr in transport.peers().into_values() {
-                let url = format!("{addr}/admin/v1/groups/{g}/replicas");
-                let body = serde_json::json!({"action": action, "node": me, "addr": advertise});
-                let ok = http
-                    .post(&url)
-                    .timeout(Duration::from_secs(15))
-                    .json(&body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    done = true;
-                    break;
-                }
-            }
-            if done {
-                tracing::info!(group = g, action, "rejoin step applied");
-                break;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+    fn bootstrap_map(&self) -> MetaCommand {
+        Node::bootstrap_map(self)
     }
 }

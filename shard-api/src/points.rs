@@ -1,9 +1,21 @@
-//! Wire types of the shard's internal HTTP API, shared with its client.
+//! Points and searches on the shard's internal HTTP API: what is written, read, searched
+//! and scrolled, and how an item id becomes a point id.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 pub type Payload = Map<String, Value>;
+
+/// The payload key under which a point keeps its item id (Qdrant's point ids are UUIDs);
+/// callers may not write it.
+pub const ID_KEY: &str = "_redrec_id";
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7265_6472_6563_4000_8000_6974_656d_7321);
+
+/// The UUID behind an item's point id: scrolls return points in its order.
+pub fn point_uuid(item_id: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
@@ -102,57 +114,8 @@ pub struct ScrollRequest {
     pub slots: Option<Vec<u16>>,
 }
 
-/// `POST /v1/groups/{g}/slots`: a step of a slot move.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SetSlotsRequest {
-    pub version: u64,
-    pub slots: Vec<u16>,
-    pub state: crate::slots::SlotState,
-}
-
-/// `POST /v1/groups/{g}/slots/drop`: the end of a move out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DropSlotsRequest {
-    pub version: u64,
-    pub slots: Vec<u16>,
-}
-
-/// `POST /v1/groups/{g}/migrate`: a slot move's copies (into `incoming` slots only).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MigrateRequest {
-    #[serde(default)]
-    pub upsert: Vec<Point>,
-    #[serde(default)]
-    pub delete: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WriteResponse {
-    pub written: usize,
-}
-
 fn default_page() -> usize {
     1024
-}
-
-/// What a replica holds, in a form replicas can compare.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Digest {
-    pub points: usize,
-    /// xxh3 over every (id, vector bits) pair, in id order.
-    pub checksum: String,
-    /// The replica's applied index when the digest was taken.
-    pub applied: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MembershipRequest {
-    /// `add` or `remove`.
-    pub action: String,
-    pub node: u64,
-    /// Where the added node listens (needed to add).
-    #[serde(default)]
-    pub addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,4 +140,10 @@ pub struct Stats {
     pub dim: usize,
 }
 
-pub use redrec_wire::{ErrorBody, ErrorDetail};
+/// One page of a scroll over a shard, in point-id order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Page {
+    pub points: Vec<StoredPoint>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<String>,
+}

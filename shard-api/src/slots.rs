@@ -113,6 +113,35 @@ impl SlotTable {
     }
 }
 
+/// `POST /v1/groups/{g}/slots`: a step of a slot move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetSlotsRequest {
+    pub version: u64,
+    pub slots: Vec<u16>,
+    pub state: SlotState,
+}
+
+/// `POST /v1/groups/{g}/slots/drop`: the end of a move out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropSlotsRequest {
+    pub version: u64,
+    pub slots: Vec<u16>,
+}
+
+/// `POST /v1/groups/{g}/migrate`: a slot move's copies (into `incoming` slots only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    #[serde(default)]
+    pub upsert: Vec<crate::points::Point>,
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub written: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

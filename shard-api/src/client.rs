@@ -1,24 +1,23 @@
-//! HTTP client of the shard API, for routers, tools and the meta group's mover: one
-//! shard or replica ([`ShardClient`]), and one group of replicas ([`Group`]): writes find
-//! the leader (following `not_leader` hints, backing off while there is none), reads go to
-//! any replica that has caught up, failing over to the next.
+//! The one HTTP client of the shard API, for routers, tools and the meta leader's mover:
+//! [`request`] makes a call and decodes the JSON error or the `not_leader` redirect,
+//! [`ShardClient`] is one lone shard or one replica of a group, and [`call_leader`] finds
+//! the member of a Raft group that acts (following `not_leader` hints). A group of
+//! replicas as a whole is [`crate::group::Group`].
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::time::Duration;
 
+use redrec_wire::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{
-    DeleteRequest, DeleteResponse, Digest, DropSlotsRequest, ErrorBody, GetRequest, GetResponse,
-    MigrateRequest, Point, ScrollRequest, SearchRequest, SearchResponse, SetSlotsRequest, Stats,
-    StoredPoint, UpsertRequest, UpsertResponse, WriteResponse,
+use crate::codes::{LEADER_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
+use crate::points::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, Page, Point, ScrollRequest,
+    SearchRequest, SearchResponse, Stats, StoredPoint, UpsertRequest, UpsertResponse,
 };
-use crate::raft::node::GroupStatus;
-use crate::server::groups::LEADER_HEADER;
-use crate::slots::SlotState;
-use crate::store::Page;
+use crate::slots::{DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse};
+use crate::status::{Digest, GroupStatus, NodeStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardClientError {
@@ -42,9 +41,6 @@ pub enum ShardClientError {
     },
 }
 
-/// The code a node answers for a group it does not host.
-pub const UNKNOWN_GROUP: &str = "unknown_group";
-
 impl ShardClientError {
     /// The request itself was at fault, so every group would refuse it alike. A replica
     /// that does not host the group (`unknown_group`) is the caller's view of the cluster
@@ -60,12 +56,17 @@ impl ShardClientError {
         match self {
             Self::Rejected {
                 status: 409, code, ..
-            } if code == "slot_moving" => Some(true),
+            } if code == SLOT_MOVING => Some(true),
             Self::Rejected {
                 status: 409, code, ..
-            } if code == "wrong_slot" => Some(false),
+            } if code == WRONG_SLOT => Some(false),
             _ => None,
         }
+    }
+
+    /// The node answered with a 5xx of its own.
+    pub fn is_server_error(&self) -> bool {
+        matches!(self, Self::Rejected { status, .. } if *status >= 500)
     }
 
     /// Another replica may succeed where this one did not: it was unreachable, is not
@@ -112,13 +113,6 @@ impl ShardClient {
         &self.addr
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> ShardClientError {
-        ShardClientError::Unavailable {
-            addr: self.addr.clone(),
-            message: e.to_string(),
-        }
-    }
-
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -126,45 +120,7 @@ impl ShardClient {
         timeout: Duration,
     ) -> Result<T, ShardClientError> {
         let url = format!("{}{}", self.base, path);
-        let req = match body {
-            Some(b) => self.http.post(url).json(b),
-            None => self.http.get(url),
-        };
-        let resp = req
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
-            let leader = resp
-                .headers()
-                .get(LEADER_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            return Err(ShardClientError::NotLeader {
-                addr: self.addr.clone(),
-                leader,
-            });
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => (b.error.code, b.error.message),
-                Err(_) => (
-                    "unknown".into(),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ),
-            };
-            return Err(ShardClientError::Rejected {
-                addr: self.addr.clone(),
-                status: status.as_u16(),
-                code,
-                message,
-            });
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| self.unavailable(format!("undecodable answer: {e}")))
+        request(&self.http, &self.addr, &url, body, timeout).await
     }
 
     pub async fn upsert(
@@ -277,129 +233,124 @@ impl ShardClient {
         Ok(r.written)
     }
 
+    /// A shard node's status and its replicas' (`GET /v1/node`; call it on a client made
+    /// with [`ShardClient::new`] for the node's address).
+    pub async fn node_status(&self, timeout: Duration) -> Result<NodeStatus, ShardClientError> {
+        self.call::<(), _>("/node", None, timeout).await
+    }
+
     /// Count and checksum of a replica's points (not served by a lone shard).
     pub async fn digest(&self, timeout: Duration) -> Result<Digest, ShardClientError> {
         self.call::<(), _>("/digest", None, timeout).await
     }
 }
 
-/// Longest one attempt of a write may take before the next replica is tried.
-const WRITE_ATTEMPT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-
-/// One shard group: a lone shard, or the replicas of a Raft group.
-pub struct Group {
-    pub index: usize,
-    pub replicas: Vec<ShardClient>,
-    /// The replica that last accepted a write.
-    leader: AtomicUsize,
-    /// Spreads reads over the replicas.
-    next_read: AtomicUsize,
+/// One call to a shard node: `GET url` without a body, else `POST` of it as JSON. A
+/// `not_leader` answer (421) becomes [`ShardClientError::NotLeader`] with the leader the
+/// node names, any other error answer [`ShardClientError::Rejected`] with its JSON error's
+/// code; `addr` names the node in errors.
+pub async fn request<B: Serialize, T: DeserializeOwned>(
+    http: &reqwest::Client,
+    addr: &str,
+    url: &str,
+    body: Option<&B>,
+    timeout: Duration,
+) -> Result<T, ShardClientError> {
+    let unavailable = |e: &dyn std::fmt::Display| ShardClientError::Unavailable {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    };
+    let req = match body {
+        Some(b) => http.post(url).json(b),
+        None => http.get(url),
+    };
+    let resp = req
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+        let leader = resp
+            .headers()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        return Err(ShardClientError::NotLeader {
+            addr: addr.to_string(),
+            leader,
+        });
+    }
+    let bytes = resp.bytes().await.map_err(|e| unavailable(&e))?;
+    if !status.is_success() {
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => (
+                "unknown".into(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+        };
+        return Err(ShardClientError::Rejected {
+            addr: addr.to_string(),
+            status: status.as_u16(),
+            code,
+            message,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| unavailable(&format!("undecodable answer: {e}")))
 }
 
-impl Group {
-    pub fn new(index: usize, replicas: Vec<ShardClient>) -> Self {
-        Self {
-            index,
-            replicas,
-            leader: AtomicUsize::new(0),
-            next_read: AtomicUsize::new(0),
+/// `POST`: adds or removes a replica of group `g` (a
+/// [`crate::status::MembershipRequest`]), on the group's leader.
+pub fn replicas_path(g: u64) -> String {
+    format!("/admin/v1/groups/{g}/replicas")
+}
+
+/// Longest a membership change may take to apply.
+pub const MEMBERSHIP_CALL: Duration = Duration::from_secs(15);
+
+/// Pause before another round over members none of which could act.
+const ROUND_PAUSE: Duration = Duration::from_millis(300);
+
+/// Calls `path` on the members of a Raft group at `addrs` until one acts: a `not_leader`
+/// answer sends the call to the leader it names, an unreachable or unready member
+/// (5xx, `unknown_group`, `not_leader` without a hint) to the next one, a few rounds
+/// over all of them; a client error ends it. For calls only a leader serves: map changes
+/// on the meta group, membership changes on a shard group.
+pub async fn call_leader<B: Serialize, T: DeserializeOwned>(
+    http: &reqwest::Client,
+    addrs: &[String],
+    path: &str,
+    body: Option<&B>,
+    timeout: Duration,
+) -> Result<T, ShardClientError> {
+    let members: Vec<String> = addrs
+        .iter()
+        .map(|a| a.trim_end_matches('/').to_string())
+        .collect();
+    let mut queue: VecDeque<String> = members.iter().cloned().collect();
+    let mut last = ShardClientError::Unavailable {
+        addr: format!("{members:?}"),
+        message: "no member known".into(),
+    };
+    for _ in 0..3 * members.len().max(1) + 3 {
+        let Some(addr) = queue.pop_front() else {
+            tokio::time::sleep(ROUND_PAUSE).await;
+            queue.extend(members.iter().cloned());
+            continue;
+        };
+        let url = format!("{addr}{path}");
+        match request(http, &addr, &url, body, timeout).await {
+            Ok(v) => return Ok(v),
+            Err(ShardClientError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if leader != addr => queue.push_front(leader),
+            Err(e) if e.is_retryable() || e.is_server_error() => last = e,
+            Err(e) => return Err(e),
         }
     }
-
-    pub fn leader_hint(&self) -> usize {
-        self.leader.load(Ordering::Relaxed) % self.replicas.len()
-    }
-
-    fn deadline_passed(&self) -> ShardClientError {
-        ShardClientError::Unavailable {
-            addr: format!("group {}", self.index),
-            message: "no replica answered before the deadline".into(),
-        }
-    }
-
-    /// Runs `call` on the group's leader. `not_leader` answers move to the hinted
-    /// replica; unreachable or not-ready replicas to the next one after a backoff; until
-    /// one succeeds, one refuses the request itself, or `deadline` passes. A lone shard is
-    /// tried once: there is nowhere else to go.
-    pub async fn leader_call<T, F, Fut>(
-        &self,
-        deadline: Instant,
-        call: F,
-    ) -> Result<T, ShardClientError>
-    where
-        F: Fn(ShardClient, Duration) -> Fut,
-        Fut: Future<Output = Result<T, ShardClientError>>,
-    {
-        let n = self.replicas.len();
-        let mut i = self.leader_hint();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.deadline_passed());
-            }
-            let err = match call(self.replicas[i].clone(), left.min(WRITE_ATTEMPT)).await {
-                Ok(v) => {
-                    self.leader.store(i, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Err(e) if n == 1 || !e.is_retryable() => return Err(e),
-                Err(e) => e,
-            };
-            let hinted = match &err {
-                ShardClientError::NotLeader {
-                    leader: Some(addr), ..
-                } => self.replicas.iter().position(|r| r.addr() == addr),
-                _ => None,
-            };
-            metrics::counter!("redrec_shard_retries_total", "group" => self.index.to_string())
-                .increment(1);
-            tracing::debug!(group = self.index, "retrying elsewhere: {err}");
-            let pause = match hinted {
-                Some(j) if j != i => {
-                    i = j;
-                    Duration::from_millis(5)
-                }
-                _ => {
-                    i = (i + 1) % n;
-                    let b = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    b
-                }
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left <= pause {
-                return Err(err);
-            }
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// Runs `call` on one replica, the next one if it fails (each try gets half of what
-    /// is left, the last all of it), until one answers or all were tried.
-    pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
-    where
-        F: Fn(ShardClient, Duration) -> Fut,
-        Fut: Future<Output = Result<T, ShardClientError>>,
-    {
-        let n = self.replicas.len();
-        let first = self.next_read.fetch_add(1, Ordering::Relaxed);
-        let mut last = None;
-        for k in 0..n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let budget = if k + 1 < n { left / 2 } else { left };
-            match call(self.replicas[(first + k) % n].clone(), budget).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| self.deadline_passed()))
-    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -421,11 +372,11 @@ mod tests {
         assert!(!unknown.is_client_error());
         assert!(unknown.is_retryable());
 
-        let bad = rejected(400, "invalid_request");
+        let bad = rejected(400, crate::codes::INVALID_REQUEST);
         assert!(bad.is_client_error());
         assert!(!bad.is_retryable());
 
-        let opening = rejected(503, "group_opening");
+        let opening = rejected(503, crate::codes::GROUP_OPENING);
         assert!(!opening.is_client_error());
         assert!(opening.is_retryable());
     }

@@ -1,0 +1,128 @@
+//! How a node follows the cluster map: it learns node addresses from it, registers itself
+//! in it, and opens the replicas the map places on it; a replica that lost its data asks
+//! its group to re-add it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redrec_shard_api::client::{call_leader, replicas_path, MEMBERSHIP_CALL};
+use redrec_shard_api::map::{ClusterMap, MetaCommand};
+use redrec_shard_api::meta;
+use redrec_shard_api::status::{GroupStatus, MembershipRequest};
+use redrec_shard_api::ShardClient;
+
+use super::Node;
+use crate::raft::driver::Transport;
+use crate::raft::transport::HttpTransport;
+
+/// How often a node looks at the cluster map for groups it should host.
+const MAP_POLL: Duration = Duration::from_millis(250);
+
+impl Node {
+    /// The groups of which some peer's replica has committed entries (`GET /v1/node` of
+    /// every peer, at once).
+    pub(super) async fn existing_groups(&self) -> HashSet<u64> {
+        let asks = self.transport.peers().into_values().map(|addr| async move {
+            let node = ShardClient::new(addr, self.http.clone());
+            node.node_status(Duration::from_secs(1)).await.ok()
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .flat_map(|n| n.groups)
+            .filter(|g| g.raft.commit > 0)
+            .map(|g| g.group)
+            .collect()
+    }
+
+    /// One look at the cluster map: learn node addresses, register this node if the map
+    /// does not know it (as it is), and open the replicas the map gives it.
+    async fn sync_with_map(self: &Arc<Self>) {
+        let members = self.meta_addrs();
+        // The first member that answers: a map a little behind is caught up next time.
+        let map = match self.meta().and_then(|m| m.map()) {
+            Some(map) => Some(map),
+            None => meta::map(&self.http, &members).await.ok(),
+        };
+        let Some(map) = map.filter(ClusterMap::initialised) else {
+            return;
+        };
+        // Addresses given on the command line win (they may route through a proxy).
+        for (&id, n) in &map.nodes {
+            if id != self.id
+                && !self.cfg.peers.contains_key(&id)
+                && self.transport.peer_addr(id).as_deref() != Some(&n.addr)
+            {
+                self.transport.add_peer(id, &n.addr);
+            }
+        }
+        let spare = self.cfg.groups.is_empty() && !self.cfg.seeds.is_empty();
+        let known = map
+            .nodes
+            .get(&self.id)
+            .is_some_and(|n| n.addr == self.advertise && n.spare >= spare);
+        if !known {
+            let cmd = MetaCommand::AddNode {
+                id: self.id,
+                addr: self.advertise.clone(),
+                spare,
+            };
+            match meta::propose(&self.http, &members, &cmd).await {
+                Ok(_) => tracing::info!(node = self.id, spare, "registered with the cluster"),
+                Err(e) => tracing::debug!("registering with the cluster: {e}"),
+            }
+        }
+        for (&g, info) in &map.groups {
+            if info.replicas.contains(&self.id) && self.group(g).is_none() {
+                tracing::info!(group = g, replicas = ?info.replicas, "hosting a new group");
+                if let Err(e) = self.open(g, &info.replicas, &mut None).await {
+                    tracing::error!(group = g, "opening a replica: {e}");
+                }
+            }
+        }
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
+    }
+}
+
+pub(super) async fn follow_map(node: Weak<Node>) {
+    loop {
+        tokio::time::sleep(MAP_POLL).await;
+        let Some(node) = node.upgrade() else { return };
+        node.sync_with_map().await;
+    }
+}
+
+/// Asks the group's leader to remove this node's replica and add it back, so that the
+/// leader forgets what it believed the replica held and catches it up from scratch.
+/// Retries until both changes are applied.
+pub(super) async fn rejoin_group(
+    http: reqwest::Client,
+    transport: Arc<HttpTransport>,
+    g: u64,
+    me: u64,
+    advertise: String,
+) {
+    let mut backoff = Duration::from_millis(200);
+    for action in ["remove", "add"] {
+        let change = MembershipRequest {
+            action: action.into(),
+            node: me,
+            addr: Some(advertise.clone()),
+        };
+        loop {
+            let peers: Vec<String> = transport.peers().into_values().collect();
+            let path = replicas_path(g);
+            let done: Result<GroupStatus, _> =
+                call_leader(&http, &peers, &path, Some(&change), MEMBERSHIP_CALL).await;
+            match done {
+                Ok(_) => break,
+                Err(e) => tracing::debug!(group = g, action, "rejoin step: {e}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        tracing::info!(group = g, action, "rejoin step applied");
+    }
+}

@@ -1,0 +1,146 @@
+//! `redrec shard` start-up: a lone shard over one store, or a node hosting Raft groups,
+//! from its settings (the binary only parses them).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::group::EdgeGroups;
+use crate::node::{Node, NodeConfig};
+use crate::raft::driver::DriverConfig;
+use crate::store::EdgeStore;
+
+pub struct ShardConfig {
+    /// Where to listen; port 0 picks a free one (a lone shard only).
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub dim: usize,
+    /// Host Raft-replicated groups as this node; `None`: one lone shard.
+    pub node: Option<NodeSettings>,
+}
+
+/// A shard node's settings, as given on its command line.
+pub struct NodeSettings {
+    pub id: u64,
+    /// The other nodes, as `id=http://host:port`.
+    pub peers: Vec<String>,
+    pub groups: Vec<u64>,
+    /// Nodes forming each new group (empty: this node and its peers).
+    pub voters: Vec<u64>,
+    /// Where other nodes reach this one (default: `http://<listen>`).
+    pub advertise: Option<String>,
+    /// Meta members to join a running cluster through.
+    pub seeds: Vec<String>,
+    pub auto_rebalance: bool,
+    pub raft_tick_ms: u64,
+    pub raft_election_ticks: usize,
+    pub raft_compact_after: u64,
+}
+
+/// Serves a shard until SIGINT or SIGTERM.
+pub async fn serve(cfg: ShardConfig) -> Result<()> {
+    let Some(settings) = cfg.node else {
+        let (data, dim) = (cfg.data.clone(), cfg.dim);
+        let store = tokio::task::spawn_blocking(move || {
+            EdgeStore::open(&data, dim).with_context(|| format!("opening {}", data.display()))
+        })
+        .await??;
+        redrec_wire::serve("shard", cfg.listen, crate::server::lone(Arc::new(store))).await?;
+        return Ok(());
+    };
+    if cfg.listen.port() == 0 {
+        bail!("a shard node needs a fixed port: its peers must know where it listens");
+    }
+    // The port first: a node that cannot have it stops before it touches its data.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let id = settings.id;
+    let node_cfg = node_config(&settings, cfg.listen, cfg.data.clone(), cfg.dim)?;
+    let http = redrec_wire::http_client()?;
+    let factory = Arc::new(EdgeGroups {
+        dim: cfg.dim,
+        http: http.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let node = Node::start(node_cfg, http, factory)
+        .await
+        .with_context(|| format!("starting shard node {id} in {}", cfg.data.display()))?;
+    tracing::info!(node = id, groups = ?settings.groups, "shard node started");
+    redrec_wire::serve_on("shard", listener, crate::server::node(node.clone())).await?;
+    node.step_down().await;
+    Ok(())
+}
+
+/// The node's configuration: peers parsed, voters defaulted (a node with seeds and no
+/// peers joins as spare), the Raft clock.
+fn node_config(
+    s: &NodeSettings,
+    listen: SocketAddr,
+    data: PathBuf,
+    dim: usize,
+) -> Result<NodeConfig> {
+    let peers = parse_peers(&s.peers)?;
+    let seeds: Vec<String> = s
+        .seeds
+        .iter()
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let voters = if !s.voters.is_empty() {
+        s.voters.clone()
+    } else if peers.is_empty() && !seeds.is_empty() {
+        Vec::new()
+    } else {
+        let mut v: Vec<u64> = peers.keys().copied().chain([s.id]).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let joining = !seeds.is_empty() && !voters.contains(&s.id);
+    Ok(NodeConfig {
+        id: s.id,
+        data,
+        dim,
+        advertise: s
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}")),
+        peers,
+        groups: if joining {
+            Vec::new()
+        } else {
+            s.groups.clone()
+        },
+        voters,
+        seeds,
+        auto_rebalance: s.auto_rebalance,
+        driver: DriverConfig {
+            tick: Duration::from_millis(s.raft_tick_ms.max(1)),
+            election_ticks: s.raft_election_ticks.max(3),
+            heartbeat_ticks: (s.raft_election_ticks / 5).max(1),
+            compact_after: s.raft_compact_after,
+        },
+    })
+}
+
+fn parse_peers(peers: &[String]) -> Result<HashMap<u64, String>> {
+    peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer {p:?}: expected id=http://host:port"))?;
+            let id = id
+                .trim()
+                .parse()
+                .with_context(|| format!("peer {p:?}: bad id"))?;
+            Ok((id, addr.trim().trim_end_matches('/').to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,130 @@
+//! A node's administration and status: the cluster map it holds and changes to it (on
+//! the meta leader), replica membership changes, the node's status, and readiness.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use redrec_shard_api::codes::{
+    INTERNAL_COMMAND, INVALID_ACTION, MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY, NO_CLUSTER_MAP,
+};
+use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
+use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
+use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
+use redrec_wire::{HttpError, Json};
+
+use super::error::{propose_error, unavailable, Reply};
+use super::groups::group;
+use crate::node::Node;
+
+type Shared = Arc<Node>;
+
+/// The cluster map this node holds (a meta member's replica, else the last fetched).
+async fn meta_map(State(node): State<Shared>) -> Reply<ClusterMap> {
+    node.map().map(axum::Json).ok_or_else(|| {
+        unavailable(
+            NO_CLUSTER_MAP,
+            format!("node {} has no cluster map yet", node.id),
+        )
+    })
+}
+
+/// Administrative changes to the cluster map (on the meta leader).
+async fn meta_command(
+    State(node): State<Shared>,
+    Json(cmd): Json<MetaCommand>,
+) -> Reply<serde_json::Value> {
+    if cmd.internal() {
+        return Err(HttpError::bad_request(
+            INTERNAL_COMMAND,
+            "this map change is a step of the meta leader's own work",
+        )
+        .into());
+    }
+    if node.meta().is_none() {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            NOT_A_META_MEMBER,
+            format!("node {} hosts no meta replica", node.id),
+        )
+        .into());
+    }
+    let version = node
+        .propose_meta(&cmd)
+        .await
+        .map_err(|e| propose_error(&node, META_GROUP, e))?;
+    Ok(axum::Json(serde_json::json!({ "version": version })))
+}
+
+async fn membership(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<MembershipRequest>,
+) -> Reply<GroupStatus> {
+    let add = match r.action.as_str() {
+        "add" => true,
+        "remove" => false,
+        other => {
+            return Err(HttpError::bad_request(
+                INVALID_ACTION,
+                format!("action {other:?}: expected \"add\" or \"remove\""),
+            )
+            .into())
+        }
+    };
+    if add && r.addr.as_deref().is_none_or(str::is_empty) {
+        return Err(HttpError::bad_request(
+            MISSING_ADDR,
+            "adding a replica needs the address of its node",
+        )
+        .into());
+    }
+    node.change_membership(g, add, r.node, r.addr)
+        .await
+        .map_err(|e| propose_error(&node, g, e))?;
+    Ok(axum::Json(group(&node, g)?.status()))
+}
+
+async fn node_status(State(node): State<Shared>) -> axum::Json<NodeStatus> {
+    axum::Json(NodeStatus {
+        node: node.id,
+        addr: node.advertise.clone(),
+        ready: node.ready(),
+        groups: node.groups().iter().map(|g| g.status()).collect(),
+    })
+}
+
+async fn readyz(State(node): State<Shared>) -> Response {
+    let lagging: Vec<u64> = node
+        .groups()
+        .iter()
+        .filter(|g| !g.caught_up())
+        .map(|g| g.id)
+        .collect();
+    if lagging.is_empty() {
+        return "ready".into_response();
+    }
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        NOT_READY,
+        format!("replicas of groups {lagging:?} have not caught up"),
+    )
+    .into_response()
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route(MAP_PATH, get(meta_map))
+        .route(COMMANDS_PATH, post(meta_command))
+        .route("/admin/v1/groups/{g}/replicas", post(membership))
+        .route("/v1/node", get(node_status))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(readyz))
+}

@@ -1,0 +1,95 @@
+//! The shard API's errors, mapped once to a status, a code from
+//! [`redrec_shard_api::codes`] and the JSON error body; a `not_leader` answer also names
+//! the leader in [`LEADER_HEADER`].
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use redrec_shard_api::codes::{
+    INTERNAL, INVALID_REQUEST, LEADER_HEADER, NOT_LEADER, OUTCOME_UNKNOWN, REPLICA_STOPPED,
+    STORAGE_ERROR,
+};
+use redrec_wire::HttpError;
+
+use crate::node::Node;
+use crate::raft::replica::ProposeError;
+use crate::store::{StoreError, VectorStore};
+
+pub struct ApiError {
+    error: HttpError,
+    leader: Option<String>,
+}
+
+impl From<HttpError> for ApiError {
+    fn from(error: HttpError) -> Self {
+        Self {
+            error,
+            leader: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadRequest(m) => HttpError::bad_request(INVALID_REQUEST, m),
+            StoreError::Engine(m) => {
+                HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, STORAGE_ERROR, m)
+            }
+        }
+        .into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = self.leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            headers.insert(LEADER_HEADER, v);
+        }
+        (headers, self.error).into_response()
+    }
+}
+
+pub type Reply<T> = Result<axum::Json<T>, ApiError>;
+
+pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+    HttpError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into()
+}
+
+/// What a proposal to group `g` on `node` failed with, as the API says it.
+pub fn propose_error(node: &Node, g: u64, e: ProposeError) -> ApiError {
+    match e {
+        ProposeError::NotLeader(_) => ApiError {
+            error: HttpError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                NOT_LEADER,
+                format!("node {} does not lead group {g}", node.id),
+            ),
+            leader: node.leader_addr(g),
+        },
+        ProposeError::Rejected(m) => HttpError::bad_request(INVALID_REQUEST, m).into(),
+        ProposeError::Unknown(m) | ProposeError::Timeout(m) => unavailable(
+            OUTCOME_UNKNOWN,
+            format!("the write may or may not have been applied ({m}); retrying is safe"),
+        ),
+        ProposeError::Stopped => unavailable(REPLICA_STOPPED, "the replica has stopped"),
+        ProposeError::Refused { code, message } => {
+            HttpError::new(StatusCode::CONFLICT, code, format!("group {g} {message}")).into()
+        }
+    }
+}
+
+/// Runs a store call off the async workers: the engine's calls block.
+pub async fn blocking<T: Send + 'static>(
+    store: Arc<dyn VectorStore>,
+    f: impl FnOnce(&dyn VectorStore) -> Result<T, StoreError> + Send + 'static,
+) -> Reply<T> {
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(r) => r.map(axum::Json).map_err(ApiError::from),
+        Err(e) => {
+            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()).into())
+        }
+    }
+}

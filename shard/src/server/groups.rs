@@ -1,0 +1,276 @@
+//! A node's replicas through the API: points, searches, scrolls and digests under
+//! `/v1/groups/{g}/…`, and the steps of slot moves. Writes are proposed to the group's log
+//! and answered once committed and applied; reads are served by a caught-up replica, or
+//! on the leader after a ReadIndex round when asked for `strong` consistency.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use redrec_shard_api::codes::{
+    GROUP_OPENING, NOT_A_SHARD_GROUP, NOT_READY, NO_QUORUM, UNKNOWN_GROUP,
+};
+use redrec_shard_api::points::{
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Page, ScrollRequest,
+    SearchRequest, SearchResponse, Stats, UpsertRequest, UpsertResponse,
+};
+use redrec_shard_api::slots::{
+    slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
+};
+use redrec_shard_api::status::{Digest, GroupStatus};
+use redrec_wire::{HttpError, Json};
+
+use super::error::{blocking, propose_error, unavailable, ApiError, Reply};
+use crate::group::machine::Command;
+use crate::node::replica::Hosted;
+use crate::node::Node;
+use crate::raft::replica::ProposeError;
+use crate::store::{check_points, digest, VectorStore};
+
+/// Longest a write waits for its entry to commit and apply.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a strong read waits for the ReadIndex round and the apply behind it.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Shared = Arc<Node>;
+
+/// This node's replica of group `g`. A group the cluster map places here but that is
+/// not open yet (it formed moments ago) is unavailable for now, not unknown.
+pub fn group(node: &Node, g: u64) -> Result<Arc<Hosted>, ApiError> {
+    if let Some(group) = node.group(g) {
+        return Ok(group);
+    }
+    let placed_here = node
+        .map()
+        .and_then(|m| m.groups.get(&g).map(|i| i.replicas.contains(&node.id)))
+        .unwrap_or(false);
+    Err(if placed_here {
+        unavailable(
+            GROUP_OPENING,
+            format!("node {} is opening its replica of group {g}", node.id),
+        )
+    } else {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            UNKNOWN_GROUP,
+            format!("group {g} is not hosted on node {}", node.id),
+        )
+        .into()
+    })
+}
+
+/// A shard group's replica (not the meta group's).
+fn shard(node: &Node, g: u64) -> Result<(Arc<Hosted>, Arc<dyn VectorStore>), ApiError> {
+    let group = group(node, g)?;
+    match group.store().cloned() {
+        Some(store) => Ok((group, store)),
+        None => Err(HttpError::bad_request(
+            NOT_A_SHARD_GROUP,
+            format!("group {g} holds the cluster map, not points"),
+        )
+        .into()),
+    }
+}
+
+/// A replica serving default reads must have caught up with its group.
+fn readable(node: &Node, g: u64) -> Result<(Arc<Hosted>, Arc<dyn VectorStore>), ApiError> {
+    let (group, store) = shard(node, g)?;
+    if !group.caught_up() {
+        return Err(unavailable(
+            NOT_READY,
+            format!("replica of group {g} on node {} has not caught up", node.id),
+        ));
+    }
+    Ok((group, store))
+}
+
+async fn propose(node: &Node, g: u64, cmd: Command) -> Result<usize, ApiError> {
+    let group = group(node, g)?;
+    match tokio::time::timeout(WRITE_TIMEOUT, group.replica.propose(cmd.encode())).await {
+        Ok(r) => r.map_err(|e| propose_error(node, g, e)),
+        Err(_) => Err(propose_error(
+            node,
+            g,
+            ProposeError::Timeout("not committed in time".into()),
+        )),
+    }
+}
+
+async fn upsert(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<UpsertRequest>,
+) -> Reply<UpsertResponse> {
+    // Refused here with a 400 rather than proposed and rejected by every replica.
+    check_points(&r.points, shard(&node, g)?.1.dim())?;
+    if r.points.is_empty() {
+        return Ok(axum::Json(UpsertResponse { upserted: 0 }));
+    }
+    let upserted = propose(&node, g, Command::Upsert(r.points)).await?;
+    Ok(axum::Json(UpsertResponse { upserted }))
+}
+
+async fn delete(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<DeleteRequest>,
+) -> Reply<DeleteResponse> {
+    shard(&node, g)?;
+    let deleted = propose(&node, g, Command::Delete(r.ids)).await?;
+    Ok(axum::Json(DeleteResponse { deleted }))
+}
+
+/// Proposes a step of a slot move (the meta leader's mover calls them).
+async fn write(node: &Node, g: u64, cmd: Command) -> Reply<WriteResponse> {
+    let written = propose(node, g, cmd).await?;
+    Ok(axum::Json(WriteResponse { written }))
+}
+
+async fn set_slots(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<SetSlotsRequest>,
+) -> Reply<WriteResponse> {
+    shard(&node, g)?;
+    let (version, slots, state) = (r.version, r.slots, r.state);
+    write(
+        &node,
+        g,
+        Command::SetSlots {
+            version,
+            slots,
+            state,
+        },
+    )
+    .await
+}
+
+async fn drop_slots(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<DropSlotsRequest>,
+) -> Reply<WriteResponse> {
+    shard(&node, g)?;
+    let (version, slots) = (r.version, r.slots);
+    write(&node, g, Command::DropSlots { version, slots }).await
+}
+
+/// A slot move's copies (checked here like any upsert).
+async fn migrate(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<MigrateRequest>,
+) -> Reply<WriteResponse> {
+    check_points(&r.upsert, shard(&node, g)?.1.dim())?;
+    let (upsert, delete) = (r.upsert, r.delete);
+    write(&node, g, Command::Migrate { upsert, delete }).await
+}
+
+async fn get_points(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<GetRequest>,
+) -> Reply<GetResponse> {
+    let (_, store) = readable(&node, g)?;
+    blocking(store, move |st| {
+        st.get(&r.ids, r.with_vector)
+            .map(|points| GetResponse { points })
+    })
+    .await
+}
+
+async fn search(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<SearchRequest>,
+) -> Reply<SearchResponse> {
+    let (group, store) = match r.consistency {
+        Consistency::Any => readable(&node, g)?,
+        Consistency::Strong => {
+            let (group, store) = shard(&node, g)?;
+            if !group.replica.status().is_leader {
+                return Err(propose_error(&node, g, ProposeError::NotLeader(None)));
+            }
+            group
+                .replica
+                .catch_up(READ_INDEX_TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    ProposeError::Timeout(m) => unavailable(NO_QUORUM, m),
+                    other => propose_error(&node, g, other),
+                })?;
+            (group, store)
+        }
+    };
+    let mut answer = blocking(store, move |st| {
+        st.search(&r).map(|results| SearchResponse { results })
+    })
+    .await?;
+    // Slots being copied in, or already dropped here, are not this group's to serve.
+    group.with_slots(|slots| {
+        if slots.states.is_some() {
+            for list in &mut answer.results {
+                list.retain(|h| matches!(slots.of(&h.id), SlotState::Owned | SlotState::Fenced));
+            }
+        }
+    });
+    Ok(answer)
+}
+
+async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
+    blocking(shard(&node, g)?.1, |st| st.stats()).await
+}
+
+async fn status(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<GroupStatus> {
+    Ok(axum::Json(group(&node, g)?.status()))
+}
+
+/// A page of the replica's points: what a snapshot transfer pulls.
+async fn scroll(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<ScrollRequest>,
+) -> Reply<Page> {
+    let limit = r.limit.clamp(1, 4096);
+    let wanted: Option<HashSet<usize>> = r.slots.map(|s| s.into_iter().map(usize::from).collect());
+    blocking(shard(&node, g)?.1, move |st| {
+        let mut page = st.scroll(r.cursor.as_deref(), limit)?;
+        if let Some(wanted) = wanted {
+            page.points.retain(|p| wanted.contains(&slot_of(&p.id)));
+        }
+        Ok(page)
+    })
+    .await
+}
+
+async fn digest_of(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Digest> {
+    let (group, store) = shard(&node, g)?;
+    let applied = group.replica.status().applied;
+    blocking(store, move |st| {
+        digest(st).map(|(points, checksum)| Digest {
+            points,
+            checksum,
+            applied,
+        })
+    })
+    .await
+}
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/groups/{g}/points/upsert", post(upsert))
+        .route("/v1/groups/{g}/points/delete", post(delete))
+        .route("/v1/groups/{g}/points/get", post(get_points))
+        .route("/v1/groups/{g}/search", post(search))
+        .route("/v1/groups/{g}/stats", get(stats))
+        .route("/v1/groups/{g}/status", get(status))
+        .route("/v1/groups/{g}/scroll", post(scroll))
+        .route("/v1/groups/{g}/digest", get(digest_of))
+        .route("/v1/groups/{g}/slots", post(set_slots))
+        .route("/v1/groups/{g}/slots/drop", post(drop_slots))
+        .route("/v1/groups/{g}/migrate", post(migrate))
+}

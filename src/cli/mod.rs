@@ -1,0 +1,89 @@
+//! The command line: every subcommand and its flags (the serving roles' in [`roles`]).
+//! Parsing only; `main` dispatches.
+
+pub mod roles;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use roles::{EncoderArgs, RouterArgs, ShardArgs};
+
+use crate::{bench, bench_ingest, cluster, demo, eval};
+
+#[derive(Parser)]
+#[command(
+    name = "redrec",
+    version,
+    about = "Cross-scenario two-tower recommendation serving"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a local cluster (3 shards, encoder, router) on the reference towers and a
+    /// synthetic catalogue, serving the public API until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Serve one shard: an embedded Qdrant shard on disk behind the internal API; with
+    /// --node-id, a node hosting Raft-replicated shard groups.
+    Shard(ShardArgs),
+    /// Serve the item and user towers over HTTP.
+    Encoder(EncoderArgs),
+    /// Serve the public API over a set of shards.
+    Router(RouterArgs),
+    /// Datasets for training and evaluation.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Benchmarks, each against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Offline evaluation through a local cluster: HR, NDCG and MRR of the towers against
+    /// popularity and mean-of-history, over the whole catalogue.
+    Eval(eval::EvalArgs),
+    /// Inspect and administer a cluster of shard nodes.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Tower throughput and latency, in-process and over HTTP, with and without dynamic
+    /// batching, against raw onnxruntime in Python at equal batch sizes.
+    Encoder(bench::EncoderBenchArgs),
+    /// Upsert throughput of a Raft-replicated shard group (R=3) against a lone shard.
+    Ingest(bench_ingest::IngestBenchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum DatasetCommand {
+    /// Generate the synthetic multi-scenario dataset (deterministic by seed).
+    Synth(SynthArgs),
+    /// Convert MovieLens-100k, read from the installed `recbole` package, to the same layout.
+    Movielens(MovielensArgs),
+}
+
+#[derive(Args)]
+pub struct MovielensArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Each user's last N ratings are held out for evaluation.
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Directory holding ml-100k.item and ml-100k.inter (default: the recbole package's).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub items: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub users: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}

@@ -1,0 +1,264 @@
+//! The serving roles' flags (with their environment variables), and how they turn into
+//! each role's settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use redrec_encoder::{BatchConfig, Device, EncoderConfig, TowersConfig};
+use redrec_router::{RouterConfig, Topology, Towers};
+use redrec_shard::serve::NodeSettings;
+use redrec_shard::ShardConfig;
+
+#[derive(Args)]
+pub struct ShardArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, env = "REDREC_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// Directory of the shard's data.
+    #[arg(long, env = "REDREC_DATA", default_value = ".redrec/shard")]
+    pub data: PathBuf,
+    /// Dimension of item vectors.
+    #[arg(long, env = "REDREC_DIM", default_value_t = 64)]
+    pub dim: usize,
+    #[command(flatten)]
+    pub raft: RaftArgs,
+}
+
+#[derive(Args)]
+pub struct RaftArgs {
+    /// This node's id (1, 2, …): hosts Raft-replicated shard groups instead of one lone shard.
+    #[arg(long, env = "REDREC_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// 0-based index of this node (a StatefulSet pod's index): the node id is ordinal + 1.
+    #[arg(long, env = "REDREC_NODE_ORDINAL", conflicts_with = "node_id")]
+    pub node_ordinal: Option<u64>,
+    /// The other shard nodes, as id=http://host:port, comma-separated.
+    #[arg(long, env = "REDREC_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Shard groups this node hosts a replica of.
+    #[arg(
+        long,
+        env = "REDREC_GROUPS",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub groups: Vec<u64>,
+    /// Nodes forming each new group (default: this node and its peers). A node that is not
+    /// among them, or whose data was lost, asks the group to add it.
+    #[arg(long, env = "REDREC_VOTERS", value_delimiter = ',')]
+    pub voters: Vec<u64>,
+    /// Where other nodes reach this one (default: http://<listen>).
+    #[arg(long, env = "REDREC_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The cluster's meta members (http://host:port, comma-separated). A node that is not
+    /// among the voters joins the running cluster through them: it registers itself as
+    /// spare, and the cluster forms new groups from spare nodes and moves slots onto them.
+    #[arg(long, env = "REDREC_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Whether a new cluster rebalances slots by itself whenever a group forms (recorded
+    /// in its map at creation; later `redrec cluster auto-rebalance on|off`).
+    #[arg(long, env = "REDREC_AUTO_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_rebalance: bool,
+    /// Raft clock tick, in milliseconds.
+    #[arg(long, env = "REDREC_RAFT_TICK_MS", default_value_t = 100)]
+    pub raft_tick_ms: u64,
+    /// Ticks without a leader's heartbeat before an election.
+    #[arg(long, env = "REDREC_RAFT_ELECTION_TICKS", default_value_t = 10)]
+    pub raft_election_ticks: usize,
+    /// Applied entries kept in the log before compaction; a replica further behind is
+    /// caught up by a snapshot.
+    #[arg(long, env = "REDREC_RAFT_COMPACT_AFTER", default_value_t = 10_000)]
+    pub raft_compact_after: u64,
+}
+
+#[derive(Args, Clone)]
+pub struct TowerArgs {
+    /// Directory holding manifest.json and the towers (default: the reference towers).
+    #[arg(long, env = "REDREC_MODELS")]
+    pub models: Option<PathBuf>,
+    /// ONNX Runtime sessions per tower, each with its own batch worker (default: from the cores).
+    #[arg(long, env = "REDREC_ENCODER_SESSIONS")]
+    pub sessions: Option<usize>,
+    /// Threads per session run (default: cores / sessions).
+    #[arg(long, env = "REDREC_ENCODER_THREADS")]
+    pub intra_threads: Option<usize>,
+    /// Where the towers run: cpu, or cuda (needs the `cuda` feature; falls back to the CPU).
+    #[arg(long, env = "REDREC_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Run each request alone instead of batching concurrent ones.
+    #[arg(long, env = "REDREC_NO_BATCHING")]
+    pub no_batching: bool,
+    /// Most rows (texts or users) in one batch.
+    #[arg(long, env = "REDREC_MAX_BATCH", default_value_t = BatchConfig::default().max_batch)]
+    pub max_batch: usize,
+    /// Most padded positions (rows × length) in one batch.
+    #[arg(long, env = "REDREC_MAX_BATCH_TOKENS", default_value_t = BatchConfig::default().max_tokens)]
+    pub max_batch_tokens: usize,
+    /// Longest a request waits for others to share its batch, in microseconds.
+    #[arg(long, env = "REDREC_MAX_WAIT_US", default_value_t = BatchConfig::default().max_wait.as_micros() as u64)]
+    pub max_wait_us: u64,
+    /// Most rows queued per tower; past it requests are refused with 503 and Retry-After.
+    #[arg(long, env = "REDREC_QUEUE_ROWS", default_value_t = BatchConfig::default().queue_rows)]
+    pub queue_rows: usize,
+}
+
+impl TowerArgs {
+    /// The towers these flags describe.
+    pub fn config(&self) -> TowersConfig {
+        let base = match self.sessions {
+            Some(n) => EncoderConfig::with_sessions(n),
+            None => EncoderConfig::default(),
+        };
+        TowersConfig {
+            models: self
+                .models
+                .clone()
+                .unwrap_or_else(redrec_encoder::manifest::default_dir),
+            encoder: EncoderConfig {
+                intra_threads: self.intra_threads.unwrap_or(base.intra_threads).max(1),
+                device: self.device,
+                ..base
+            },
+            batching: BatchConfig {
+                enabled: !self.no_batching,
+                max_batch: self.max_batch.max(1),
+                max_tokens: self.max_batch_tokens.max(1),
+                max_wait: Duration::from_micros(self.max_wait_us),
+                queue_rows: self.queue_rows.max(1),
+                ..BatchConfig::default()
+            },
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EncoderArgs {
+    #[arg(long, env = "REDREC_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub towers: TowerArgs,
+}
+
+#[derive(Args)]
+pub struct RouterArgs {
+    #[arg(long, env = "REDREC_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Lone (unreplicated) shard addresses, comma-separated (http://host:port).
+    #[arg(
+        long,
+        env = "REDREC_SHARDS",
+        value_delimiter = ',',
+        required_unless_present_any = ["group", "meta"]
+    )]
+    pub shards: Vec<String>,
+    /// A Raft-replicated shard group: the addresses of the nodes hosting its replicas,
+    /// comma-separated. Repeat for groups 0, 1, … (in the environment: `;` between groups).
+    #[arg(
+        long,
+        env = "REDREC_SHARD_GROUPS",
+        value_delimiter = ';',
+        conflicts_with = "shards"
+    )]
+    pub group: Vec<String>,
+    /// Route by the cluster map of the meta group whose members listen here
+    /// (http://host:port, comma-separated): groups added and slots moved are followed
+    /// without a restart.
+    #[arg(
+        long,
+        env = "REDREC_META",
+        value_delimiter = ',',
+        conflicts_with_all = ["shards", "group"]
+    )]
+    pub meta: Vec<String>,
+    /// Encoder address; without it the towers run in this process.
+    #[arg(long, env = "REDREC_ENCODER")]
+    pub encoder: Option<String>,
+    #[command(flatten)]
+    pub towers: TowerArgs,
+    /// Time a recommend request may spend on shards before answering with what it has.
+    #[arg(long, env = "REDREC_DEADLINE_MS", default_value_t = 1000)]
+    pub deadline_ms: u64,
+    /// Largest k a request may ask for.
+    #[arg(long, env = "REDREC_MAX_K", default_value_t = 1000)]
+    pub max_k: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "REDREC_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most items per ingest request.
+    #[arg(long, env = "REDREC_MAX_ITEMS", default_value_t = 1024)]
+    pub max_items: usize,
+    /// Users whose query vectors are cached for repeated calls (0 turns the cache off).
+    #[arg(long, env = "REDREC_USER_CACHE", default_value_t = 100_000)]
+    pub user_cache: u64,
+    /// Seconds cached query vectors stay valid.
+    #[arg(long, env = "REDREC_USER_CACHE_TTL_S", default_value_t = 60)]
+    pub user_cache_ttl_s: u64,
+}
+
+impl ShardArgs {
+    /// The shard's settings: a node when it has an id (or a StatefulSet ordinal).
+    pub fn config(self) -> ShardConfig {
+        let r = self.raft;
+        let id = r.node_id.or(r.node_ordinal.map(|o| o + 1));
+        ShardConfig {
+            listen: self.listen,
+            data: self.data,
+            dim: self.dim,
+            node: id.map(|id| NodeSettings {
+                id,
+                peers: r.peers,
+                groups: r.groups,
+                voters: r.voters,
+                advertise: r.advertise,
+                seeds: r.seeds,
+                auto_rebalance: r.auto_rebalance,
+                raft_tick_ms: r.raft_tick_ms,
+                raft_election_ticks: r.raft_election_ticks,
+                raft_compact_after: r.raft_compact_after,
+            }),
+        }
+    }
+}
+
+impl RouterArgs {
+    pub fn towers(&self) -> Towers {
+        match &self.encoder {
+            Some(addr) => Towers::Remote(addr.clone()),
+            None => Towers::Local(self.towers.config()),
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        if !self.meta.is_empty() {
+            Topology::Meta(self.meta.clone())
+        } else if self.group.is_empty() {
+            Topology::Lone(self.shards.clone())
+        } else {
+            Topology::Groups(
+                self.group
+                    .iter()
+                    .map(|g| {
+                        g.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    pub fn config(&self) -> RouterConfig {
+        RouterConfig {
+            max_k: self.max_k,
+            max_body_bytes: self.max_body_bytes,
+            max_items_per_request: self.max_items,
+            deadline: Duration::from_millis(self.deadline_ms),
+            user_cache_capacity: self.user_cache,
+            user_cache_ttl: Duration::from_secs(self.user_cache_ttl_s),
+            ..Default::default()
+        }
+    }
+}
