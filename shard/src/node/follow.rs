@@ -20,6 +20,23 @@ use crate::raft::transport::HttpTransport;
 const MAP_POLL: Duration = Duration::from_millis(250);
 
 impl Node {
+    /// Follows the cluster map while the node lives.
+    pub(super) fn spawn_following(self: &Arc<Self>) {
+        tokio::spawn(follow_map(Arc::downgrade(self)));
+    }
+
+    /// Asks group `g` to re-add this node's replica, which lost its data (in the
+    /// background, until it is done).
+    pub(super) fn spawn_rejoin(&self, g: u64) {
+        tokio::spawn(rejoin_group(
+            self.http.clone(),
+            self.transport.clone(),
+            g,
+            self.id,
+            self.advertise.clone(),
+        ));
+    }
+
     /// The groups of which some peer's replica has committed entries (`GET /v1/node` of
     /// every peer, at once).
     pub(super) async fn existing_groups(&self) -> HashSet<u64> {
@@ -86,7 +103,7 @@ impl Node {
     }
 }
 
-pub(super) async fn follow_map(node: Weak<Node>) {
+async fn follow_map(node: Weak<Node>) {
     loop {
         tokio::time::sleep(MAP_POLL).await;
         let Some(node) = node.upgrade() else { return };
@@ -97,7 +114,7 @@ pub(super) async fn follow_map(node: Weak<Node>) {
 /// Asks the group's leader to remove this node's replica and add it back, so that the
 /// leader forgets what it believed the replica held and catches it up from scratch.
 /// Retries until both changes are applied.
-pub(super) async fn rejoin_group(
+async fn rejoin_group(
     http: reqwest::Client,
     transport: Arc<HttpTransport>,
     g: u64,

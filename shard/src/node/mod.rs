@@ -222,13 +222,7 @@ impl Node {
                 group = g,
                 "replica lost its data; asking the group to re-add it"
             );
-            tokio::spawn(follow::rejoin_group(
-                self.http.clone(),
-                self.transport.clone(),
-                g,
-                cfg.id,
-                cfg.advertise.clone(),
-            ));
+            self.spawn_rejoin(g);
         }
         Ok(group)
     }
@@ -382,7 +376,7 @@ impl Node {
                 }
             })
             .expect("spawn purge thread");
-        tokio::spawn(follow::follow_map(Arc::downgrade(self)));
+        self.spawn_following();
         if self.meta().is_some() {
             tokio::spawn(mover::run(Arc::downgrade(self), self.http.clone()));
         }
