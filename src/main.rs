@@ -24,9 +24,12 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo(a) => demo::run(a).await,
         Command::Shard(a) => redrec_shard::serve(a.config()).await,
-        Command::Encoder(a) => redrec_encoder::serve(a.listen, a.towers.config()).await,
+        Command::Encoder(a) => {
+            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits()).await
+        }
         Command::Router(a) => {
-            redrec_router::serve(a.listen, a.towers(), a.topology(), a.config()).await
+            let limits = a.serve.limits();
+            redrec_router::serve(a.listen, a.towers(), a.topology(), a.config(), limits).await
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,

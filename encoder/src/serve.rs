@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use redrec_wire::Limits;
 
 use crate::batcher::BatchConfig;
 use crate::pool::EncoderConfig;
@@ -49,8 +50,8 @@ impl TowersConfig {
 }
 
 /// Serves the towers over HTTP until SIGINT or SIGTERM.
-pub async fn serve(listen: SocketAddr, towers: TowersConfig) -> Result<()> {
+pub async fn serve(listen: SocketAddr, towers: TowersConfig, limits: Limits) -> Result<()> {
     let towers = towers.start().await?;
-    redrec_wire::serve("encoder", listen, crate::server::router(towers)).await?;
+    redrec_wire::serve("encoder", listen, crate::server::router(towers), limits).await?;
     Ok(())
 }

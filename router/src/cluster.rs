@@ -3,7 +3,7 @@
 //! when it moves on (periodically, and at once when a shard says a write reached the wrong
 //! group).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use redrec_shard_api::ClusterMap;
 pub use redrec_shard_api::Group;
 use redrec_shard_api::ShardClient;
 
-use redrec_shard_api::slots::SlotTable;
+use redrec_shard_api::slots::{slot_of, SlotTable};
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -208,7 +208,74 @@ impl Cluster {
         groups
     }
 
+    /// Splits `ids` by the group that may hold them: its owner, and, for a slot being
+    /// moved (served by the group it leaves as well as by its new owner until the move
+    /// ends), every group.
+    pub fn split_by_group(&self, ids: &[String]) -> Vec<Vec<String>> {
+        let moving: BTreeSet<u16> = self
+            .map
+            .iter()
+            .flat_map(|m| m.moves.iter().flat_map(|mv| mv.slots.iter().copied()))
+            .collect();
+        let mut out = vec![Vec::new(); self.groups.len()];
+        for id in ids {
+            if moving.contains(&(slot_of(id) as u16)) {
+                out.iter_mut().for_each(|g| g.push(id.clone()));
+            } else if let Some(g) = out.get_mut(self.slots.shard_of(id)) {
+                g.push(id.clone());
+            }
+        }
+        out
+    }
+
     pub fn group_of(&self, item_id: &str) -> &Arc<Group> {
         &self.groups[self.slots.shard_of(item_id)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redrec_shard_api::map::{MetaCommand, Settings};
+
+    #[test]
+    fn excluded_ids_go_to_the_groups_that_may_hold_them() {
+        let http = reqwest::Client::new();
+        let addrs: Vec<String> = (0..3)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect();
+        let fixed = Cluster::fixed(&addrs, http.clone());
+        let ids: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+        let split = fixed.split_by_group(&ids);
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), ids.len());
+        for (g, part) in split.iter().enumerate() {
+            assert!(part.iter().all(|id| fixed.slots.shard_of(id) == g));
+        }
+
+        // While a slot moves, its ids go to every group.
+        let mut map = ClusterMap::default();
+        let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
+        let groups = [(0, vec![1, 2, 3]), (1, vec![1, 2, 3])].into();
+        let settings = Settings::new(64, 3);
+        map.apply(MetaCommand::Init {
+            nodes,
+            groups,
+            settings,
+        })
+        .unwrap();
+        let moving = slot_of(&ids[0]) as u16;
+        let (from, to) = (map.slots[moving as usize], 1 - map.slots[moving as usize]);
+        map.apply(MetaCommand::BeginMove {
+            slots: vec![moving],
+            from,
+            to,
+        })
+        .unwrap();
+        let mapped = Cluster::from_map(map, &http);
+        let split = mapped.split_by_group(&ids);
+        assert!(split.iter().all(|part| part.contains(&ids[0])));
+        let others = ids.iter().filter(|id| slot_of(id) as u16 != moving).count();
+        let total: usize = split.iter().map(Vec::len).sum();
+        assert_eq!(total, others + 2 * (ids.len() - others));
     }
 }

@@ -8,8 +8,11 @@ pub struct RouterConfig {
     pub max_k: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Most items one ingest request may carry.
+    /// Most items one ingest request may carry (and ids one search may exclude).
     pub max_items_per_request: usize,
+    /// Most events a recommend's history may carry: the newest `max_history` feed the
+    /// user tower, all of them are excluded when `exclude_seen`.
+    pub max_history_events: usize,
     /// Time a recommend request may spend on shards: the history lookup gets at most half,
     /// the search the rest;
     /// shards that have not answered by then are left out and reported in `coverage`.
@@ -28,6 +31,7 @@ impl Default for RouterConfig {
             max_k: 1000,
             max_body_bytes: 8 * 1024 * 1024,
             max_items_per_request: 1024,
+            max_history_events: 10_000,
             deadline: Duration::from_millis(1000),
             write_timeout: Duration::from_secs(10),
             user_cache_capacity: 100_000,

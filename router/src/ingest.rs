@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redrec_shard_api::points::Point;
 use redrec_shard_api::points::ID_KEY;
+use redrec_shard_api::points::{check_vector, Point};
 
 use crate::api::{
     DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse, Payload,
@@ -161,21 +161,8 @@ pub async fn ingest_vectors(
     check_batch(state, req.items.iter().map(|i| (i.id.as_str(), &i.payload)))?;
     let dim = state.encoder.manifest().dim;
     for (i, item) in req.items.iter().enumerate() {
-        if item.vector.len() != dim {
-            return Err(RouterError::bad(
-                "invalid_vector",
-                format!(
-                    "items[{i}].vector has {} dimensions, expected {dim}",
-                    item.vector.len()
-                ),
-            ));
-        }
-        if item.vector.iter().any(|x| !x.is_finite()) {
-            return Err(RouterError::bad(
-                "invalid_vector",
-                format!("items[{i}].vector has a NaN or infinite value"),
-            ));
-        }
+        check_vector(&item.vector, dim)
+            .map_err(|e| RouterError::bad("invalid_vector", format!("items[{i}]: {e}")))?;
     }
     let points = req
         .items

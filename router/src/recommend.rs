@@ -176,6 +176,17 @@ pub async fn recommend(
     let started = Instant::now();
     let deadline = started + state.cfg.deadline;
     let m = state.encoder.manifest();
+    if req.history.len() > state.cfg.max_history_events {
+        return Err(RouterError::bad(
+            "history_too_long",
+            format!(
+                "history has {} events; at most {} are taken (the newest {} feed the towers)",
+                req.history.len(),
+                state.cfg.max_history_events,
+                m.max_history
+            ),
+        ));
+    }
     let mut plan = plan(&req, m, state.cfg.max_k)?;
     let key = UserCache::key(req.user_id.as_deref(), &plan.events, &m.model_version);
     let queries = match state.users.get(key) {

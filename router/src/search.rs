@@ -1,9 +1,10 @@
 //! Searching every shard group at once with query vectors, and `POST /v1/search`: the
 //! catalogue searched with query vectors the caller brings (no user tower).
 
+use std::collections::HashSet;
 use std::time::Instant;
 
-use redrec_shard_api::points::{Consistency, Hit, SearchRequest};
+use redrec_shard_api::points::{check_vector, Consistency, Hit, SearchRequest};
 use redrec_shard_api::ShardClient;
 
 use crate::api::{Coverage, SearchVectorsRequest, SearchVectorsResponse};
@@ -12,8 +13,9 @@ use crate::fanout::{client_error, coverage, fan_out};
 use crate::merge;
 use crate::state::RouterState;
 
-/// Searches every shard group with `queries` (each group leaving out its part of
-/// `exclude`); returns, per query, the lists of the groups that answered, and who did.
+/// Searches every shard group with `queries` (each group leaving out the ids of
+/// `exclude` it may hold); returns, per query, the lists of the groups that answered, and
+/// who did.
 /// No group answering is a 503; a client error any group reports is a 400.
 pub async fn search_groups(
     state: &RouterState,
@@ -26,14 +28,14 @@ pub async fn search_groups(
 ) -> Result<(Vec<Vec<Vec<Hit>>>, Coverage), RouterError> {
     let cluster = &*state.cluster.get();
     let n = queries.len();
-    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |_, group| {
+    // Each group leaves out the excluded ids it may hold, not the whole list.
+    let excluded = cluster.split_by_group(exclude);
+    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |i, group| {
         let request = SearchRequest {
             queries: queries.clone(),
             k,
             filter: filter.clone(),
-            // Every group gets the whole list: during a slot move an item may be served
-            // by the group it leaves as well as by its new owner.
-            exclude: exclude.to_vec(),
+            exclude: excluded[i].clone(),
             ef: None,
             consistency,
         };
@@ -66,9 +68,13 @@ pub async fn search_groups(
         )));
     }
     let mut per_query: Vec<Vec<Vec<Hit>>> = vec![Vec::new(); n];
+    // A group working from a newer map than this router's may hold an excluded item
+    // this router did not send it: leave it out here too.
+    let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
     for (_, r) in outcomes {
         if let Ok(resp) = r {
-            for (q, hits) in resp.results.into_iter().enumerate().take(n) {
+            for (q, mut hits) in resp.results.into_iter().enumerate().take(n) {
+                hits.retain(|h| !excluded.contains(h.id.as_str()));
                 per_query[q].push(hits);
             }
         }
@@ -91,12 +97,8 @@ pub async fn search(
         ));
     }
     for (i, v) in req.vectors.iter().enumerate() {
-        if v.len() != dim || v.iter().any(|x| !x.is_finite()) {
-            return Err(RouterError::bad(
-                "invalid_vectors",
-                format!("vectors[{i}] must have {dim} finite values"),
-            ));
-        }
+        check_vector(v, dim)
+            .map_err(|e| RouterError::bad("invalid_vectors", format!("vectors[{i}]: {e}")))?;
     }
     if req.k == 0 || req.k > state.cfg.max_k {
         return Err(RouterError::bad(

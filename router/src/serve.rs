@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use redrec_encoder::{EncoderClient, EncoderHandle, TowersConfig};
 use redrec_shard_api::map::MetaCommand;
+use redrec_wire::Limits;
 
 use crate::cluster::{Cluster, ClusterView};
 use crate::config::RouterConfig;
@@ -37,6 +38,7 @@ pub async fn serve(
     towers: Towers,
     topology: Topology,
     cfg: RouterConfig,
+    limits: Limits,
 ) -> Result<()> {
     let http = redrec_wire::http_client()?;
     let encoder = match towers {
@@ -70,7 +72,7 @@ pub async fn serve(
         }
     };
     let state = Arc::new(RouterInner::new(encoder, cluster, cfg));
-    redrec_wire::serve("router", listen, crate::server::app(state)).await?;
+    redrec_wire::serve("router", listen, crate::server::app(state), limits).await?;
     Ok(())
 }
 

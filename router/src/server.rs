@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use axum::Router;
 use futures::future::join_all;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use redrec_shard_api::ShardClient;
-use redrec_wire::{with_fallbacks, Json};
+use redrec_wire::{with_fallbacks, Json, Path};
 
 use crate::api::{
     ClusterResponse, DeleteResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse,

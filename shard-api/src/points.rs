@@ -12,6 +12,36 @@ pub type Payload = Map<String, Value>;
 pub const ID_KEY: &str = "_redrec_id";
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7265_6472_6563_4000_8000_6974_656d_7321);
 
+/// The longest a stored or query vector may be (L2 norm). With both sides at most this
+/// long, a score (a dot product) stays within ±1e12 whatever the dimension, so scores
+/// are always finite numbers; the towers' vectors have norm 1.
+pub const MAX_NORM: f64 = 1e6;
+
+/// What any vector redrec stores or searches with must be: `dim` components, each finite,
+/// and an L2 norm of at most [`MAX_NORM`]. The error says which rule it broke.
+pub fn check_vector(vector: &[f32], dim: usize) -> Result<(), String> {
+    if vector.len() != dim {
+        return Err(format!(
+            "vector has {} dimensions, expected {dim}",
+            vector.len()
+        ));
+    }
+    if vector.iter().any(|x| !x.is_finite()) {
+        return Err("vector has a NaN or infinite component".into());
+    }
+    let norm = vector
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if norm > MAX_NORM {
+        return Err(format!(
+            "vector has norm {norm:.3e}, more than the {MAX_NORM:.0e} allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// The UUID behind an item's point id: scrolls return points in its order.
 pub fn point_uuid(item_id: &str) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes())
@@ -146,4 +176,24 @@ pub struct Page {
     pub points: Vec<StoredPoint>,
     /// Where the next page starts; `None` after the last page.
     pub next: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_keep_scores_finite() {
+        assert!(check_vector(&[0.6, 0.8], 2).is_ok());
+        assert!(check_vector(&[0.6], 2).unwrap_err().contains("dimensions"));
+        assert!(check_vector(&[f32::NAN, 0.0], 2).is_err());
+        // Finite but huge: two such vectors would score past f32's range.
+        let huge = [3e38f32, 3e38];
+        assert!(huge.iter().fold(0f32, |s, x| s + x * x).is_infinite());
+        assert!(check_vector(&huge, 2).unwrap_err().contains("norm"));
+        // At the bound, the largest score is finite in f32.
+        let edge = [MAX_NORM as f32, 0.0];
+        assert!(check_vector(&edge, 2).is_ok());
+        assert!((edge[0] * edge[0]).is_finite());
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use redrec_wire::Limits;
 
 use crate::group::EdgeGroups;
 use crate::node::{Node, NodeConfig};
@@ -19,6 +20,8 @@ pub struct ShardConfig {
     pub listen: SocketAddr,
     pub data: PathBuf,
     pub dim: usize,
+    /// How long clients may take to send a request.
+    pub limits: Limits,
     /// Host Raft-replicated groups as this node; `None`: one lone shard.
     pub node: Option<NodeSettings>,
 }
@@ -49,7 +52,8 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
             EdgeStore::open(&data, dim).with_context(|| format!("opening {}", data.display()))
         })
         .await??;
-        redrec_wire::serve("shard", cfg.listen, crate::server::lone(Arc::new(store))).await?;
+        let app = crate::server::lone(Arc::new(store));
+        redrec_wire::serve("shard", cfg.listen, app, cfg.limits).await?;
         return Ok(());
     };
     if cfg.listen.port() == 0 {
@@ -71,7 +75,8 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .await
         .with_context(|| format!("starting shard node {id} in {}", cfg.data.display()))?;
     tracing::info!(node = id, groups = ?settings.groups, "shard node started");
-    redrec_wire::serve_on("shard", listener, crate::server::node(node.clone())).await?;
+    let app = crate::server::node(node.clone());
+    redrec_wire::serve_on("shard", listener, app, cfg.limits).await?;
     node.step_down().await;
     Ok(())
 }

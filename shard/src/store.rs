@@ -95,23 +95,13 @@ pub fn point_id(item_id: &str) -> PointId {
     PointId::Uuid(point_uuid(item_id))
 }
 
+/// See [`redrec_shard_api::points::check_vector`]: the same rule as the router's.
 pub fn check_vector(vector: &[f32], dim: usize) -> StoreResult<()> {
-    if vector.len() != dim {
-        return Err(StoreError::BadRequest(format!(
-            "vector has {} dimensions, expected {dim}",
-            vector.len()
-        )));
-    }
-    if vector.iter().any(|x| !x.is_finite()) {
-        return Err(StoreError::BadRequest(
-            "vector has a NaN or infinite component".into(),
-        ));
-    }
-    Ok(())
+    redrec_shard_api::points::check_vector(vector, dim).map_err(StoreError::BadRequest)
 }
 
 /// What every store refuses in an upsert, decided from the points alone (so replicas of a
-/// group all decide alike): an empty id, or a vector of the wrong size or not finite.
+/// group all decide alike): an empty id, or a vector breaking the vector rule.
 pub fn check_points(points: &[Point], dim: usize) -> StoreResult<()> {
     for (i, p) in points.iter().enumerate() {
         if p.id.is_empty() {

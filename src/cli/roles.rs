@@ -10,6 +10,27 @@ use redrec_encoder::{BatchConfig, Device, EncoderConfig, TowersConfig};
 use redrec_router::{RouterConfig, Topology, Towers};
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
+use redrec_wire::Limits;
+
+/// How long clients may take to send a request (every server).
+#[derive(Args, Clone, Copy)]
+pub struct ServeArgs {
+    /// A connection whose request headers are not all in after this long is closed.
+    #[arg(long, env = "REDREC_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request body not all in after this long is refused (408).
+    #[arg(long, env = "REDREC_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_read: Duration::from_millis(self.header_timeout_ms.max(1)),
+            body_read: Duration::from_millis(self.body_timeout_ms.max(1)),
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct ShardArgs {
@@ -24,6 +45,8 @@ pub struct ShardArgs {
     pub dim: usize,
     #[command(flatten)]
     pub raft: RaftArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args)]
@@ -139,6 +162,8 @@ pub struct EncoderArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub towers: TowerArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args)]
@@ -177,6 +202,8 @@ pub struct RouterArgs {
     pub encoder: Option<String>,
     #[command(flatten)]
     pub towers: TowerArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Time a recommend request may spend on shards before answering with what it has.
     #[arg(long, env = "REDREC_DEADLINE_MS", default_value_t = 1000)]
     pub deadline_ms: u64,
@@ -186,9 +213,12 @@ pub struct RouterArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "REDREC_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Most items per ingest request.
+    /// Most items per ingest request (and ids one search may exclude).
     #[arg(long, env = "REDREC_MAX_ITEMS", default_value_t = 1024)]
     pub max_items: usize,
+    /// Most events one recommend's history may carry.
+    #[arg(long, env = "REDREC_MAX_HISTORY_EVENTS", default_value_t = 10_000)]
+    pub max_history_events: usize,
     /// Users whose query vectors are cached for repeated calls (0 turns the cache off).
     #[arg(long, env = "REDREC_USER_CACHE", default_value_t = 100_000)]
     pub user_cache: u64,
@@ -206,6 +236,7 @@ impl ShardArgs {
             listen: self.listen,
             data: self.data,
             dim: self.dim,
+            limits: self.serve.limits(),
             node: id.map(|id| NodeSettings {
                 id,
                 peers: r.peers,
@@ -255,6 +286,7 @@ impl RouterArgs {
             max_k: self.max_k,
             max_body_bytes: self.max_body_bytes,
             max_items_per_request: self.max_items,
+            max_history_events: self.max_history_events,
             deadline: Duration::from_millis(self.deadline_ms),
             user_cache_capacity: self.user_cache,
             user_cache_ttl: Duration::from_secs(self.user_cache_ttl_s),

@@ -3,6 +3,7 @@
 //! graceful shutdown.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -81,6 +82,13 @@ impl IntoResponse for HttpError {
 
 impl From<JsonRejection> for HttpError {
     fn from(r: JsonRejection) -> Self {
+        if is_body_timeout(&r) {
+            return Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            );
+        }
         let code = match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -97,6 +105,19 @@ impl From<JsonRejection> for HttpError {
     }
 }
 
+/// Whether reading the body failed because it did not arrive within [`Limits::body_read`].
+fn is_body_timeout(r: &JsonRejection) -> bool {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = Some(r);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// `axum::Json`, but a body that does not parse answers with [`ErrorBody`].
 pub struct Json<T>(pub T);
 
@@ -106,6 +127,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
         Ok(Json(v))
+    }
+}
+
+/// `axum::extract::Path`, but a path that does not parse (invalid UTF-8 once
+/// percent-decoded, a group id that is not a number) answers with [`ErrorBody`].
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for Path<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(r) => Err(HttpError::new(r.status(), "invalid_path", r.body_text())),
+        }
     }
 }
 
@@ -129,11 +168,43 @@ pub fn with_fallbacks(router: Router) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
+/// How long a client may take to send a request: a connection whose headers are not
+/// all in within `header_read` is closed, and a body not all in within `body_read` is
+/// refused (408), so that half-sent requests cannot hold a server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub body_read: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Binds `listen` (port 0 picks a free one), prints `redrec <role> listening on http://ADDR`
 /// on stdout (what supervisors and tests wait for), and serves until SIGINT or SIGTERM.
-pub async fn serve(role: &str, listen: SocketAddr, app: Router) -> std::io::Result<()> {
-    serve_on(role, tokio::net::TcpListener::bind(listen).await?, app).await
+pub async fn serve(
+    role: &str,
+    listen: SocketAddr,
+    app: Router,
+    limits: Limits,
+) -> std::io::Result<()> {
+    serve_on(
+        role,
+        tokio::net::TcpListener::bind(listen).await?,
+        app,
+        limits,
+    )
+    .await
 }
+
+/// Longest a stopping server waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// [`serve`] on a listener bound beforehand (a server that must know it holds its port
 /// before it starts anything else).
@@ -141,13 +212,55 @@ pub async fn serve_on(
     role: &str,
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: Limits,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     let addr = listener.local_addr()?;
     println!("redrec {role} listening on http://{addr}");
     tracing::info!(%addr, "{role} listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_read,
+    ));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
+    }
+    Ok(())
 }
 
 pub async fn shutdown_signal() {

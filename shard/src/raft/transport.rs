@@ -237,14 +237,14 @@ pub fn routes(inbox: Arc<Inbox>) -> axum::Router {
     use axum::body::Bytes;
     use axum::extract::State;
     use axum::http::StatusCode;
-    async fn receive(State(inbox): State<Arc<Inbox>>, body: Bytes) -> StatusCode {
-        match decode(&body) {
-            Ok(batch) => {
-                inbox.deliver(batch);
-                StatusCode::NO_CONTENT
-            }
-            Err(_) => StatusCode::BAD_REQUEST,
-        }
+    async fn receive(
+        State(inbox): State<Arc<Inbox>>,
+        body: Bytes,
+    ) -> Result<StatusCode, redrec_wire::HttpError> {
+        let batch = decode(&body)
+            .map_err(|e| redrec_wire::HttpError::bad_request("invalid_raft_frame", e))?;
+        inbox.deliver(batch);
+        Ok(StatusCode::NO_CONTENT)
     }
     axum::Router::new()
         .route("/raft/v1/messages", axum::routing::post(receive))

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use redrec_shard_api::codes::{
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
 use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
-use redrec_wire::{HttpError, Json};
+use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{propose_error, unavailable, Reply};
 use super::groups::group;

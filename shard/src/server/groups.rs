@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -22,7 +22,7 @@ use redrec_shard_api::slots::{
     slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
 };
 use redrec_shard_api::status::{Digest, GroupStatus};
-use redrec_wire::{HttpError, Json};
+use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{blocking, propose_error, unavailable, ApiError, Reply};
 use crate::group::machine::Command;
