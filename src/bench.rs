@@ -256,7 +256,7 @@ async fn serve(
 ) -> Result<(EncoderHandle, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = redrec_encoder::server::router(towers);
+    let app = redrec_encoder::server::router(towers, &Default::default());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

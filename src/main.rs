@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command, DatasetCommand};
 use redrec::dataset;
+use redrec_wire::auth::Guard;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -21,19 +22,22 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let token = cli.cluster_token();
+    match cli.command {
         Command::Demo(a) => demo::run(a).await,
-        Command::Shard(a) => redrec_shard::serve(a.config()).await,
+        Command::Shard(a) => redrec_shard::serve(a.config(token)).await,
         Command::Encoder(a) => {
-            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits()).await
+            let guard = Guard::new(None, token.as_ref());
+            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits(), guard).await
         }
         Command::Router(a) => {
-            let limits = a.serve.limits();
-            redrec_router::serve(a.listen, a.towers(), a.topology(), a.config(), limits).await
+            let (limits, cfg) = (a.serve.limits(), a.config(token)?);
+            redrec_router::serve(a.listen, a.towers(), a.topology(), cfg, limits).await
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
-        Command::Cluster(c) => cluster::run(c, redrec_wire::http_client()?).await,
+        Command::Cluster(c) => cluster::run(c, redrec_wire::http_client(token.as_ref())?).await,
         Command::Eval(a) => eval::run(a).await,
         Command::Dataset(DatasetCommand::Movielens(a)) => {
             let source = match a.source {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
 use support::raft::free_port;
 use support::*;
@@ -149,6 +149,12 @@ fn role(docs: &[Yaml], kind: &str, name: &str, pod: &str, ordinal: usize) -> Rol
                 v = v.replace(&format!("$({k})"), val);
             }
             v
+        } else if let Some(secret) = e["valueFrom"]["secretKeyRef"].as_mapping() {
+            secret_value(
+                docs,
+                secret["name"].as_str().unwrap(),
+                secret["key"].as_str().unwrap(),
+            )
         } else {
             match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                 Some("metadata.name") => pod.to_string(),
@@ -160,6 +166,18 @@ fn role(docs: &[Yaml], kind: &str, name: &str, pod: &str, ordinal: usize) -> Rol
         env.push((key, value));
     }
     Role { args, env }
+}
+
+/// A key of a rendered Secret.
+fn secret_value(docs: &[Yaml], name: &str, key: &str) -> String {
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no Secret {name}"));
+    secret["stringData"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("Secret {name} has no {key}"))
+        .to_string()
 }
 
 #[test]
@@ -236,21 +254,36 @@ fn rendered_role_commands_form_a_working_cluster() {
                 .is_ok_and(|r| r.status().is_success())
         })
     });
+    // Auth is on by default: the chart generated an admin key, and a cluster credential
+    // every internal call carries.
+    let key = secret_value(&docs, &format!("{full}-auth"), "admin-key");
+    let (status, refused) = post(&format!("{base}/v1/recommend"), &json!({}));
+    assert_eq!(status, 401, "{refused}");
+    let keyed = |path: &str, body: Option<&Value>| -> (u16, Value) {
+        let url = format!("{base}{path}");
+        let req = match body {
+            Some(b) => http().post(url).json(b),
+            None => http().get(url),
+        };
+        let resp = req.header("x-api-key", &key).send().expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    };
     let data = synth(dir.path(), 300, 3, 5);
     for chunk in data.items.chunks(100) {
         let body = json!({"items": chunk.iter().map(|it| json!({
             "id": it["id"], "text": it["text"], "payload": {"category": it["category"]},
         })).collect::<Vec<_>>()});
-        let (status, resp) = post(&format!("{base}/v1/items"), &body);
+        let (status, resp) = keyed("/v1/items", Some(&body));
         assert_eq!(status, 200, "{resp}");
     }
     let req =
         json!({"history": recent_history(&data.users[0], 10), "scenario": "homefeed", "k": 5});
-    let (status, answer) = post(&format!("{base}/v1/recommend"), &req);
+    let (status, answer) = keyed("/v1/recommend", Some(&req));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["items"].as_array().unwrap().len(), 5, "{answer}");
     assert_eq!(answer["coverage"], json!({"shards": 3, "answered": 3}));
-    let (_, cluster) = get(&format!("{base}/v1/cluster"));
+    let (_, cluster) = keyed("/v1/cluster", None);
     let replicas = cluster["shards"][0]["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 3, "{cluster}");
     assert_eq!(

@@ -277,7 +277,7 @@ mod tests {
         let timeout = Duration::from_secs(10);
 
         // A current encoder: packed both ways, and the same queries as in-process.
-        let addr = serve(crate::server::router(towers.clone())).await;
+        let addr = serve(crate::server::router(towers.clone(), &Default::default())).await;
         let current = EncoderClient::connect(&addr, http.clone(), timeout)
             .await
             .unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use redrec_wire::auth::Guard;
 use redrec_wire::Limits;
 
 use crate::batcher::BatchConfig;
@@ -50,8 +51,14 @@ impl TowersConfig {
 }
 
 /// Serves the towers over HTTP until SIGINT or SIGTERM.
-pub async fn serve(listen: SocketAddr, towers: TowersConfig, limits: Limits) -> Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    towers: TowersConfig,
+    limits: Limits,
+    guard: Guard,
+) -> Result<()> {
     let towers = towers.start().await?;
-    redrec_wire::serve("encoder", listen, crate::server::router(towers), limits).await?;
+    let app = crate::server::router(towers, &guard);
+    redrec_wire::serve("encoder", listen, app, limits).await?;
     Ok(())
 }

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use redrec_wire::auth::{self, Access, Guard, Route};
 use redrec_wire::{with_fallbacks, HttpError, Json};
 
 use crate::api::{
@@ -145,14 +147,23 @@ async fn ok() -> &'static str {
     "ok"
 }
 
-pub fn router(towers: Arc<Towers>) -> Router {
-    let api = Router::new()
-        .route("/v1/encode/items", post(items))
-        .route("/v1/encode/users", post(users))
-        .route("/v1/manifest", get(manifest))
-        .route("/v1/stats", get(stats))
-        .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+/// Every route of the encoder's API (internal: the cluster credential), with who may
+/// call it.
+pub fn routes() -> Vec<Route<Arc<Towers>>> {
+    let cluster = Access::Cluster;
+    vec![
+        Route::new(Method::POST, "/v1/encode/items", cluster, post(items)),
+        Route::new(Method::POST, "/v1/encode/users", cluster, post(users)),
+        Route::new(Method::GET, "/v1/manifest", cluster, get(manifest)),
+        Route::new(Method::GET, "/v1/stats", cluster, get(stats)),
+        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
+        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
+    ]
+}
+
+/// The encoder's API over `towers`, checked by `guard`.
+pub fn router(towers: Arc<Towers>, guard: &Guard) -> Router {
+    let api = auth::build(routes(), guard)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(towers);
     with_fallbacks(api)

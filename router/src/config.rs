@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use redrec_wire::auth::{Guard, Secret};
+
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     /// Largest `k` a recommend request may ask for.
@@ -23,6 +25,10 @@ pub struct RouterConfig {
     pub user_cache_capacity: u64,
     /// How long cached query vectors stay valid.
     pub user_cache_ttl: Duration,
+    /// The API keys callers must present (none: the API is open).
+    pub guard: Guard,
+    /// The cluster credential this router's calls to the encoder and the nodes carry.
+    pub cluster_token: Option<Secret>,
 }
 
 impl Default for RouterConfig {
@@ -36,6 +42,8 @@ impl Default for RouterConfig {
             write_timeout: Duration::from_secs(10),
             user_cache_capacity: 100_000,
             user_cache_ttl: Duration::from_secs(60),
+            guard: Guard::default(),
+            cluster_token: None,
         }
     }
 }

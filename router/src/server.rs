@@ -4,13 +4,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use futures::future::join_all;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use redrec_shard_api::ShardClient;
+use redrec_wire::auth::{self, Access, Route, Scope};
 use redrec_wire::{with_fallbacks, Json, Path};
 
 use crate::api::{
@@ -166,32 +168,54 @@ async fn ok() -> &'static str {
     "ok"
 }
 
+/// Every route of the public API, with who may call it.
+pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
+    let (read, write, admin) = (
+        Access::Key(Scope::Read),
+        Access::Key(Scope::Write),
+        Access::Key(Scope::Admin),
+    );
+    let metrics = if open_metrics { Access::Open } else { admin };
+    vec![
+        Route::new(
+            Method::POST,
+            "/v1/recommend",
+            read,
+            json_post!(recommend::recommend, RecommendRequest),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/search",
+            read,
+            json_post!(search::search, SearchVectorsRequest),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/items",
+            write,
+            json_post!(ingest::ingest_texts, IngestTextsRequest),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/items/vectors",
+            write,
+            json_post!(ingest::ingest_vectors, IngestVectorsRequest),
+        ),
+        Route::new(Method::GET, "/v1/items/{id}", read, get(get_item)),
+        Route::new(Method::DELETE, "/v1/items/{id}", write, delete(delete_item)),
+        Route::new(Method::GET, "/v1/cluster", admin, get(cluster)),
+        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
+        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
+        Route::new(Method::GET, "/metrics", metrics, get(metrics_text)),
+    ]
+}
+
 pub fn app(state: RouterState) -> Router {
     metrics_handle();
     let limit = state.cfg.max_body_bytes;
-    let api = Router::new()
-        .route(
-            "/v1/recommend",
-            json_post!(recommend::recommend, RecommendRequest),
-        )
-        .route(
-            "/v1/search",
-            json_post!(search::search, SearchVectorsRequest),
-        )
-        .route(
-            "/v1/items",
-            json_post!(ingest::ingest_texts, IngestTextsRequest),
-        )
-        .route(
-            "/v1/items/vectors",
-            json_post!(ingest::ingest_vectors, IngestVectorsRequest),
-        )
-        .route("/v1/items/{id}", get(get_item).delete(delete_item))
-        .route("/v1/cluster", get(cluster))
-        .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
-        .route("/metrics", get(metrics_text))
+    let guard = &state.cfg.guard;
+    let api = auth::build(routes(guard.open_metrics), guard)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state);
+        .with_state(state.clone());
     with_fallbacks(api).layer(middleware::from_fn(record))
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use redrec_wire::auth::{Guard, Secret};
 use redrec_wire::Limits;
 
 use crate::group::EdgeGroups;
@@ -22,6 +23,9 @@ pub struct ShardConfig {
     pub dim: usize,
     /// How long clients may take to send a request.
     pub limits: Limits,
+    /// The cluster credential every call to this shard must carry, and that its own calls
+    /// to other nodes carry (none: internal routes are open).
+    pub cluster_token: Option<Secret>,
     /// Host Raft-replicated groups as this node; `None`: one lone shard.
     pub node: Option<NodeSettings>,
 }
@@ -52,7 +56,8 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
             EdgeStore::open(&data, dim).with_context(|| format!("opening {}", data.display()))
         })
         .await??;
-        let app = crate::server::lone(Arc::new(store));
+        let guard = Guard::new(None, cfg.cluster_token.as_ref());
+        let app = crate::server::lone(Arc::new(store), &guard);
         redrec_wire::serve("shard", cfg.listen, app, cfg.limits).await?;
         return Ok(());
     };
@@ -65,7 +70,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     let id = settings.id;
     let node_cfg = node_config(&settings, cfg.listen, cfg.data.clone(), cfg.dim)?;
-    let http = redrec_wire::http_client()?;
+    let http = redrec_wire::http_client(cfg.cluster_token.as_ref())?;
     let factory = Arc::new(EdgeGroups {
         dim: cfg.dim,
         http: http.clone(),
@@ -75,7 +80,8 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .await
         .with_context(|| format!("starting shard node {id} in {}", cfg.data.display()))?;
     tracing::info!(node = id, groups = ?settings.groups, "shard node started");
-    let app = crate::server::node(node.clone());
+    let guard = Guard::new(None, cfg.cluster_token.as_ref());
+    let app = crate::server::node(node.clone(), &guard);
     redrec_wire::serve_on("shard", listener, app, cfg.limits).await?;
     node.step_down().await;
     Ok(())

@@ -6,6 +6,7 @@ pub mod roles;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use redrec_wire::auth::Secret;
 use roles::{EncoderArgs, RouterArgs, ShardArgs};
 
 use crate::{bench, bench_ingest, cluster, demo, eval};
@@ -19,6 +20,25 @@ use crate::{bench, bench_ingest, cluster, demo, eval};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The cluster credential: internal calls (router to encoder and shards, node to node,
+    /// `redrec cluster`) carry it, and the encoder and the shards refuse calls without it.
+    /// Unset: internal routes are open.
+    #[arg(
+        long,
+        env = "REDREC_CLUSTER_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub cluster_token: Option<String>,
+}
+
+impl Cli {
+    pub fn cluster_token(&self) -> Option<Secret> {
+        self.cluster_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+    }
 }
 
 #[derive(Subcommand)]

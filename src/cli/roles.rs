@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use redrec_encoder::{BatchConfig, Device, EncoderConfig, TowersConfig};
 use redrec_router::{RouterConfig, Topology, Towers};
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
+use redrec_wire::auth::{ApiKeys, Guard, Secret};
 use redrec_wire::Limits;
 
 /// How long clients may take to send a request (every server).
@@ -216,6 +218,17 @@ pub struct RouterArgs {
     /// Most items per ingest request (and ids one search may exclude).
     #[arg(long, env = "REDREC_MAX_ITEMS", default_value_t = 1024)]
     pub max_items: usize,
+    /// API keys callers must present, as `SCOPES:KEY` entries separated by commas (scopes
+    /// `read`, `write`, `admin`, joined by `+`; KEY may be `sha256:HEX`). Unset: the public
+    /// API is open.
+    #[arg(long, env = "REDREC_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// A file of API keys, one entry per line, in the form of --api-keys.
+    #[arg(long, env = "REDREC_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Serve /metrics without an API key (with keys on, it otherwise needs `admin`).
+    #[arg(long, env = "REDREC_OPEN_METRICS")]
+    pub open_metrics: bool,
     /// Most events one recommend's history may carry.
     #[arg(long, env = "REDREC_MAX_HISTORY_EVENTS", default_value_t = 10_000)]
     pub max_history_events: usize,
@@ -229,7 +242,7 @@ pub struct RouterArgs {
 
 impl ShardArgs {
     /// The shard's settings: a node when it has an id (or a StatefulSet ordinal).
-    pub fn config(self) -> ShardConfig {
+    pub fn config(self, cluster_token: Option<Secret>) -> ShardConfig {
         let r = self.raft;
         let id = r.node_id.or(r.node_ordinal.map(|o| o + 1));
         ShardConfig {
@@ -237,6 +250,7 @@ impl ShardArgs {
             data: self.data,
             dim: self.dim,
             limits: self.serve.limits(),
+            cluster_token,
             node: id.map(|id| NodeSettings {
                 id,
                 peers: r.peers,
@@ -281,8 +295,23 @@ impl RouterArgs {
         }
     }
 
-    pub fn config(&self) -> RouterConfig {
-        RouterConfig {
+    /// The router's settings; a key file or list that does not parse is an error.
+    pub fn config(&self, cluster_token: Option<Secret>) -> Result<RouterConfig> {
+        let keys = match (&self.api_keys, &self.api_keys_file) {
+            (Some(_), Some(_)) => bail!("give --api-keys or --api-keys-file, not both"),
+            (Some(list), None) if !list.trim().is_empty() => Some(list.clone()),
+            (_, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading API keys from {}", file.display()))?,
+            ),
+            _ => None,
+        };
+        let keys = keys
+            .map(|k| ApiKeys::parse(&k).map_err(|e| anyhow!("API keys: {e}")))
+            .transpose()?;
+        let mut guard = Guard::new(keys, None);
+        guard.open_metrics = self.open_metrics;
+        Ok(RouterConfig {
             max_k: self.max_k,
             max_body_bytes: self.max_body_bytes,
             max_items_per_request: self.max_items,
@@ -290,7 +319,9 @@ impl RouterArgs {
             deadline: Duration::from_millis(self.deadline_ms),
             user_cache_capacity: self.user_cache,
             user_cache_ttl: Duration::from_secs(self.user_cache_ttl_s),
+            guard,
+            cluster_token,
             ..Default::default()
-        }
+        })
     }
 }

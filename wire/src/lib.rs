@@ -2,83 +2,20 @@
 //! whose rejections are JSON errors too, and serving with an announced address and a
 //! graceful shutdown.
 
+pub mod auth;
+pub mod error;
+
+pub use error::{ErrorBody, ErrorDetail, HttpError};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+
 use axum::Router;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-
-/// `{"error": {"code": "...", "message": "..."}}`, the body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-}
-
-/// An error already decided: status, machine-readable code, human message.
-#[derive(Debug, Clone)]
-pub struct HttpError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Seconds a client should wait before retrying (sent as `Retry-After`).
-    pub retry_after: Option<u64>,
-}
-
-impl HttpError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A load-shedding answer: the server is fine, just full; retry after `secs`.
-    pub fn overloaded(code: &'static str, message: impl Into<String>, secs: u64) -> Self {
-        Self {
-            retry_after: Some(secs),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        // Shed load is expected under overload; logging each refusal would add to it.
-        if self.status.is_server_error() && self.retry_after.is_none() {
-            tracing::warn!(code = self.code, "{}", self.message);
-        }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
-        }
-        response
-    }
-}
 
 impl From<JsonRejection> for HttpError {
     fn from(r: JsonRejection) -> Self {
@@ -282,11 +219,20 @@ pub async fn shutdown_signal() {
 }
 
 /// The HTTP client every tier calls the others with: short connect timeout, pooled
-/// connections, no Nagle delay.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// connections, no Nagle delay, and the cluster credential on every call when there is
+/// one.
+pub fn http_client(cluster_token: Option<&auth::Secret>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = cluster_token {
+        let mut value = reqwest::header::HeaderValue::from_str(token.expose())
+            .map_err(|_| anyhow::anyhow!("the cluster credential must be printable ASCII"))?;
+        value.set_sensitive(true);
+        headers.insert(auth::CLUSTER_HEADER, value);
+    }
+    Ok(reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .tcp_nodelay(true)
-        .build()
+        .default_headers(headers)
+        .build()?)
 }

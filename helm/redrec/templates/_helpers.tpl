@@ -72,11 +72,25 @@ http://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.h
 {{- define "redrec.commonEnv" -}}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
-{{- if .Values.apiKeys }}
+{{- if .Values.auth.enabled }}
+- name: REDREC_CLUSTER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "redrec.fullname" . }}-auth
+      key: cluster-token
+{{- end }}
+{{- end -}}
+
+{{- define "redrec.routerAuthEnv" -}}
+{{- if .Values.auth.enabled }}
 - name: REDREC_API_KEYS
   valueFrom:
     secretKeyRef:
-      name: {{ include "redrec.fullname" . }}-api-keys
-      key: keys
+      name: {{ include "redrec.fullname" . }}-auth
+      key: api-keys
+{{- if .Values.auth.openMetrics }}
+- name: REDREC_OPEN_METRICS
+  value: "true"
+{{- end }}
 {{- end }}
 {{- end -}}

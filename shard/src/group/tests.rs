@@ -13,7 +13,7 @@ use super::snapshot::{NoSource, Sink, SnapshotSource};
 use crate::raft::driver::{Driver, DriverConfig, Transport};
 use crate::raft::log::{open_engine, RaftLog};
 use crate::raft::replica::{ProposeError, Replica};
-use crate::raft::transport::{routes, HttpTransport, Inbox};
+use crate::raft::transport::{router, HttpTransport, Inbox};
 use crate::store::{EdgeStore, VectorStore};
 
 mod loopback {
@@ -228,7 +228,7 @@ mod over_http {
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .unwrap();
             addrs.insert(id, format!("http://{}", listener.local_addr().unwrap()));
-            let app = routes(inbox.clone());
+            let app = router(inbox.clone(), &Default::default());
             rt.spawn(async move { axum::serve(listener, app).await });
             inboxes.insert(id, inbox);
         }

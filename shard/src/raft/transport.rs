@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::http::Method;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use redrec_wire::auth::{Access, Guard, Route};
 use tokio::sync::mpsc;
 
 use super::driver::Transport;
@@ -232,8 +234,8 @@ impl Inbox {
     }
 }
 
-/// `POST /raft/v1/messages` for this node's inbox.
-pub fn routes(inbox: Arc<Inbox>) -> axum::Router {
+/// `POST /raft/v1/messages`, into this node's inbox (internal: the cluster credential).
+pub fn routes() -> Vec<Route<Arc<Inbox>>> {
     use axum::body::Bytes;
     use axum::extract::State;
     use axum::http::StatusCode;
@@ -246,8 +248,17 @@ pub fn routes(inbox: Arc<Inbox>) -> axum::Router {
         inbox.deliver(batch);
         Ok(StatusCode::NO_CONTENT)
     }
-    axum::Router::new()
-        .route("/raft/v1/messages", axum::routing::post(receive))
+    vec![Route::new(
+        Method::POST,
+        "/raft/v1/messages",
+        Access::Cluster,
+        axum::routing::post(receive),
+    )]
+}
+
+/// The router of [`routes`], checked by `guard`.
+pub fn router(inbox: Arc<Inbox>, guard: &Guard) -> axum::Router {
+    redrec_wire::auth::build(routes(), guard)
         .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_BATCH_BYTES))
         .with_state(inbox)
 }

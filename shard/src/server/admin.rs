@@ -4,16 +4,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use redrec_shard_api::codes::{
     INTERNAL_COMMAND, INVALID_ACTION, MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY, NO_CLUSTER_MAP,
 };
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
 use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
+use redrec_wire::auth::{Access, Route};
 use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{propose_error, unavailable, Reply};
@@ -119,12 +120,25 @@ async fn ok() -> &'static str {
     "ok"
 }
 
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route(MAP_PATH, get(meta_map))
-        .route(COMMANDS_PATH, post(meta_command))
-        .route("/admin/v1/groups/{g}/replicas", post(membership))
-        .route("/v1/node", get(node_status))
-        .route("/healthz", get(ok))
-        .route("/readyz", get(readyz))
+/// The administration and status routes of a node's API (internal: the cluster
+/// credential; health and readiness open).
+pub fn routes() -> Vec<Route<Shared>> {
+    vec![
+        Route::new(Method::GET, MAP_PATH, Access::Cluster, get(meta_map)),
+        Route::new(
+            Method::POST,
+            COMMANDS_PATH,
+            Access::Cluster,
+            post(meta_command),
+        ),
+        Route::new(
+            Method::POST,
+            "/admin/v1/groups/{g}/replicas",
+            Access::Cluster,
+            post(membership),
+        ),
+        Route::new(Method::GET, "/v1/node", Access::Cluster, get(node_status)),
+        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
+        Route::new(Method::GET, "/readyz", Access::Open, get(readyz)),
+    ]
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::Router;
 use redrec_shard_api::codes::{
     GROUP_OPENING, NOT_A_SHARD_GROUP, NOT_READY, NO_QUORUM, UNKNOWN_GROUP,
 };
@@ -22,6 +22,7 @@ use redrec_shard_api::slots::{
     slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
 };
 use redrec_shard_api::status::{Digest, GroupStatus};
+use redrec_wire::auth::{Access, Route};
 use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{blocking, propose_error, unavailable, ApiError, Reply};
@@ -260,17 +261,74 @@ async fn digest_of(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Dige
     .await
 }
 
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/v1/groups/{g}/points/upsert", post(upsert))
-        .route("/v1/groups/{g}/points/delete", post(delete))
-        .route("/v1/groups/{g}/points/get", post(get_points))
-        .route("/v1/groups/{g}/search", post(search))
-        .route("/v1/groups/{g}/stats", get(stats))
-        .route("/v1/groups/{g}/status", get(status))
-        .route("/v1/groups/{g}/scroll", post(scroll))
-        .route("/v1/groups/{g}/digest", get(digest_of))
-        .route("/v1/groups/{g}/slots", post(set_slots))
-        .route("/v1/groups/{g}/slots/drop", post(drop_slots))
-        .route("/v1/groups/{g}/migrate", post(migrate))
+/// The group routes of a node's API (internal: the cluster credential).
+pub fn routes() -> Vec<Route<Shared>> {
+    vec![
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/points/upsert",
+            Access::Cluster,
+            post(upsert),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/points/delete",
+            Access::Cluster,
+            post(delete),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/points/get",
+            Access::Cluster,
+            post(get_points),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/search",
+            Access::Cluster,
+            post(search),
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/groups/{g}/stats",
+            Access::Cluster,
+            get(stats),
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/groups/{g}/status",
+            Access::Cluster,
+            get(status),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/scroll",
+            Access::Cluster,
+            post(scroll),
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/groups/{g}/digest",
+            Access::Cluster,
+            get(digest_of),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/slots",
+            Access::Cluster,
+            post(set_slots),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/slots/drop",
+            Access::Cluster,
+            post(drop_slots),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/groups/{g}/migrate",
+            Access::Cluster,
+            post(migrate),
+        ),
+    ]
 }

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::routing::{get, post};
-use axum::Router;
 use redrec_shard_api::points::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, SearchRequest, SearchResponse, Stats,
     UpsertRequest, UpsertResponse,
 };
+use redrec_wire::auth::{Access, Route};
 use redrec_wire::Json;
 
 use super::error::{blocking, Reply};
@@ -54,14 +55,30 @@ async fn ok() -> &'static str {
     "ok"
 }
 
-pub fn routes(store: Shared) -> Router {
-    Router::new()
-        .route("/v1/points/upsert", post(upsert))
-        .route("/v1/points/delete", post(delete))
-        .route("/v1/points/get", post(get_points))
-        .route("/v1/search", post(search))
-        .route("/v1/stats", get(stats))
-        .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
-        .with_state(store)
+/// The routes of a lone shard's API (internal: the cluster credential).
+pub fn routes() -> Vec<Route<Shared>> {
+    vec![
+        Route::new(
+            Method::POST,
+            "/v1/points/upsert",
+            Access::Cluster,
+            post(upsert),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/points/delete",
+            Access::Cluster,
+            post(delete),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/points/get",
+            Access::Cluster,
+            post(get_points),
+        ),
+        Route::new(Method::POST, "/v1/search", Access::Cluster, post(search)),
+        Route::new(Method::GET, "/v1/stats", Access::Cluster, get(stats)),
+        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
+        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
+    ]
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use redrec_wire::auth::{self, Guard};
 use redrec_wire::with_fallbacks;
 
 use crate::node::Node;
@@ -20,19 +21,27 @@ use crate::store::VectorStore;
 /// Internal requests carry batches of vectors: allow more than the public API does.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// The API of a lone shard over `store`.
-pub fn lone(store: Arc<dyn VectorStore>) -> Router {
-    with_fallbacks(lone::routes(store).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)))
+pub use admin::routes as admin_routes;
+pub use groups::routes as group_routes;
+pub use lone::routes as lone_routes;
+
+/// The API of a lone shard over `store`, checked by `guard`.
+pub fn lone(store: Arc<dyn VectorStore>, guard: &Guard) -> Router {
+    let api = auth::build(lone::routes(), guard)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(store);
+    with_fallbacks(api)
 }
 
 /// The API of a shard node: the same point and search calls under `/v1/groups/{g}/…`
 /// (writes go through the group's log and are acknowledged once a majority committed them
 /// and the leader applied them), replica status and digests, slot moves, the cluster map,
 /// membership administration, and the Raft transport.
-pub fn node(node: Arc<Node>) -> Router {
-    let api = groups::routes()
-        .merge(admin::routes())
+/// Every route is checked by `guard`.
+pub fn node(node: Arc<Node>, guard: &Guard) -> Router {
+    let api = auth::build(groups::routes(), guard)
+        .merge(auth::build(admin::routes(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node.clone());
-    with_fallbacks(api.merge(transport::routes(node.inbox.clone())))
+    with_fallbacks(api.merge(transport::router(node.inbox.clone(), guard)))
 }
