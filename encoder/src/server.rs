@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use redrec_wire::auth::{self, Access, Guard, Route};
+use redrec_wire::auth::{self, Guard, Route};
 use redrec_wire::{with_fallbacks, HttpError, Json};
 
 use crate::api::{
@@ -150,15 +150,14 @@ async fn ok() -> &'static str {
 /// Every route of the encoder's API (internal: the cluster credential), with who may
 /// call it.
 pub fn routes() -> Vec<Route<Arc<Towers>>> {
-    let cluster = Access::Cluster;
-    vec![
-        Route::new(Method::POST, "/v1/encode/items", cluster, post(items)),
-        Route::new(Method::POST, "/v1/encode/users", cluster, post(users)),
-        Route::new(Method::GET, "/v1/manifest", cluster, get(manifest)),
-        Route::new(Method::GET, "/v1/stats", cluster, get(stats)),
-        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
-        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
-    ]
+    let mut routes = auth::internal(vec![
+        (Method::POST, "/v1/encode/items", post(items)),
+        (Method::POST, "/v1/encode/users", post(users)),
+        (Method::GET, "/v1/manifest", get(manifest)),
+        (Method::GET, "/v1/stats", get(stats)),
+    ]);
+    routes.extend(auth::probes(get(ok)));
+    routes
 }
 
 /// The encoder's API over `towers`, checked by `guard`.

@@ -170,44 +170,29 @@ async fn ok() -> &'static str {
 
 /// Every route of the public API, with who may call it.
 pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
+    use Method as M;
     let (read, write, admin) = (
         Access::Key(Scope::Read),
         Access::Key(Scope::Write),
         Access::Key(Scope::Admin),
     );
     let metrics = if open_metrics { Access::Open } else { admin };
-    vec![
-        Route::new(
-            Method::POST,
-            "/v1/recommend",
-            read,
-            json_post!(recommend::recommend, RecommendRequest),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/search",
-            read,
-            json_post!(search::search, SearchVectorsRequest),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/items",
-            write,
-            json_post!(ingest::ingest_texts, IngestTextsRequest),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/items/vectors",
-            write,
-            json_post!(ingest::ingest_vectors, IngestVectorsRequest),
-        ),
-        Route::new(Method::GET, "/v1/items/{id}", read, get(get_item)),
-        Route::new(Method::DELETE, "/v1/items/{id}", write, delete(delete_item)),
-        Route::new(Method::GET, "/v1/cluster", admin, get(cluster)),
-        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
-        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
-        Route::new(Method::GET, "/metrics", metrics, get(metrics_text)),
-    ]
+    let recommend = json_post!(recommend::recommend, RecommendRequest);
+    let search = json_post!(search::search, SearchVectorsRequest);
+    let texts = json_post!(ingest::ingest_texts, IngestTextsRequest);
+    let vectors = json_post!(ingest::ingest_vectors, IngestVectorsRequest);
+    let mut routes = vec![
+        Route::new(M::POST, "/v1/recommend", read, recommend),
+        Route::new(M::POST, "/v1/search", read, search),
+        Route::new(M::POST, "/v1/items", write, texts),
+        Route::new(M::POST, "/v1/items/vectors", write, vectors),
+        Route::new(M::GET, "/v1/items/{id}", read, get(get_item)),
+        Route::new(M::DELETE, "/v1/items/{id}", write, delete(delete_item)),
+        Route::new(M::GET, "/v1/cluster", admin, get(cluster)),
+        Route::new(M::GET, "/metrics", metrics, get(metrics_text)),
+    ];
+    routes.extend(auth::probes(get(ok)));
+    routes
 }
 
 pub fn app(state: RouterState) -> Router {

@@ -250,6 +250,31 @@ impl<S> Route<S> {
     }
 }
 
+/// Routes that all want the cluster credential: `(method, path, handler)`.
+pub fn internal<S>(routes: Vec<(Method, &'static str, MethodRouter<S>)>) -> Vec<Route<S>> {
+    routes
+        .into_iter()
+        .map(|(method, path, handler)| Route::new(method, path, Access::Cluster, handler))
+        .collect()
+}
+
+/// The open probes every server has: `/healthz` (the process answers) and `/readyz`
+/// (answered by `ready`).
+pub fn probes<S: Clone + Send + Sync + 'static>(ready: MethodRouter<S>) -> Vec<Route<S>> {
+    async fn ok() -> &'static str {
+        "ok"
+    }
+    vec![
+        Route::new(
+            Method::GET,
+            "/healthz",
+            Access::Open,
+            axum::routing::get(ok),
+        ),
+        Route::new(Method::GET, "/readyz", Access::Open, ready),
+    ]
+}
+
 async fn enforce(
     State((guard, access)): State<(Guard, Access)>,
     req: Request,

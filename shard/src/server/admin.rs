@@ -14,7 +14,7 @@ use redrec_shard_api::codes::{
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
 use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
-use redrec_wire::auth::{Access, Route};
+use redrec_wire::auth::{self, Route};
 use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{propose_error, unavailable, Reply};
@@ -116,29 +116,19 @@ async fn readyz(State(node): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn ok() -> &'static str {
-    "ok"
-}
-
 /// The administration and status routes of a node's API (internal: the cluster
 /// credential; health and readiness open).
 pub fn routes() -> Vec<Route<Shared>> {
-    vec![
-        Route::new(Method::GET, MAP_PATH, Access::Cluster, get(meta_map)),
-        Route::new(
-            Method::POST,
-            COMMANDS_PATH,
-            Access::Cluster,
-            post(meta_command),
-        ),
-        Route::new(
+    let mut routes = auth::internal(vec![
+        (Method::GET, MAP_PATH, get(meta_map)),
+        (Method::POST, COMMANDS_PATH, post(meta_command)),
+        (
             Method::POST,
             "/admin/v1/groups/{g}/replicas",
-            Access::Cluster,
             post(membership),
         ),
-        Route::new(Method::GET, "/v1/node", Access::Cluster, get(node_status)),
-        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
-        Route::new(Method::GET, "/readyz", Access::Open, get(readyz)),
-    ]
+        (Method::GET, "/v1/node", get(node_status)),
+    ]);
+    routes.extend(auth::probes(get(readyz)));
+    routes
 }

@@ -22,7 +22,7 @@ use redrec_shard_api::slots::{
     slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
 };
 use redrec_shard_api::status::{Digest, GroupStatus};
-use redrec_wire::auth::{Access, Route};
+use redrec_wire::auth::{self, Route};
 use redrec_wire::{HttpError, Json, Path};
 
 use super::error::{blocking, propose_error, unavailable, ApiError, Reply};
@@ -263,72 +263,17 @@ async fn digest_of(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Dige
 
 /// The group routes of a node's API (internal: the cluster credential).
 pub fn routes() -> Vec<Route<Shared>> {
-    vec![
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/points/upsert",
-            Access::Cluster,
-            post(upsert),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/points/delete",
-            Access::Cluster,
-            post(delete),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/points/get",
-            Access::Cluster,
-            post(get_points),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/search",
-            Access::Cluster,
-            post(search),
-        ),
-        Route::new(
-            Method::GET,
-            "/v1/groups/{g}/stats",
-            Access::Cluster,
-            get(stats),
-        ),
-        Route::new(
-            Method::GET,
-            "/v1/groups/{g}/status",
-            Access::Cluster,
-            get(status),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/scroll",
-            Access::Cluster,
-            post(scroll),
-        ),
-        Route::new(
-            Method::GET,
-            "/v1/groups/{g}/digest",
-            Access::Cluster,
-            get(digest_of),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/slots",
-            Access::Cluster,
-            post(set_slots),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/slots/drop",
-            Access::Cluster,
-            post(drop_slots),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/groups/{g}/migrate",
-            Access::Cluster,
-            post(migrate),
-        ),
-    ]
+    auth::internal(vec![
+        (Method::POST, "/v1/groups/{g}/points/upsert", post(upsert)),
+        (Method::POST, "/v1/groups/{g}/points/delete", post(delete)),
+        (Method::POST, "/v1/groups/{g}/points/get", post(get_points)),
+        (Method::POST, "/v1/groups/{g}/search", post(search)),
+        (Method::GET, "/v1/groups/{g}/stats", get(stats)),
+        (Method::GET, "/v1/groups/{g}/status", get(status)),
+        (Method::POST, "/v1/groups/{g}/scroll", post(scroll)),
+        (Method::GET, "/v1/groups/{g}/digest", get(digest_of)),
+        (Method::POST, "/v1/groups/{g}/slots", post(set_slots)),
+        (Method::POST, "/v1/groups/{g}/slots/drop", post(drop_slots)),
+        (Method::POST, "/v1/groups/{g}/migrate", post(migrate)),
+    ])
 }

@@ -9,7 +9,7 @@ use redrec_shard_api::points::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, SearchRequest, SearchResponse, Stats,
     UpsertRequest, UpsertResponse,
 };
-use redrec_wire::auth::{Access, Route};
+use redrec_wire::auth::{self, Route};
 use redrec_wire::Json;
 
 use super::error::{blocking, Reply};
@@ -57,28 +57,13 @@ async fn ok() -> &'static str {
 
 /// The routes of a lone shard's API (internal: the cluster credential).
 pub fn routes() -> Vec<Route<Shared>> {
-    vec![
-        Route::new(
-            Method::POST,
-            "/v1/points/upsert",
-            Access::Cluster,
-            post(upsert),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/points/delete",
-            Access::Cluster,
-            post(delete),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/points/get",
-            Access::Cluster,
-            post(get_points),
-        ),
-        Route::new(Method::POST, "/v1/search", Access::Cluster, post(search)),
-        Route::new(Method::GET, "/v1/stats", Access::Cluster, get(stats)),
-        Route::new(Method::GET, "/healthz", Access::Open, get(ok)),
-        Route::new(Method::GET, "/readyz", Access::Open, get(ok)),
-    ]
+    let mut routes = auth::internal(vec![
+        (Method::POST, "/v1/points/upsert", post(upsert)),
+        (Method::POST, "/v1/points/delete", post(delete)),
+        (Method::POST, "/v1/points/get", post(get_points)),
+        (Method::POST, "/v1/search", post(search)),
+        (Method::GET, "/v1/stats", get(stats)),
+    ]);
+    routes.extend(auth::probes(get(ok)));
+    routes
 }
