@@ -96,6 +96,8 @@ fn chart_lints_and_renders_valid_objects() {
             "PodDisruptionBudget",
             "HorizontalPodAutoscaler",
             "ConfigMap",
+            "NetworkPolicy",
+            "Secret",
         ] {
             assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
         }

@@ -193,3 +193,41 @@ fn half_sent_requests_are_cut_off_within_the_timeouts() {
     let (s, b) = get(&cluster.url("/healthz"));
     assert_eq!(s, 200, "{b}");
 }
+
+#[test]
+fn requests_past_the_concurrency_bound_are_shed_not_queued() {
+    let cluster = Cluster::start(
+        1,
+        &["--max-concurrent-requests", "1", "--deadline-ms", "3000"],
+    );
+    // A stopped shard holds a search until the deadline: the router's one slot is taken.
+    cluster.shards[0].signal(nix::sys::signal::Signal::SIGSTOP);
+    let url = cluster.url("/v1/search");
+    let slow = std::thread::spawn(move || post(&url, &json!({"vectors": [unit(1)], "k": 5})));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let resp = http()
+        .post(cluster.url("/v1/search"))
+        .json(&json!({"vectors": [unit(2)], "k": 5}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "queued, not shed"
+    );
+    // The probes are never shed.
+    assert_eq!(get(&cluster.url("/healthz")).0, 200);
+    // The held request is served once the shard resumes, and the slot is free again.
+    cluster.shards[0].signal(nix::sys::signal::Signal::SIGCONT);
+    let (s, b) = slow.join().unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = post(
+        &cluster.url("/v1/search"),
+        &json!({"vectors": [unit(3)], "k": 5}),
+    );
+    assert_eq!(s, 200, "{b}");
+}

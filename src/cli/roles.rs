@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// A request body not all in after this long is refused (408).
     #[arg(long, env = "REDREC_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,
+    /// Most requests served at once; more are refused at once (503 `overloaded`, with
+    /// Retry-After) rather than queued.
+    #[arg(long, env = "REDREC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
 }
 
 impl ServeArgs {
@@ -30,6 +34,7 @@ impl ServeArgs {
         Limits {
             header_read: Duration::from_millis(self.header_timeout_ms.max(1)),
             body_read: Duration::from_millis(self.body_timeout_ms.max(1)),
+            max_concurrent: self.max_concurrent_requests.max(1),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub use error::{ErrorBody, ErrorDetail, HttpError};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -112,6 +113,10 @@ pub fn with_fallbacks(router: Router) -> Router {
 pub struct Limits {
     pub header_read: Duration,
     pub body_read: Duration,
+    /// Most requests served at once; past it, requests are shed at once with 503
+    /// `overloaded` and `Retry-After`, instead of queueing without bound. The probes
+    /// are never shed.
+    pub max_concurrent: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +124,7 @@ impl Default for Limits {
         Self {
             header_read: Duration::from_secs(10),
             body_read: Duration::from_secs(30),
+            max_concurrent: 1024,
         }
     }
 }
@@ -140,6 +146,31 @@ pub async fn serve(
     .await
 }
 
+/// Serves a request if fewer than [`Limits::max_concurrent`] are in flight; sheds it
+/// otherwise. Probes always pass: a full server is alive, and says so.
+async fn admit(
+    axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            metrics::counter!("redrec_requests_shed_total").increment(1);
+            HttpError::overloaded(
+                "overloaded",
+                "too many requests in flight; retry shortly",
+                1,
+            )
+            .into_response()
+        }
+    }
+}
+
 /// Longest a stopping server waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -158,9 +189,12 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     println!("redrec {role} listening on http://{addr}");
     tracing::info!(%addr, "{role} listening");
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.body_read,
-    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
+    let app = app
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_read,
+        ))
+        .layer(axum::middleware::from_fn_with_state(slots, admit));
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
