@@ -213,4 +213,43 @@ mod tests {
         };
         assert_eq!(plain.into_vectors(3).unwrap(), vec![vec![1.0, 2.0, 3.0]]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn packed_vectors_round_trip_bit_for_bit(
+                dim in 1usize..80,
+                rows in proptest::collection::vec(proptest::collection::vec(any::<f32>(), 80), 0..12),
+            ) {
+                let vectors: Vec<Vec<f32>> = rows.into_iter().map(|r| r[..dim].to_vec()).collect();
+                let back = unpack(&pack(vectors.iter().map(Vec::as_slice)), dim).unwrap();
+                let bits = |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+                prop_assert_eq!(back.len(), vectors.len());
+                prop_assert_eq!(bits(&back), bits(&vectors));
+            }
+
+            #[test]
+            fn any_packed_text_unpacks_or_says_why(text in ".{0,200}", dim in 0usize..70) {
+                match unpack(&text, dim) {
+                    Ok(vectors) => prop_assert!(vectors.iter().all(|v| v.len() == dim)),
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+
+            #[test]
+            fn any_bytes_unpack_to_whole_vectors_or_an_error(
+                bytes in proptest::collection::vec(any::<u8>(), 0..400),
+                dim in 1usize..20,
+            ) {
+                let text = BASE64.encode(&bytes);
+                match unpack(&text, dim) {
+                    Ok(v) => prop_assert_eq!(v.len() * dim * 4, bytes.len()),
+                    Err(_) => prop_assert!(bytes.len() % (4 * dim) != 0),
+                }
+            }
+        }
+    }
 }

@@ -411,4 +411,43 @@ mod tests {
             3
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever history a caller sends, planning answers (never panics): a plan
+            /// whose events fit the towers' window and whose queries the manifest weighs,
+            /// or a client error.
+            #[test]
+            fn any_request_plans_or_is_refused(
+                history in proptest::collection::vec(
+                    (".{0,8}", prop_oneof![
+                        Just("homefeed".to_string()), Just("search".to_string()),
+                        Just("ads".to_string()), ".{0,6}"
+                    ], proptest::option::of(any::<i64>())),
+                    0..40,
+                ),
+                scenario in prop_oneof![Just("search".to_string()), ".{0,6}"],
+                k in 0usize..30,
+            ) {
+                let history = history
+                    .iter()
+                    .map(|(id, s, ts)| (id.as_str(), s.as_str(), *ts))
+                    .collect();
+                match plan(&req(history, &scenario, k), &manifest(), 10) {
+                    Ok(p) => {
+                        prop_assert!(p.events.len() <= 3);
+                        prop_assert!(!p.queries.is_empty());
+                        prop_assert!((1..=10).contains(&k));
+                    }
+                    Err(e) => {
+                        let client_error = matches!(e, RouterError::BadRequest { .. });
+                        prop_assert!(client_error, "{}", e);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -283,4 +283,43 @@ mod tests {
         cut.truncate(cut.len() - 1);
         assert!(decode(&cut).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_body_decodes_or_is_refused_without_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                if let Ok(batch) = decode(&body) {
+                    // What decodes encodes back to a body that decodes alike.
+                    prop_assert_eq!(decode(&encode(&batch)).unwrap(), batch);
+                }
+            }
+
+            #[test]
+            fn frames_round_trip(
+                frames in proptest::collection::vec(
+                    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+                    0..20,
+                ),
+            ) {
+                let batch: Vec<(u64, Message)> = frames
+                    .into_iter()
+                    .map(|(group, from, to, term, commit)| {
+                        let m = Message { from, to, term, commit, ..Default::default() };
+                        (group, m)
+                    })
+                    .collect();
+                prop_assert_eq!(decode(&encode(&batch)).unwrap(), batch.clone());
+                // Cut anywhere inside, the body is refused, never misread.
+                let body = encode(&batch);
+                if !body.is_empty() {
+                    prop_assert!(decode(&body[..body.len() - 1]).is_err());
+                }
+            }
+        }
+    }
 }
