@@ -231,6 +231,10 @@ pub struct RouterArgs {
     /// A file of API keys, one entry per line, in the form of --api-keys.
     #[arg(long, env = "REDREC_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// Requests per second each API key may make, in bursts of as many (0: no limit);
+    /// past it, 429 `rate_limited` with Retry-After.
+    #[arg(long, env = "REDREC_RATE_LIMIT_PER_KEY", default_value_t = 0)]
+    pub rate_limit_per_key: u32,
     /// Serve /metrics without an API key (with keys on, it otherwise needs `admin`).
     #[arg(long, env = "REDREC_OPEN_METRICS")]
     pub open_metrics: bool,
@@ -314,7 +318,7 @@ impl RouterArgs {
         let keys = keys
             .map(|k| ApiKeys::parse(&k).map_err(|e| anyhow!("API keys: {e}")))
             .transpose()?;
-        let mut guard = Guard::new(keys, None);
+        let mut guard = Guard::new(keys, None).with_rate_limit(self.rate_limit_per_key);
         guard.open_metrics = self.open_metrics;
         Ok(RouterConfig {
             max_k: self.max_k,

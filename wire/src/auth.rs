@@ -79,6 +79,8 @@ pub enum Access {
 
 type Hash = [u8; 32];
 
+type KeyedLimiter = governor::DefaultKeyedRateLimiter<usize>;
+
 fn digest(secret: &str) -> Hash {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -129,13 +131,14 @@ impl ApiKeys {
         Ok(Self { keys })
     }
 
-    /// The scopes of the key presented, if it is one of these (every key is compared).
-    fn scopes(&self, presented: &str) -> Option<&BTreeSet<Scope>> {
+    /// Which key was presented (its index) and its scopes, if it is one of these (every
+    /// key is compared).
+    fn find(&self, presented: &str) -> Option<(usize, &BTreeSet<Scope>)> {
         let hash = digest(presented);
         let mut found = None;
-        for (k, scopes) in &self.keys {
+        for (i, (k, scopes)) in self.keys.iter().enumerate() {
             if bool::from(k.ct_eq(&hash)) {
-                found = Some(scopes);
+                found = Some((i, scopes));
             }
         }
         found
@@ -160,6 +163,8 @@ fn parse_hex(hex: &str) -> Result<Hash, String> {
 pub struct Guard {
     keys: Option<Arc<ApiKeys>>,
     cluster: Option<Arc<Vec<Hash>>>,
+    /// Requests per second each API key may make (bursts of as many).
+    rate: Option<Arc<KeyedLimiter>>,
     /// Whether `/metrics` needs no key.
     pub open_metrics: bool,
 }
@@ -169,8 +174,17 @@ impl Guard {
         Self {
             keys: keys.map(Arc::new),
             cluster: cluster_token.map(|t| Arc::new(vec![digest(t.expose())])),
+            rate: None,
             open_metrics: false,
         }
+    }
+
+    /// Limits each API key to `per_second` requests a second (bursts of as many); past
+    /// it, 429 `rate_limited` with `Retry-After`.
+    pub fn with_rate_limit(mut self, per_second: u32) -> Self {
+        self.rate = std::num::NonZeroU32::new(per_second)
+            .map(|n| Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(n))));
+        self
     }
 
     /// Whether any check is on.
@@ -206,12 +220,24 @@ impl Guard {
                         "send an API key as `Authorization: Bearer KEY` or `x-api-key`",
                     ));
                 };
-                match keys.scopes(presented.trim()) {
-                    None => Err(unauthenticated("unknown API key")),
-                    Some(s) if s.contains(&scope) || s.contains(&Scope::Admin) => Ok(()),
-                    Some(_) => Err(forbidden(&format!(
-                        "this API key lacks the {scope:?} scope",
-                    ))),
+                let (key, scopes) = keys
+                    .find(presented.trim())
+                    .ok_or_else(|| unauthenticated("unknown API key"))?;
+                if !(scopes.contains(&scope) || scopes.contains(&Scope::Admin)) {
+                    return Err(forbidden(&format!(
+                        "this API key lacks the {scope:?} scope"
+                    )));
+                }
+                match &self.rate {
+                    Some(limiter) if limiter.check_key(&key).is_err() => Err(HttpError {
+                        retry_after: Some(1),
+                        ..HttpError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "this API key is over its request rate; retry shortly",
+                        )
+                    }),
+                    _ => Ok(()),
                 }
             }
         }

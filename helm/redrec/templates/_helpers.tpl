@@ -92,5 +92,9 @@ http://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.h
 - name: REDREC_OPEN_METRICS
   value: "true"
 {{- end }}
+{{- if .Values.auth.rateLimitPerKey }}
+- name: REDREC_RATE_LIMIT_PER_KEY
+  value: {{ .Values.auth.rateLimitPerKey | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
