@@ -10,7 +10,7 @@ use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, Recommen
 use crate::error::RouterError;
 use crate::fanout::fan_out;
 use crate::merge;
-use crate::search::search_groups;
+use crate::search::{check_filter, search_groups};
 use crate::state::RouterState;
 use crate::user_cache::{CachedUser, UserCache};
 
@@ -47,14 +47,7 @@ fn plan(req: &RecommendRequest, m: &Manifest, max_k: usize) -> Result<Plan, Rout
             "history is empty: send at least one event",
         ));
     }
-    if let Some(f) = &req.filter {
-        if !(f.is_object() || f.is_null()) {
-            return Err(RouterError::bad(
-                "invalid_filter",
-                "filter must be a JSON object (a Qdrant filter)",
-            ));
-        }
-    }
+    check_filter(req.filter.as_ref())?;
     let mut events = Vec::with_capacity(req.history.len());
     for (i, e) in req.history.iter().enumerate() {
         if e.item_id.is_empty() {
@@ -372,6 +365,19 @@ mod tests {
         let mut r = req(vec![("a", "search", None)], "search", 5);
         r.filter = Some(serde_json::json!([1]));
         assert_eq!(code(plan(&r, &m, 100)), "invalid_filter");
+        let mut deep = serde_json::json!({"key": "category", "match": {"value": "x"}});
+        for _ in 0..40 {
+            deep = serde_json::json!({ "must": [deep] });
+        }
+        r.filter = Some(deep);
+        assert_eq!(code(plan(&r, &m, 100)), "filter_too_large");
+        let wide: Vec<_> = (0..600)
+            .map(|i| serde_json::json!({"key": "k", "match": {"value": i}}))
+            .collect();
+        r.filter = Some(serde_json::json!({ "should": wide }));
+        assert_eq!(code(plan(&r, &m, 100)), "filter_too_large");
+        r.filter = Some(serde_json::json!({"must": [{"key": "k", "match": {"value": 1}}]}));
+        assert!(plan(&r, &m, 100).is_ok());
     }
 
     #[test]

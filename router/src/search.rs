@@ -13,6 +13,44 @@ use crate::fanout::{client_error, coverage, fan_out};
 use crate::merge;
 use crate::state::RouterState;
 
+/// Most nodes (objects, arrays, values) a request's filter may have, and how deep it may
+/// nest: the shards evaluate it on every candidate.
+const FILTER_MAX_NODES: usize = 1_000;
+const FILTER_MAX_DEPTH: usize = 32;
+
+/// A request's filter: absent, null, or a Qdrant filter object within the bounds above.
+pub fn check_filter(filter: Option<&serde_json::Value>) -> Result<(), RouterError> {
+    use serde_json::Value;
+    let Some(f) = filter.filter(|f| !f.is_null()) else {
+        return Ok(());
+    };
+    if !f.is_object() {
+        return Err(RouterError::bad(
+            "invalid_filter",
+            "filter must be a JSON object (a Qdrant filter)",
+        ));
+    }
+    let (mut nodes, mut stack) = (0usize, vec![(f, 1usize)]);
+    while let Some((v, depth)) = stack.pop() {
+        nodes += 1;
+        if nodes > FILTER_MAX_NODES || depth > FILTER_MAX_DEPTH {
+            return Err(RouterError::bad(
+                "filter_too_large",
+                format!(
+                    "a filter may have at most {FILTER_MAX_NODES} nodes, nested at most \
+                     {FILTER_MAX_DEPTH} deep"
+                ),
+            ));
+        }
+        match v {
+            Value::Object(m) => stack.extend(m.values().map(|c| (c, depth + 1))),
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Searches every shard group with `queries` (each group leaving out the ids of
 /// `exclude` it may hold); returns, per query, the lists of the groups that answered, and
 /// who did.
@@ -112,6 +150,7 @@ pub async fn search(
             format!("at most {} ids in exclude", state.cfg.max_items_per_request),
         ));
     }
+    check_filter(req.filter.as_ref())?;
     let exclude = req.exclude;
     let n = req.vectors.len();
     let (per_query, coverage) = search_groups(
