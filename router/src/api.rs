@@ -3,60 +3,64 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_with::skip_serializing_none;
+use utoipa::ToSchema;
 
 pub type Payload = Map<String, Value>;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemText {
     pub id: String,
     pub text: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub payload: Payload,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestTextsRequest {
     pub items: Vec<ItemText>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemVector {
     pub id: String,
     pub vector: Vec<f32>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub payload: Payload,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestVectorsRequest {
     pub items: Vec<ItemVector>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IngestResponse {
     pub upserted: usize,
     pub took_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ItemResponse {
     pub id: String,
     pub vector: Vec<f32>,
+    #[schema(value_type = Object)]
     pub payload: Payload,
     pub shard: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeleteResponse {
     pub id: String,
     pub deleted: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryEvent {
     pub item_id: String,
@@ -66,7 +70,7 @@ pub struct HistoryEvent {
     pub ts: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MergeMode {
     /// One list: an item's score is the max over queries of weight x dot product.
@@ -84,7 +88,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
     /// Optional: keys the cache of query vectors together with the history.
@@ -97,6 +101,7 @@ pub struct RecommendRequest {
     pub k: usize,
     /// A Qdrant filter over item payloads.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     #[serde(default = "yes")]
     pub exclude_seen: bool,
@@ -106,26 +111,28 @@ pub struct RecommendRequest {
     /// answer reflects every write acknowledged before the request; `any` (the default)
     /// reads any caught-up replica.
     #[serde(default)]
+    #[schema(value_type = String, example = "any")]
     pub consistency: Consistency,
 }
 
 pub use redrec_shard_api::points::Consistency;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Recommendation {
     pub id: String,
     pub score: f32,
+    #[schema(value_type = Object)]
     pub payload: Payload,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueryList {
     pub query: String,
     pub weight: f32,
     pub items: Vec<Recommendation>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Coverage {
     pub shards: usize,
     pub answered: usize,
@@ -135,7 +142,7 @@ pub struct Coverage {
 }
 
 /// What became of the history the request sent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct HistoryReport {
     pub received: usize,
     /// Events the user tower read.
@@ -152,7 +159,7 @@ pub struct HistoryReport {
 }
 
 /// `POST /v1/search`: query vectors brought by the caller.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchVectorsRequest {
     /// 1 to 16 query vectors of the collection's dimension; an item scores the max of its
@@ -161,22 +168,24 @@ pub struct SearchVectorsRequest {
     #[serde(default = "default_k")]
     pub k: usize,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     /// Item ids never to return.
     #[serde(default)]
     pub exclude: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = String, example = "any")]
     pub consistency: Consistency,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchVectorsResponse {
     pub items: Vec<Recommendation>,
     pub coverage: Coverage,
     pub took_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecommendResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<Recommendation>>,
@@ -189,7 +198,7 @@ pub struct RecommendResponse {
 }
 
 #[skip_serializing_none]
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ShardStatus {
     pub index: usize,
     /// The group's id in the cluster map (its index for a fixed cluster).
@@ -206,7 +215,7 @@ pub struct ShardStatus {
 }
 
 #[skip_serializing_none]
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplicaInfo {
     pub addr: String,
     pub up: bool,
@@ -218,7 +227,7 @@ pub struct ReplicaInfo {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClusterResponse {
     pub model_version: String,
     pub dim: usize,
@@ -233,10 +242,11 @@ pub struct ClusterResponse {
     pub map: Option<MapSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MapSummary {
     pub version: u64,
     pub rebalancing: bool,
+    #[schema(value_type = Vec<Object>)]
     pub moves: Vec<redrec_shard_api::map::SlotMove>,
     pub nodes: usize,
 }

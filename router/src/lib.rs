@@ -8,6 +8,7 @@ pub mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod merge;
+pub mod openapi;
 pub mod recommend;
 pub mod search;
 pub mod serve;

@@ -164,6 +164,19 @@ async fn metrics_text() -> impl IntoResponse {
     )
 }
 
+/// The OpenAPI document, built once.
+async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        serde_json::to_string(&crate::openapi::document()).expect("the document serializes")
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.as_str(),
+    )
+        .into_response()
+}
+
 async fn ok() -> &'static str {
     "ok"
 }
@@ -190,6 +203,7 @@ pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
         Route::new(M::DELETE, "/v1/items/{id}", write, delete(delete_item)),
         Route::new(M::GET, "/v1/cluster", admin, get(cluster)),
         Route::new(M::GET, "/metrics", metrics, get(metrics_text)),
+        Route::new(M::GET, "/openapi.json", Access::Open, get(openapi_json)),
     ];
     routes.extend(auth::probes(get(ok)));
     routes
