@@ -8,7 +8,7 @@ demo: setup
 	cargo run -- demo
 
 test: setup
-	scripts/setup.sh --deploy
+	scripts/setup.sh --deploy --api
 	cargo test --workspace
 
 lint:

