@@ -118,7 +118,7 @@ pub async fn ingest(a: IngestBenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
-    let http = redrec_wire::http_client(None)?;
+    let http = redrec_wire::http_client(None, None)?;
     let dim = a.dim.to_string();
     eprintln!(
         "redrec bench ingest: {} × {} points per request, {} s each, on {}",

@@ -23,21 +23,23 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let token = cli.cluster_token();
+    let (token, ca) = (cli.cluster_token(), cli.tls_ca.clone());
     match cli.command {
         Command::Demo(a) => demo::run(a).await,
-        Command::Shard(a) => redrec_shard::serve(a.config(token)).await,
+        Command::Shard(a) => redrec_shard::serve(a.config(token, ca)?).await,
         Command::Encoder(a) => {
             let guard = Guard::new(None, token.as_ref());
-            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits(), guard).await
+            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits()?, guard).await
         }
         Command::Router(a) => {
-            let (limits, cfg) = (a.serve.limits(), a.config(token)?);
+            let (limits, cfg) = (a.serve.limits()?, a.config(token, ca)?);
             redrec_router::serve(a.listen, a.towers(), a.topology(), cfg, limits).await
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
-        Command::Cluster(c) => cluster::run(c, redrec_wire::http_client(token.as_ref())?).await,
+        Command::Cluster(c) => {
+            cluster::run(c, redrec_wire::http_client(token.as_ref(), ca.as_deref())?).await
+        }
         Command::Eval(a) => eval::run(a).await,
         Command::Dataset(DatasetCommand::Movielens(a)) => {
             let source = match a.source {

@@ -58,7 +58,11 @@ fn render(values: &[&str]) -> String {
 #[test]
 fn chart_lints_and_renders_valid_objects() {
     let dir = tempfile::tempdir().unwrap();
-    for values in [&[][..], &["helm/redrec/ci/gpu-values.yaml"][..]] {
+    for values in [
+        &[][..],
+        &["helm/redrec/ci/gpu-values.yaml"][..],
+        &["helm/redrec/ci/tls-values.yaml"][..],
+    ] {
         let mut lint = vec!["lint", "helm/redrec", "--strict"];
         for v in values {
             lint.extend(["-f", v]);
@@ -106,6 +110,12 @@ fn chart_lints_and_renders_valid_objects() {
     let gpu = render(&["helm/redrec/ci/gpu-values.yaml"]);
     assert!(gpu.contains("nvidia.com/gpu: 1"), "{gpu}");
     assert!(gpu.contains("REDREC_DEVICE: \"cuda\""));
+    // TLS values: every role serves and calls https, probes included.
+    let tls = render(&["helm/redrec/ci/tls-values.yaml"]);
+    assert!(tls.contains("REDREC_ENCODER: \"https://"), "{tls}");
+    assert!(!tls.contains("http://"), "plain http left in: {tls}");
+    assert_eq!(tls.matches("REDREC_TLS_CERT").count(), 3);
+    assert!(tls.contains("scheme: HTTPS"));
 }
 
 /// A role's container as rendered: its args and its environment, with config maps and the

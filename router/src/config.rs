@@ -29,6 +29,8 @@ pub struct RouterConfig {
     pub guard: Guard,
     /// The cluster credential this router's calls to the encoder and the nodes carry.
     pub cluster_token: Option<Secret>,
+    /// The CA its calls to the encoder and the nodes verify them against (TLS).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for RouterConfig {
@@ -44,6 +46,7 @@ impl Default for RouterConfig {
             user_cache_ttl: Duration::from_secs(60),
             guard: Guard::default(),
             cluster_token: None,
+            tls_ca: None,
         }
     }
 }

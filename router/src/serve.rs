@@ -40,7 +40,7 @@ pub async fn serve(
     cfg: RouterConfig,
     limits: Limits,
 ) -> Result<()> {
-    let http = redrec_wire::http_client(cfg.cluster_token.as_ref())?;
+    let http = redrec_wire::http_client(cfg.cluster_token.as_ref(), cfg.tls_ca.as_deref())?;
     let encoder = match towers {
         Towers::Remote(addr) => EncoderHandle::Remote(
             EncoderClient::connect(&addr, http.clone(), Duration::from_secs(30))

@@ -26,6 +26,8 @@ pub struct ShardConfig {
     /// The cluster credential every call to this shard must carry, and that its own calls
     /// to other nodes carry (none: internal routes are open).
     pub cluster_token: Option<Secret>,
+    /// The CA its calls to other nodes verify them against (TLS).
+    pub tls_ca: Option<PathBuf>,
     /// Host Raft-replicated groups as this node; `None`: one lone shard.
     pub node: Option<NodeSettings>,
 }
@@ -38,7 +40,7 @@ pub struct NodeSettings {
     pub groups: Vec<u64>,
     /// Nodes forming each new group (empty: this node and its peers).
     pub voters: Vec<u64>,
-    /// Where other nodes reach this one (default: `http://<listen>`).
+    /// Where other nodes reach this one (default: `http://<listen>`, `https://` with TLS).
     pub advertise: Option<String>,
     /// Meta members to join a running cluster through.
     pub seeds: Vec<String>,
@@ -69,8 +71,13 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let id = settings.id;
-    let node_cfg = node_config(&settings, cfg.listen, cfg.data.clone(), cfg.dim)?;
-    let http = redrec_wire::http_client(cfg.cluster_token.as_ref())?;
+    let scheme = if cfg.limits.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let node_cfg = node_config(&settings, scheme, cfg.listen, cfg.data.clone(), cfg.dim)?;
+    let http = redrec_wire::http_client(cfg.cluster_token.as_ref(), cfg.tls_ca.as_deref())?;
     let factory = Arc::new(EdgeGroups {
         dim: cfg.dim,
         http: http.clone(),
@@ -91,6 +98,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
 /// peers joins as spare), the Raft clock.
 fn node_config(
     s: &NodeSettings,
+    scheme: &str,
     listen: SocketAddr,
     data: PathBuf,
     dim: usize,
@@ -120,7 +128,7 @@ fn node_config(
         advertise: s
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{listen}")),
+            .unwrap_or_else(|| format!("{scheme}://{listen}")),
         peers,
         groups: if joining {
             Vec::new()

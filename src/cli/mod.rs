@@ -30,6 +30,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub cluster_token: Option<String>,
+    /// The CA (PEM) internal calls verify the servers they reach against: with it, they
+    /// speak TLS to `https://` addresses.
+    #[arg(long, env = "REDREC_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Cli {

@@ -12,10 +12,11 @@ use redrec_router::{RouterConfig, Topology, Towers};
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
 use redrec_wire::auth::{ApiKeys, Guard, Secret};
+use redrec_wire::tls::ServerTls;
 use redrec_wire::Limits;
 
 /// How long clients may take to send a request (every server).
-#[derive(Args, Clone, Copy)]
+#[derive(Args, Clone)]
 pub struct ServeArgs {
     /// A connection whose request headers are not all in after this long is closed.
     #[arg(long, env = "REDREC_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
@@ -27,15 +28,33 @@ pub struct ServeArgs {
     /// Retry-After) rather than queued.
     #[arg(long, env = "REDREC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// Serve TLS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "REDREC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REDREC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
-    pub fn limits(&self) -> Limits {
-        Limits {
+    /// The limits, and TLS when a certificate is given (read now: a bad one stops start-up).
+    pub fn limits(&self) -> Result<Limits> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }
+                .config()?,
+            ),
+            _ => None,
+        };
+        Ok(Limits {
             header_read: Duration::from_millis(self.header_timeout_ms.max(1)),
             body_read: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_concurrent: self.max_concurrent_requests.max(1),
-        }
+            tls,
+        })
     }
 }
 
@@ -251,14 +270,19 @@ pub struct RouterArgs {
 
 impl ShardArgs {
     /// The shard's settings: a node when it has an id (or a StatefulSet ordinal).
-    pub fn config(self, cluster_token: Option<Secret>) -> ShardConfig {
+    pub fn config(
+        self,
+        cluster_token: Option<Secret>,
+        tls_ca: Option<PathBuf>,
+    ) -> Result<ShardConfig> {
         let r = self.raft;
         let id = r.node_id.or(r.node_ordinal.map(|o| o + 1));
-        ShardConfig {
+        Ok(ShardConfig {
+            tls_ca,
             listen: self.listen,
             data: self.data,
             dim: self.dim,
-            limits: self.serve.limits(),
+            limits: self.serve.limits()?,
             cluster_token,
             node: id.map(|id| NodeSettings {
                 id,
@@ -272,7 +296,7 @@ impl ShardArgs {
                 raft_election_ticks: r.raft_election_ticks,
                 raft_compact_after: r.raft_compact_after,
             }),
-        }
+        })
     }
 }
 
@@ -305,7 +329,11 @@ impl RouterArgs {
     }
 
     /// The router's settings; a key file or list that does not parse is an error.
-    pub fn config(&self, cluster_token: Option<Secret>) -> Result<RouterConfig> {
+    pub fn config(
+        &self,
+        cluster_token: Option<Secret>,
+        tls_ca: Option<PathBuf>,
+    ) -> Result<RouterConfig> {
         let keys = match (&self.api_keys, &self.api_keys_file) {
             (Some(_), Some(_)) => bail!("give --api-keys or --api-keys-file, not both"),
             (Some(list), None) if !list.trim().is_empty() => Some(list.clone()),
@@ -330,6 +358,7 @@ impl RouterArgs {
             user_cache_ttl: Duration::from_secs(self.user_cache_ttl_s),
             guard,
             cluster_token,
+            tls_ca,
             ..Default::default()
         })
     }

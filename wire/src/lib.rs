@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod tls;
 
 pub use error::{ErrorBody, ErrorDetail, HttpError};
 
@@ -109,7 +110,7 @@ pub fn with_fallbacks(router: Router) -> Router {
 /// How long a client may take to send a request: a connection whose headers are not
 /// all in within `header_read` is closed, and a body not all in within `body_read` is
 /// refused (408), so that half-sent requests cannot hold a server's connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read: Duration,
     pub body_read: Duration,
@@ -117,6 +118,8 @@ pub struct Limits {
     /// `overloaded` and `Retry-After`, instead of queueing without bound. The probes
     /// are never shed.
     pub max_concurrent: usize,
+    /// Serve TLS with this configuration (and announce `https://`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Limits {
@@ -125,6 +128,7 @@ impl Default for Limits {
             header_read: Duration::from_secs(10),
             body_read: Duration::from_secs(30),
             max_concurrent: 1024,
+            tls: None,
         }
     }
 }
@@ -187,7 +191,12 @@ pub async fn serve_on(
     use hyper_util::service::TowerToHyperService;
 
     let addr = listener.local_addr()?;
-    println!("redrec {role} listening on http://{addr}");
+    let scheme = if limits.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("redrec {role} listening on {scheme}://{addr}");
     tracing::info!(%addr, "{role} listening");
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
     let app = app
@@ -216,12 +225,33 @@ pub async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(tls) = &limits.tls else {
+            let conn = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            continue;
+        };
+        // The handshake runs on the connection's own task, bounded like the headers.
+        let (acceptor, http, watcher) = (
+            tokio_rustls::TlsAcceptor::from(tls.clone()),
+            http.clone(),
+            graceful.watcher(),
+        );
+        let handshake = limits.header_read;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            let conn = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     drop(listener);
@@ -253,9 +283,12 @@ pub async fn shutdown_signal() {
 }
 
 /// The HTTP client every tier calls the others with: short connect timeout, pooled
-/// connections, no Nagle delay, and the cluster credential on every call when there is
-/// one.
-pub fn http_client(cluster_token: Option<&auth::Secret>) -> anyhow::Result<reqwest::Client> {
+/// connections, no Nagle delay, the cluster credential on every call when there is one,
+/// and, given a CA, TLS to servers whose certificates chain to it.
+pub fn http_client(
+    cluster_token: Option<&auth::Secret>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = cluster_token {
         let mut value = reqwest::header::HeaderValue::from_str(token.expose())
@@ -263,10 +296,13 @@ pub fn http_client(cluster_token: Option<&auth::Secret>) -> anyhow::Result<reqwe
         value.set_sensitive(true);
         headers.insert(auth::CLUSTER_HEADER, value);
     }
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .tcp_nodelay(true)
-        .default_headers(headers)
-        .build()?)
+        .default_headers(headers);
+    if let Some(ca) = ca {
+        builder = builder.use_preconfigured_tls(tls::client_config(ca)?);
+    }
+    Ok(builder.build()?)
 }

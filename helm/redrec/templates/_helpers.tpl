@@ -30,7 +30,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Address of shard node i (0-based ordinal) through the headless service. */}}
 {{- define "redrec.shardAddr" -}}
-http://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.headless" .root }}.{{ .root.Release.Namespace }}.svc.cluster.local:{{ .root.Values.shard.port }}
+{{ include "redrec.scheme" .root }}://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.headless" .root }}.{{ .root.Release.Namespace }}.svc.cluster.local:{{ .root.Values.shard.port }}
 {{- end -}}
 
 {{/* The seed nodes, as id=address (node id = ordinal + 1). */}}
@@ -69,9 +69,36 @@ http://{{ include "redrec.fullname" .root }}-shard-{{ .i }}.{{ include "redrec.h
 {{- join "," $ids -}}
 {{- end -}}
 
+{{- define "redrec.scheme" -}}
+{{ ternary "https" "http" .Values.tls.enabled }}
+{{- end -}}
+
+{{- define "redrec.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+volumes:
+  - name: tls
+    secret:
+      secretName: {{ required "tls.secretName names the Secret with tls.crt, tls.key and ca.crt" .Values.tls.secretName }}
+{{- end }}
+{{- end -}}
+
+{{- define "redrec.tlsMount" -}}
+- name: tls
+  mountPath: /etc/redrec/tls
+  readOnly: true
+{{- end -}}
+
 {{- define "redrec.commonEnv" -}}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
+{{- if .Values.tls.enabled }}
+- name: REDREC_TLS_CERT
+  value: /etc/redrec/tls/tls.crt
+- name: REDREC_TLS_KEY
+  value: /etc/redrec/tls/tls.key
+- name: REDREC_TLS_CA
+  value: /etc/redrec/tls/ca.crt
+{{- end }}
 {{- if .Values.auth.enabled }}
 - name: REDREC_CLUSTER_TOKEN
   valueFrom:
