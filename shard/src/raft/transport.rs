@@ -241,8 +241,12 @@ pub fn routes() -> Vec<Route<Arc<Inbox>>> {
     use axum::http::StatusCode;
     async fn receive(
         State(inbox): State<Arc<Inbox>>,
-        body: Bytes,
+        body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     ) -> Result<StatusCode, redrec_wire::HttpError> {
+        // A body over the limit, or one that broke off, is the JSON error too.
+        let body = body.map_err(|r| {
+            redrec_wire::HttpError::new(r.status(), "invalid_raft_frame", r.body_text())
+        })?;
         let batch = decode(&body)
             .map_err(|e| redrec_wire::HttpError::bad_request("invalid_raft_frame", e))?;
         inbox.deliver(batch);
