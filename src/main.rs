@@ -29,11 +29,11 @@ async fn main() -> Result<()> {
         Command::Shard(a) => redrec_shard::serve(a.config(token, ca)?).await,
         Command::Encoder(a) => {
             let guard = Guard::new(None, token.as_ref());
-            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.limits()?, guard).await
+            redrec_encoder::serve(a.listen, a.towers.config(), a.serve.options()?, guard).await
         }
         Command::Router(a) => {
-            let (limits, cfg) = (a.serve.limits()?, a.config(token, ca)?);
-            redrec_router::serve(a.listen, a.towers(), a.topology(), cfg, limits).await
+            let (options, cfg) = (a.serve.options()?, a.config(token, ca)?);
+            redrec_router::serve(a.listen, a.towers(), a.topology(), cfg, options).await
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,

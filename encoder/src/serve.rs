@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use redrec_wire::auth::Guard;
-use redrec_wire::Limits;
+use redrec_wire::ServeOptions;
 
 use crate::batcher::BatchConfig;
 use crate::pool::EncoderConfig;
@@ -54,11 +54,11 @@ impl TowersConfig {
 pub async fn serve(
     listen: SocketAddr,
     towers: TowersConfig,
-    limits: Limits,
+    options: ServeOptions,
     guard: Guard,
 ) -> Result<()> {
     let towers = towers.start().await?;
     let app = crate::server::router(towers, &guard);
-    redrec_wire::serve("encoder", listen, app, limits).await?;
+    redrec_wire::serve("encoder", listen, app, options).await?;
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct RouterConfig {
     pub user_cache_ttl: Duration,
     /// The API keys callers must present (none: the API is open).
     pub guard: Guard,
+    /// Whether `/metrics` needs no key (with keys on, it otherwise needs `admin`).
+    pub open_metrics: bool,
     /// The cluster credential this router's calls to the encoder and the nodes carry.
     pub cluster_token: Option<Secret>,
     /// The CA its calls to the encoder and the nodes verify them against (TLS).
@@ -45,6 +47,7 @@ impl Default for RouterConfig {
             user_cache_capacity: 100_000,
             user_cache_ttl: Duration::from_secs(60),
             guard: Guard::default(),
+            open_metrics: false,
             cluster_token: None,
             tls_ca: None,
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use redrec_encoder::{EncoderClient, EncoderHandle, TowersConfig};
 use redrec_shard_api::map::MetaCommand;
-use redrec_wire::Limits;
+use redrec_wire::ServeOptions;
 
 use crate::cluster::{Cluster, ClusterView};
 use crate::config::RouterConfig;
@@ -38,7 +38,7 @@ pub async fn serve(
     towers: Towers,
     topology: Topology,
     cfg: RouterConfig,
-    limits: Limits,
+    options: ServeOptions,
 ) -> Result<()> {
     let http = redrec_wire::http_client(cfg.cluster_token.as_ref(), cfg.tls_ca.as_deref())?;
     let encoder = match towers {
@@ -72,7 +72,7 @@ pub async fn serve(
         }
     };
     let state = Arc::new(RouterInner::new(encoder, cluster, cfg));
-    redrec_wire::serve("router", listen, crate::server::app(state), limits).await?;
+    redrec_wire::serve("router", listen, crate::server::app(state), options).await?;
     Ok(())
 }
 

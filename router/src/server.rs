@@ -213,7 +213,7 @@ pub fn app(state: RouterState) -> Router {
     metrics_handle();
     let limit = state.cfg.max_body_bytes;
     let guard = &state.cfg.guard;
-    let api = auth::build(routes(guard.open_metrics), guard)
+    let api = auth::build(routes(state.cfg.open_metrics), guard)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state.clone());
     with_fallbacks(api).layer(middleware::from_fn(record))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use redrec_wire::auth::{Guard, Secret};
-use redrec_wire::Limits;
+use redrec_wire::ServeOptions;
 
 use crate::group::EdgeGroups;
 use crate::node::{Node, NodeConfig};
@@ -22,7 +22,7 @@ pub struct ShardConfig {
     pub data: PathBuf,
     pub dim: usize,
     /// How long clients may take to send a request.
-    pub limits: Limits,
+    pub options: ServeOptions,
     /// The cluster credential every call to this shard must carry, and that its own calls
     /// to other nodes carry (none: internal routes are open).
     pub cluster_token: Option<Secret>,
@@ -60,7 +60,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .await??;
         let guard = Guard::new(None, cfg.cluster_token.as_ref());
         let app = crate::server::lone(Arc::new(store), &guard);
-        redrec_wire::serve("shard", cfg.listen, app, cfg.limits).await?;
+        redrec_wire::serve("shard", cfg.listen, app, cfg.options).await?;
         return Ok(());
     };
     if cfg.listen.port() == 0 {
@@ -71,7 +71,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let id = settings.id;
-    let scheme = if cfg.limits.tls.is_some() {
+    let scheme = if cfg.options.tls.is_some() {
         "https"
     } else {
         "http"
@@ -89,7 +89,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
     tracing::info!(node = id, groups = ?settings.groups, "shard node started");
     let guard = Guard::new(None, cfg.cluster_token.as_ref());
     let app = crate::server::node(node.clone(), &guard);
-    redrec_wire::serve_on("shard", listener, app, cfg.limits).await?;
+    redrec_wire::serve_on("shard", listener, app, cfg.options).await?;
     node.step_down().await;
     Ok(())
 }

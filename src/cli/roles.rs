@@ -13,7 +13,7 @@ use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
 use redrec_wire::auth::{ApiKeys, Guard, Secret};
 use redrec_wire::tls::ServerTls;
-use redrec_wire::Limits;
+use redrec_wire::ServeOptions;
 
 /// How long clients may take to send a request (every server).
 #[derive(Args, Clone)]
@@ -37,8 +37,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The limits, and TLS when a certificate is given (read now: a bad one stops start-up).
-    pub fn limits(&self) -> Result<Limits> {
+    /// Timeouts, admission and TLS (certificates read now: a bad one stops start-up).
+    pub fn options(&self) -> Result<ServeOptions> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
                 ServerTls {
@@ -49,7 +49,7 @@ impl ServeArgs {
             ),
             _ => None,
         };
-        Ok(Limits {
+        Ok(ServeOptions {
             header_read: Duration::from_millis(self.header_timeout_ms.max(1)),
             body_read: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_concurrent: self.max_concurrent_requests.max(1),
@@ -282,7 +282,7 @@ impl ShardArgs {
             listen: self.listen,
             data: self.data,
             dim: self.dim,
-            limits: self.serve.limits()?,
+            options: self.serve.options()?,
             cluster_token,
             node: id.map(|id| NodeSettings {
                 id,
@@ -346,8 +346,7 @@ impl RouterArgs {
         let keys = keys
             .map(|k| ApiKeys::parse(&k).map_err(|e| anyhow!("API keys: {e}")))
             .transpose()?;
-        let mut guard = Guard::new(keys, None).with_rate_limit(self.rate_limit_per_key);
-        guard.open_metrics = self.open_metrics;
+        let guard = Guard::new(keys, None).with_rate_limit(self.rate_limit_per_key);
         Ok(RouterConfig {
             max_k: self.max_k,
             max_body_bytes: self.max_body_bytes,
@@ -357,6 +356,7 @@ impl RouterArgs {
             user_cache_capacity: self.user_cache,
             user_cache_ttl: Duration::from_secs(self.user_cache_ttl_s),
             guard,
+            open_metrics: self.open_metrics,
             cluster_token,
             tls_ca,
             ..Default::default()

@@ -44,7 +44,7 @@ impl From<JsonRejection> for HttpError {
     }
 }
 
-/// Whether reading the body failed because it did not arrive within [`Limits::body_read`].
+/// Whether reading the body failed because it did not arrive within [`ServeOptions::body_read`].
 fn is_body_timeout(r: &JsonRejection) -> bool {
     use std::error::Error;
     let mut source: Option<&(dyn Error + 'static)> = Some(r);
@@ -107,11 +107,12 @@ pub fn with_fallbacks(router: Router) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// How long a client may take to send a request: a connection whose headers are not
-/// all in within `header_read` is closed, and a body not all in within `body_read` is
-/// refused (408), so that half-sent requests cannot hold a server's connections.
+/// How every server serves: how long a client may take to send a request (a connection
+/// whose headers are not all in within `header_read` is closed, a body not all in within
+/// `body_read` is refused with 408, so half-sent requests cannot hold connections), how
+/// many requests it serves at once, and TLS.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct ServeOptions {
     pub header_read: Duration,
     pub body_read: Duration,
     /// Most requests served at once; past it, requests are shed at once with 503
@@ -122,7 +123,7 @@ pub struct Limits {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Default for Limits {
+impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             header_read: Duration::from_secs(10),
@@ -139,18 +140,18 @@ pub async fn serve(
     role: &str,
     listen: SocketAddr,
     app: Router,
-    limits: Limits,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
     serve_on(
         role,
         tokio::net::TcpListener::bind(listen).await?,
         app,
-        limits,
+        options,
     )
     .await
 }
 
-/// Serves a request if fewer than [`Limits::max_concurrent`] are in flight; sheds it
+/// Serves a request if fewer than [`ServeOptions::max_concurrent`] are in flight; sheds it
 /// otherwise. Probes always pass: a full server is alive, and says so.
 async fn admit(
     axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
@@ -158,7 +159,7 @@ async fn admit(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+    if matches!(req.uri().path(), auth::HEALTH_PATH | auth::READY_PATH) {
         return next.run(req).await;
     }
     match slots.try_acquire() {
@@ -175,6 +176,29 @@ async fn admit(
     }
 }
 
+/// Serves one connection (plain or TLS) until it ends, or until a graceful shutdown asks
+/// it to finish its requests in flight.
+async fn serve_connection<I, S>(
+    http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<axum::body::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
+        .into_owned();
+    let _ = watcher.watch(conn).await;
+}
+
 /// Longest a stopping server waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -184,30 +208,32 @@ pub async fn serve_on(
     role: &str,
     listener: tokio::net::TcpListener,
     app: Router,
-    limits: Limits,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
     let addr = listener.local_addr()?;
-    let scheme = if limits.tls.is_some() {
+    let scheme = if options.tls.is_some() {
         "https"
     } else {
         "http"
     };
     println!("redrec {role} listening on {scheme}://{addr}");
     tracing::info!(%addr, "{role} listening");
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent.max(1)));
     let app = app
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            limits.body_read,
+            options.body_read,
         ))
         .layer(axum::middleware::from_fn_with_state(slots, admit));
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read);
+        .header_read_timeout(options.header_read);
+    let http = Arc::new(http);
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(shutdown_signal());
     loop {
@@ -225,33 +251,18 @@ pub async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let Some(tls) = &limits.tls else {
-            let conn = http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            continue;
-        };
-        // The handshake runs on the connection's own task, bounded like the headers.
-        let (acceptor, http, watcher) = (
-            tokio_rustls::TlsAcceptor::from(tls.clone()),
-            http.clone(),
-            graceful.watcher(),
-        );
-        let handshake = limits.header_read;
+        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+        let handshake = options.header_read;
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!("TLS handshake: {e}"),
-                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            let Some(acceptor) = tls else {
+                return serve_connection(&http, stream, service, watcher).await;
             };
-            let conn = http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let _ = watcher.watch(conn).await;
+            // The handshake runs on the connection's own task, bounded like the headers.
+            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(&http, stream, service, watcher).await,
+                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
         });
     }
     drop(listener);
