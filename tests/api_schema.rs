@@ -69,6 +69,8 @@ fn generated_requests_get_documented_answers_and_no_5xx() {
         ])
         .args(["--header", &format!("x-api-key: {ADMIN}")])
         .env("NO_COLOR", "1")
+        // Its example cache goes to the scenario's temp dir, not the checkout.
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
