@@ -5,11 +5,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use redrec_shard_api::client::{call_leader, replicas_path, MEMBERSHIP_CALL};
+use redrec_shard_api::collection::{Collection, Quantization};
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{self, fetch_map};
-use redrec_shard_api::status::{GroupStatus, MembershipRequest};
+use redrec_shard_api::points::Stats;
+use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
 use redrec_shard_api::ShardClient;
 use serde_json::{json, Value};
 
@@ -29,6 +32,52 @@ pub enum ClusterCommand {
     AddReplica(MemberArgs),
     /// Remove a node's replica from a group.
     RemoveReplica(MemberArgs),
+    /// Change the collection settings (named ones only): searches use them at once, every
+    /// group rebuilds its segments under them at its next optimisation.
+    Settings(SettingsArgs),
+}
+
+#[derive(Args)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    meta: MetaArgs,
+    /// `none` or `int8`.
+    #[arg(long)]
+    quantization: Option<Quantization>,
+    /// Original vectors on disk (`true`) or in RAM (`false`).
+    #[arg(long)]
+    vectors_on_disk: Option<bool>,
+    #[arg(long)]
+    hnsw_m: Option<usize>,
+    #[arg(long)]
+    hnsw_ef_construct: Option<usize>,
+    /// Default HNSW beam width of a search.
+    #[arg(long)]
+    ef: Option<usize>,
+    #[arg(long)]
+    oversampling: Option<f64>,
+    #[arg(long)]
+    indexing_threshold_kb: Option<usize>,
+}
+
+impl SettingsArgs {
+    /// `c` with the settings named on the command line changed.
+    fn apply(&self, mut c: Collection) -> Collection {
+        if let Some(q) = self.quantization {
+            c.quantization = q;
+        }
+        if let Some(d) = self.vectors_on_disk {
+            c.on_disk = d;
+        }
+        c.hnsw_m = self.hnsw_m.unwrap_or(c.hnsw_m);
+        c.hnsw_ef_construct = self.hnsw_ef_construct.unwrap_or(c.hnsw_ef_construct);
+        c.ef = self.ef.unwrap_or(c.ef);
+        c.oversampling = self.oversampling.unwrap_or(c.oversampling);
+        c.indexing_threshold_kb = self
+            .indexing_threshold_kb
+            .unwrap_or(c.indexing_threshold_kb);
+        c
+    }
 }
 
 #[derive(Args)]
@@ -136,6 +185,16 @@ pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
         }
         ClusterCommand::AddReplica(a) => member(a, "add", &http).await,
         ClusterCommand::RemoveReplica(a) => member(a, "remove", &http).await,
+        ClusterCommand::Settings(a) => {
+            let map = fetch_map(&http, &a.meta.via).await?;
+            let collection = a.apply(map.settings.collection.clone());
+            map.settings
+                .collection
+                .check_change(&collection)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&collection)?);
+            change(&a.meta, MetaCommand::SetCollection { collection }, &http).await
+        }
     }
 }
 
@@ -170,9 +229,19 @@ async fn print_map(map: &ClusterMap, nodes: &[Value], http: &reqwest::Client) {
         },
         map.model_version.as_deref().unwrap_or("-"),
     );
+    let c = &map.settings.collection;
     println!(
-        "\n{:<6} {:>6} {:>10}  {:<28} replicas",
-        "group", "slots", "points", "leader"
+        "collection: {:?} · quantization {:?} · vectors {} · hnsw m={} ef_construct={} · ef {}",
+        c.distance,
+        c.quantization,
+        if c.on_disk { "on disk" } else { "in RAM" },
+        c.hnsw_m,
+        c.hnsw_ef_construct,
+        c.ef
+    );
+    println!(
+        "\n{:<6} {:>6} {:>10} {:>8} {:>11} {:>9}  {:<28} replicas",
+        "group", "slots", "points", "indexed", "RAM", "RAM/item", "leader"
     );
     let counts = map.slot_counts();
     for (g, info) in &map.groups {
@@ -181,24 +250,36 @@ async fn print_map(map: &ClusterMap, nodes: &[Value], http: &reqwest::Client) {
             .flat_map(|n| n["groups"].as_array().cloned().unwrap_or_default())
             .find(|r| r["group"] == *g && r["is_leader"] == true)
             .and_then(|r| r["node"].as_u64());
-        let points = match leader.and_then(|l| map.nodes.get(&l)) {
+        let stats = match leader.and_then(|l| map.nodes.get(&l)) {
             Some(n) => ShardClient::replica(n.addr.clone(), *g, http.clone())
                 .stats(Duration::from_secs(2))
                 .await
-                .ok()
-                .map(|s| s.points.to_string()),
+                .ok(),
             None => None,
         };
+        let figure = |f: &dyn Fn(&Stats) -> String| stats.as_ref().map_or("?".into(), f);
+        let points = figure(&|s| s.points.to_string());
+        let indexed = figure(&|s| {
+            format!(
+                "{:.0}%",
+                100.0 * s.indexed_vectors as f64 / s.points.max(1) as f64
+            )
+        });
+        let ram = figure(&|s| ByteSize(s.memory.ram()).display().iec_short().to_string());
+        let per_item = figure(&|s| format!("{:.0}B", s.memory.ram_per_item(s.points)));
         let leader = leader.map_or("none".to_string(), |l| {
             let addr = map.nodes.get(&l).map_or("?", |n| n.addr.as_str());
             format!("{l}@{}", addr.trim_start_matches("http://"))
         });
         let replicas: Vec<String> = info.replicas.iter().map(u64::to_string).collect();
         println!(
-            "{:<6} {:>6} {:>10}  {:<28} {}",
+            "{:<6} {:>6} {:>10} {:>8} {:>11} {:>9}  {:<28} {}",
             g,
             counts.get(g).copied().unwrap_or(0),
-            points.as_deref().unwrap_or("?"),
+            points,
+            indexed,
+            ram,
+            per_item,
             leader,
             replicas.join(" ")
         );
@@ -301,7 +382,39 @@ async fn status(a: StatusArgs, http: &reqwest::Client) -> Result<()> {
             g["voters"],
         );
     }
+    print_memory(&nodes);
     Ok(())
+}
+
+/// Each node's shards: points, RAM and disk against its budget, and the process's RSS.
+fn print_memory(nodes: &[Value]) {
+    let statuses: Vec<NodeStatus> = nodes
+        .iter()
+        .filter_map(|n| serde_json::from_value(n.clone()).ok())
+        .collect();
+    if statuses.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<24} {:>10} {:>11} {:>11} {:>11} {:>11}",
+        "node", "points", "RAM", "budget", "disk", "RSS"
+    );
+    let bytes = |b: Option<u64>| {
+        b.map_or("-".to_string(), |b| {
+            ByteSize(b).display().iec_short().to_string()
+        })
+    };
+    for n in statuses {
+        println!(
+            "{:<24} {:>10} {:>11} {:>11} {:>11} {:>11}",
+            format!("{}@{}", n.node, n.addr.trim_start_matches("http://")),
+            n.points,
+            bytes(Some(n.memory.ram())),
+            bytes(n.budget),
+            bytes(Some(n.memory.disk)),
+            bytes(n.rss_bytes),
+        );
+    }
 }
 
 /// Proposes the change through `via`, following it to the group's leader.

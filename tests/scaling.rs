@@ -516,7 +516,11 @@ fn two_routers_follow_a_slot_move_and_status_reads_at_a_glance() {
             .unwrap_or_else(|| panic!("no row for group {g}: {status}"));
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols[1], counts[g].to_string(), "{row}");
-        assert!(cols[3].contains('@'), "group {g} shows no leader: {row}");
+        // points, indexed share, RAM and RAM per item, read from the group's leader.
+        assert!(cols[2].parse::<usize>().unwrap() > 0, "{row}");
+        assert!(cols[3].ends_with('%') && cols[4] != "?", "{row}");
+        assert!(cols[5].ends_with('B'), "{row}");
+        assert!(cols[6].contains('@'), "group {g} shows no leader: {row}");
     }
     assert!(status.contains("moves: none"), "{status}");
     // One replica table row per replica: 2 groups and the meta group on 3 nodes.

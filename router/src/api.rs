@@ -1,5 +1,6 @@
 //! Request and response bodies of the public API.
 
+use redrec_shard_api::points::Memory;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_with::skip_serializing_none;
@@ -103,6 +104,10 @@ pub struct RecommendRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    /// HNSW beam width per shard search (1 to 4096; wider finds more of the true top k,
+    /// slower). The collection's `ef` when absent.
+    #[serde(default)]
+    pub ef: Option<usize>,
     #[serde(default = "yes")]
     pub exclude_seen: bool,
     #[serde(default)]
@@ -173,6 +178,11 @@ pub struct SearchVectorsRequest {
     /// Item ids never to return.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// HNSW beam width per shard search (1 to 4096; wider finds more of the true top k,
+    /// slower). The collection's `ef` when absent.
+    #[serde(default)]
+    pub ef: Option<usize>,
+
     #[serde(default)]
     #[schema(value_type = String, example = "any")]
     pub consistency: Consistency,
@@ -208,6 +218,11 @@ pub struct ShardStatus {
     pub slots: usize,
     pub up: bool,
     pub points: Option<usize>,
+    /// Where the group's bytes are (its leader's replica, or the first that answered).
+    #[schema(value_type = Option<Object>)]
+    pub memory: Option<Memory>,
+    /// RAM bytes per stored item.
+    pub ram_per_item: Option<f64>,
     pub error: Option<String>,
     /// The replicas of a Raft-replicated group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -215,11 +230,17 @@ pub struct ShardStatus {
 }
 
 #[skip_serializing_none]
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ReplicaInfo {
     pub addr: String,
     pub up: bool,
     pub points: Option<usize>,
+    /// Points in HNSW-indexed segments (the rest are searched exactly).
+    pub indexed: Option<usize>,
+    /// An index build is running.
+    pub indexing: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub memory: Option<Memory>,
     pub leader: Option<bool>,
     pub caught_up: Option<bool>,
     pub applied: Option<u64>,
@@ -235,6 +256,11 @@ pub struct ClusterResponse {
     pub queries: Vec<String>,
     pub max_history: usize,
     pub slots: usize,
+    /// Points in every group (each counted once).
+    pub points: usize,
+    /// The groups' bytes, added up (one replica each).
+    #[schema(value_type = Object)]
+    pub memory: Memory,
     pub shards: Vec<ShardStatus>,
     /// The cluster map this router routes by (absent for a cluster fixed on its command
     /// line).

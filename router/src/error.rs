@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use redrec_encoder::EncoderError;
+use redrec_shard_api::codes::MEMORY_BUDGET;
 use redrec_shard_api::ShardClientError;
 use redrec_wire::HttpError;
 
@@ -18,6 +19,9 @@ pub enum RouterError {
     /// Shards needed for the answer did not answer.
     #[error("{0}")]
     ShardsUnavailable(String),
+    /// A shard's memory budget has no room for the write.
+    #[error("{0}")]
+    OverBudget(String),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
 }
@@ -34,6 +38,9 @@ impl RouterError {
 impl From<ShardClientError> for RouterError {
     fn from(e: ShardClientError) -> Self {
         match &e {
+            ShardClientError::Rejected { code, message, .. } if code == MEMORY_BUDGET => {
+                Self::OverBudget(message.clone())
+            }
             ShardClientError::Rejected {
                 status, message, ..
             } if (400..500).contains(status) => Self::bad("invalid_request", message.clone()),
@@ -50,6 +57,9 @@ impl IntoResponse for RouterError {
             Self::TooLarge(m) => HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_items", m),
             Self::ShardsUnavailable(m) => {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable", m)
+            }
+            Self::OverBudget(m) => {
+                HttpError::new(StatusCode::INSUFFICIENT_STORAGE, MEMORY_BUDGET, m)
             }
             // Mapped as the encoder service maps them, in-process or remote alike.
             Self::Encoder(e) => redrec_encoder::server::http_error(e),

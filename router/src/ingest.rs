@@ -4,8 +4,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use redrec_shard_api::codes::MEMORY_BUDGET;
 use redrec_shard_api::points::ID_KEY;
 use redrec_shard_api::points::{check_vector, Point};
+use redrec_shard_api::ShardClientError;
 
 use crate::api::{
     DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse, Payload,
@@ -89,6 +91,11 @@ pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, Ro
                 Ok(_) => {}
                 Err(e) if e.wrong_slot().is_some() => again.extend(groups[&i].iter().cloned()),
                 Err(e) if e.is_client_error() => return Err(e.into()),
+                Err(ShardClientError::Rejected { code, message, .. }) if code == MEMORY_BUDGET => {
+                    return Err(RouterError::OverBudget(format!(
+                        "shard {i}: {message}; the other shards' items may have been written"
+                    )))
+                }
                 Err(e) => failed.push(format!("shard {i}: {e}")),
             }
         }

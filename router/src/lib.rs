@@ -14,6 +14,7 @@ pub mod search;
 pub mod serve;
 pub mod server;
 pub mod state;
+pub mod survey;
 pub mod user_cache;
 
 pub use redrec_shard_api::slots;

@@ -10,7 +10,7 @@ use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, Recommen
 use crate::error::RouterError;
 use crate::fanout::fan_out;
 use crate::merge;
-use crate::search::{check_filter, search_groups};
+use crate::search::{check_ef, check_filter, search_groups, Depth};
 use crate::state::RouterState;
 use crate::user_cache::{CachedUser, UserCache};
 
@@ -48,6 +48,7 @@ fn plan(req: &RecommendRequest, m: &Manifest, max_k: usize) -> Result<Plan, Rout
         ));
     }
     check_filter(req.filter.as_ref())?;
+    check_ef(req.ef)?;
     let mut events = Vec::with_capacity(req.history.len());
     for (i, e) in req.history.iter().enumerate() {
         if e.item_id.is_empty() {
@@ -239,7 +240,10 @@ pub async fn recommend(
     let (per_query, coverage) = search_groups(
         state,
         active,
-        req.k,
+        Depth {
+            k: req.k,
+            ef: req.ef,
+        },
         req.filter.clone(),
         &exclude,
         req.consistency,
@@ -309,6 +313,7 @@ mod tests {
             scenario: scenario.into(),
             k,
             filter: None,
+            ef: None,
             consistency: Default::default(),
             exclude_seen: true,
             merge: MergeMode::Max,

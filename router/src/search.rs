@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use redrec_shard_api::collection::MAX_EF;
 use redrec_shard_api::points::{check_vector, Consistency, Hit, SearchRequest};
 use redrec_shard_api::ShardClient;
 
@@ -51,6 +52,25 @@ pub fn check_filter(filter: Option<&serde_json::Value>) -> Result<(), RouterErro
     Ok(())
 }
 
+/// How many results each query vector asks for, and how wide the shards search for them.
+#[derive(Debug, Clone, Copy)]
+pub struct Depth {
+    pub k: usize,
+    /// HNSW beam width; the collection's default when absent.
+    pub ef: Option<usize>,
+}
+
+/// A request's `ef`: absent, or 1 to [`MAX_EF`] (a wider beam than that only costs time).
+pub fn check_ef(ef: Option<usize>) -> Result<(), RouterError> {
+    match ef {
+        Some(ef) if ef == 0 || ef > MAX_EF => Err(RouterError::bad(
+            "invalid_ef",
+            format!("ef must be between 1 and {MAX_EF}, got {ef}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Searches every shard group with `queries` (each group leaving out the ids of
 /// `exclude` it may hold); returns, per query, the lists of the groups that answered, and
 /// who did.
@@ -58,7 +78,7 @@ pub fn check_filter(filter: Option<&serde_json::Value>) -> Result<(), RouterErro
 pub async fn search_groups(
     state: &RouterState,
     queries: Vec<Vec<f32>>,
-    k: usize,
+    depth: Depth,
     filter: Option<serde_json::Value>,
     exclude: &[String],
     consistency: Consistency,
@@ -71,10 +91,10 @@ pub async fn search_groups(
     let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |i, group| {
         let request = SearchRequest {
             queries: queries.clone(),
-            k,
+            k: depth.k,
             filter: filter.clone(),
             exclude: excluded[i].clone(),
-            ef: None,
+            ef: depth.ef,
             consistency,
         };
         async move {
@@ -151,12 +171,16 @@ pub async fn search(
         ));
     }
     check_filter(req.filter.as_ref())?;
+    check_ef(req.ef)?;
     let exclude = req.exclude;
     let n = req.vectors.len();
     let (per_query, coverage) = search_groups(
         state,
         req.vectors,
-        req.k,
+        Depth {
+            k: req.k,
+            ef: req.ef,
+        },
         req.filter,
         &exclude,
         req.consistency,

@@ -1,7 +1,7 @@
 //! The public HTTP API: routes, cluster status, request metrics.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::Method;
@@ -9,20 +9,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use futures::future::join_all;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use redrec_shard_api::ShardClient;
 use redrec_wire::auth::{self, Access, Route, Scope};
 use redrec_wire::{with_fallbacks, Json, Path};
 
 use crate::api::{
     ClusterResponse, DeleteResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse,
-    MapSummary, RecommendRequest, ReplicaInfo, SearchVectorsRequest, ShardStatus,
+    RecommendRequest, SearchVectorsRequest,
 };
 use crate::error::RouterError;
 use crate::state::RouterState;
 use crate::{ingest, recommend, search};
-use redrec_shard_api::slots::SLOTS;
 
 type Reply<T> = Result<axum::Json<T>, RouterError>;
 
@@ -78,83 +75,13 @@ async fn delete_item(
     ingest::delete_item(&s, id).await.map(axum::Json)
 }
 
-async fn replica_info(c: &ShardClient, replicated: bool) -> ReplicaInfo {
-    let timeout = Duration::from_millis(500);
-    let stats = c.stats(timeout).await;
-    let status = if replicated {
-        c.status(timeout).await.ok()
-    } else {
-        None
-    };
-    ReplicaInfo {
-        addr: c.addr().to_string(),
-        up: stats.is_ok(),
-        points: stats.as_ref().ok().map(|s| s.points),
-        leader: status.as_ref().map(|s| s.raft.is_leader),
-        caught_up: status.as_ref().map(|s| s.caught_up),
-        applied: status.as_ref().map(|s| s.raft.applied),
-        term: status.as_ref().map(|s| s.raft.term),
-        error: stats.err().map(|e| e.to_string()),
-    }
-}
-
 async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
-    let m = s.encoder.manifest();
-    let cluster = s.cluster.get();
-    let slots = cluster.slots.slots_per_shard(cluster.groups.len());
-    let replicated = cluster.replicated;
-    let groups = join_all(cluster.groups.iter().map(|g| async move {
-        join_all(g.replicas.iter().map(|c| replica_info(c, replicated))).await
-    }))
-    .await;
-    let ids: Vec<u64> = match &cluster.map {
-        Some(map) => map.groups.keys().copied().collect(),
-        None => (0..cluster.groups.len() as u64).collect(),
-    };
-    let shards = cluster
-        .groups
-        .iter()
-        .zip(groups)
-        .map(|(g, replicas)| {
-            // The group's face: its leader if one is known, else the first that answered.
-            let face = replicas
-                .iter()
-                .position(|r| r.leader == Some(true))
-                .or_else(|| replicas.iter().position(|r| r.up))
-                .unwrap_or(0);
-            let r = &replicas[face];
-            ShardStatus {
-                index: g.index,
-                group: ids[g.index],
-                addr: r.addr.clone(),
-                slots: slots[g.index],
-                up: replicas.iter().any(|r| r.up),
-                points: r.points,
-                error: (!replicas.iter().any(|r| r.up))
-                    .then(|| r.error.clone())
-                    .flatten(),
-                replicas: if replicated { replicas } else { Vec::new() },
-            }
-        })
-        .collect();
-    axum::Json(ClusterResponse {
-        model_version: m.model_version.clone(),
-        dim: m.dim,
-        scenarios: m.scenarios.clone(),
-        queries: m.query_names.clone(),
-        max_history: m.max_history,
-        slots: SLOTS,
-        shards,
-        map: cluster.map.as_ref().map(|m| MapSummary {
-            version: m.version,
-            rebalancing: m.rebalancing,
-            moves: m.moves.clone(),
-            nodes: m.nodes.len(),
-        }),
-    })
+    axum::Json(crate::survey::cluster(&s).await)
 }
 
-async fn metrics_text() -> impl IntoResponse {
+async fn metrics_text(State(s): State<RouterState>) -> impl IntoResponse {
+    // The shards' figures are gauges: taken now, for this scrape.
+    crate::survey::record(&crate::survey::shards(&s).await);
     (
         [(
             axum::http::header::CONTENT_TYPE,

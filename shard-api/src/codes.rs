@@ -40,3 +40,5 @@ pub const NOT_A_META_MEMBER: &str = "not_a_meta_member";
 pub const INVALID_ACTION: &str = "invalid_action";
 /// 400: adding a replica needs its node's address.
 pub const MISSING_ADDR: &str = "missing_addr";
+/// 507: the node's memory budget has no room for the points (or a moving slot's).
+pub const MEMORY_BUDGET: &str = "memory_budget_exceeded";

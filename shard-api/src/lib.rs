@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod codes;
+pub mod collection;
 pub mod group;
 pub mod map;
 pub mod meta;

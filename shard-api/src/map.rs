@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::collection::Collection;
 use crate::slots::SLOTS;
 
 /// The meta group's id in the Raft log, the transport and the node API.
@@ -48,13 +49,11 @@ pub struct SlotMove {
 }
 
 /// Collection settings every group's shard is created with, and how the cluster grows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub dim: usize,
-    pub distance: String,
-    pub quantization: String,
-    pub hnsw_m: usize,
-    pub hnsw_ef_construct: usize,
+    #[serde(flatten)]
+    pub collection: Collection,
     /// Replicas per group (R): new groups are formed from this many spare nodes.
     pub replication: usize,
     /// Rebalance slots whenever a group is added.
@@ -67,11 +66,7 @@ impl Settings {
     pub fn new(dim: usize, replication: usize) -> Self {
         Self {
             dim,
-            distance: "dot".into(),
-            quantization: "none".into(),
-            // qdrant-edge's defaults, which the shards are created with.
-            hnsw_m: 16,
-            hnsw_ef_construct: 100,
+            collection: Collection::default(),
             replication: replication.max(1),
             auto_rebalance: true,
             move_batch: 64,
@@ -79,7 +74,7 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterMap {
     /// 0 until the cluster is initialised; every change adds one.
     pub version: u64,
@@ -115,7 +110,7 @@ impl Default for ClusterMap {
 }
 
 /// A change to the map, as proposed to and replicated by the meta group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetaCommand {
     /// The first map: the seed nodes, their groups, slots spread evenly (contiguous
@@ -157,6 +152,10 @@ pub enum MetaCommand {
     /// Whether a new group triggers a rebalance.
     SetAutoRebalance {
         enabled: bool,
+    },
+    /// New collection settings; every group applies them at its next optimisation.
+    SetCollection {
+        collection: Collection,
     },
 }
 
@@ -257,6 +256,7 @@ impl ClusterMap {
                 if groups.is_empty() {
                     return Err("a cluster needs at least one group".into());
                 }
+                settings.collection.check()?;
                 let ids: Vec<u64> = groups.keys().copied().collect();
                 self.slots = (0..SLOTS).map(|s| ids[s * ids.len() / SLOTS]).collect();
                 self.nodes = nodes
@@ -368,6 +368,10 @@ impl ClusterMap {
             }
             SetModelVersion { version } => self.model_version = Some(version),
             SetAutoRebalance { enabled } => self.settings.auto_rebalance = enabled,
+            SetCollection { collection } => {
+                self.settings.collection.check_change(&collection)?;
+                self.settings.collection = collection;
+            }
         }
         self.version += 1;
         Ok(())

@@ -168,6 +168,57 @@ pub struct Stats {
     pub segments: usize,
     pub indexed_vectors: usize,
     pub dim: usize,
+    /// An index build is running (writes are still taken meanwhile).
+    #[serde(default)]
+    pub indexing: bool,
+    #[serde(default)]
+    pub memory: Memory,
+}
+
+/// Where a store's bytes are: what it holds in RAM and what stays on disk (memory-mapped,
+/// read through the page cache). Taken from the engine's files and the collection
+/// settings, so it counts data, not allocator overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Original vectors held in RAM.
+    pub vectors_ram: u64,
+    /// Original vectors memory-mapped from disk.
+    pub vectors_disk: u64,
+    /// Quantized vectors (always in RAM).
+    pub quantized: u64,
+    /// HNSW graphs (in RAM).
+    pub index: u64,
+    /// Payloads and their indexes (on disk).
+    pub payloads: u64,
+    /// Everything the store keeps on disk, logs included.
+    pub disk: u64,
+}
+
+impl Memory {
+    /// Bytes the store holds in RAM.
+    pub fn ram(&self) -> u64 {
+        self.vectors_ram + self.quantized + self.index
+    }
+
+    /// RAM bytes per stored item (0 when empty).
+    pub fn ram_per_item(&self, points: usize) -> f64 {
+        if points == 0 {
+            0.0
+        } else {
+            self.ram() as f64 / points as f64
+        }
+    }
+}
+
+impl std::ops::AddAssign for Memory {
+    fn add_assign(&mut self, o: Self) {
+        self.vectors_ram += o.vectors_ram;
+        self.vectors_disk += o.vectors_disk;
+        self.quantized += o.quantized;
+        self.index += o.index;
+        self.payloads += o.payloads;
+        self.disk += o.disk;
+    }
 }
 
 /// One page of a scroll over a shard, in point-id order.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::points::{Memory, Stats};
 use crate::slots::SlotState;
 
 /// `GET /v1/node`: a node and its replicas.
@@ -14,6 +15,18 @@ pub struct NodeStatus {
     pub addr: String,
     pub ready: bool,
     pub groups: Vec<GroupStatus>,
+    /// Points in the node's shard replicas, added up.
+    #[serde(default)]
+    pub points: usize,
+    /// Where the node's shard replicas keep their bytes, added up.
+    #[serde(default)]
+    pub memory: Memory,
+    /// The node's memory budget (bytes), if it has one.
+    #[serde(default)]
+    pub budget: Option<u64>,
+    /// The process's resident memory, where the OS says it.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// One replica of a group, as its node sees it.
@@ -27,6 +40,9 @@ pub struct GroupStatus {
     /// A shard replica's slots by state (absent for the meta group and unmanaged groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<BTreeMap<SlotState, usize>>,
+    /// A shard replica's points, index and memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<Stats>,
 }
 
 /// A replica's Raft state.

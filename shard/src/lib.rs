@@ -7,6 +7,7 @@
 //! (the HTTP API), and [`serve`] (a role's start-up). The wire types and the client are
 //! in `redrec-shard-api`.
 
+pub mod budget;
 pub mod group;
 pub mod meta;
 pub mod node;

@@ -11,16 +11,23 @@ use anyhow::{bail, Context, Result};
 use redrec_wire::auth::{Guard, Secret};
 use redrec_wire::ServeOptions;
 
+use redrec_shard_api::collection::Collection;
+
+use crate::budget::MemoryBudget;
 use crate::group::EdgeGroups;
 use crate::node::{Node, NodeConfig};
 use crate::raft::driver::DriverConfig;
-use crate::store::EdgeStore;
+use crate::store::edge::EdgeStore;
 
 pub struct ShardConfig {
     /// Where to listen; port 0 picks a free one (a lone shard only).
     pub listen: SocketAddr,
     pub data: PathBuf,
     pub dim: usize,
+    /// The lone shard's collection settings; a node's new cluster starts with them.
+    pub collection: Collection,
+    /// Writes that would take the shards' RAM past it are refused.
+    pub budget: MemoryBudget,
     /// How long clients may take to send a request.
     pub options: ServeOptions,
     /// The cluster credential every call to this shard must carry, and that its own calls
@@ -53,13 +60,14 @@ pub struct NodeSettings {
 /// Serves a shard until SIGINT or SIGTERM.
 pub async fn serve(cfg: ShardConfig) -> Result<()> {
     let Some(settings) = cfg.node else {
-        let (data, dim) = (cfg.data.clone(), cfg.dim);
+        let (data, dim, collection) = (cfg.data.clone(), cfg.dim, cfg.collection.clone());
         let store = tokio::task::spawn_blocking(move || {
-            EdgeStore::open(&data, dim).with_context(|| format!("opening {}", data.display()))
+            EdgeStore::open(&data, dim, &collection)
+                .with_context(|| format!("opening {}", data.display()))
         })
         .await??;
         let guard = Guard::new(None, cfg.cluster_token.as_ref());
-        let app = crate::server::lone(Arc::new(store), &guard);
+        let app = crate::server::lone(Arc::new(store), cfg.budget, &guard);
         redrec_wire::serve("shard", cfg.listen, app, cfg.options).await?;
         return Ok(());
     };
@@ -76,7 +84,9 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
     } else {
         "http"
     };
-    let node_cfg = node_config(&settings, scheme, cfg.listen, cfg.data.clone(), cfg.dim)?;
+    let mut node_cfg = node_config(&settings, scheme, cfg.listen, cfg.data.clone(), cfg.dim)?;
+    node_cfg.collection = cfg.collection.clone();
+    node_cfg.budget = cfg.budget;
     let http = redrec_wire::http_client(cfg.cluster_token.as_ref(), cfg.tls_ca.as_deref())?;
     let factory = Arc::new(EdgeGroups {
         dim: cfg.dim,
@@ -138,6 +148,8 @@ fn node_config(
         voters,
         seeds,
         auto_rebalance: s.auto_rebalance,
+        collection: Collection::default(),
+        budget: MemoryBudget::default(),
         driver: DriverConfig {
             tick: Duration::from_millis(s.raft_tick_ms.max(1)),
             election_ticks: s.raft_election_ticks.max(3),

@@ -9,8 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use redrec_encoder::{BatchConfig, Device, EncoderConfig, TowersConfig};
 use redrec_router::{RouterConfig, Topology, Towers};
+use redrec_shard::budget::MemoryBudget;
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
+use redrec_shard_api::collection::{Collection, Distance, Quantization};
 use redrec_wire::auth::{ApiKeys, Guard, Secret};
 use redrec_wire::tls::ServerTls;
 use redrec_wire::ServeOptions;
@@ -72,7 +74,62 @@ pub struct ShardArgs {
     #[command(flatten)]
     pub raft: RaftArgs,
     #[command(flatten)]
+    pub collection: CollectionArgs,
+    /// RAM the shard's vectors, quantized vectors and HNSW graphs may take (e.g. `48GiB`);
+    /// writes past it are refused (507 `memory_budget_exceeded`). Leave room for the
+    /// process itself. Unlimited when absent.
+    #[arg(long, env = "REDREC_MEMORY_BUDGET")]
+    pub memory_budget: Option<bytesize::ByteSize>,
+    #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// How the shard keeps, indexes and searches vectors. A lone shard uses them; a node
+/// starting a new cluster puts them in its map, where `redrec cluster settings` changes
+/// them later (a node joining a cluster takes the map's).
+#[derive(Args, Clone)]
+pub struct CollectionArgs {
+    /// `dot` or `cosine` (fixed once the shard or cluster is created).
+    #[arg(long, env = "REDREC_DISTANCE", default_value = "dot")]
+    pub distance: Distance,
+    /// `none` (f32 vectors) or `int8` (scalar quantization, rescored with the originals).
+    #[arg(long, env = "REDREC_QUANTIZATION", default_value = "none")]
+    pub quantization: Quantization,
+    /// Keep original vectors memory-mapped on disk instead of in RAM.
+    #[arg(long, env = "REDREC_VECTORS_ON_DISK")]
+    pub vectors_on_disk: bool,
+    /// HNSW graph degree.
+    #[arg(long, env = "REDREC_HNSW_M", default_value_t = Collection::default().hnsw_m)]
+    pub hnsw_m: usize,
+    /// HNSW beam width while building.
+    #[arg(long, env = "REDREC_HNSW_EF_CONSTRUCT", default_value_t = Collection::default().hnsw_ef_construct)]
+    pub hnsw_ef_construct: usize,
+    /// HNSW beam width of a search that names none.
+    #[arg(long, env = "REDREC_EF", default_value_t = Collection::default().ef)]
+    pub ef: usize,
+    /// Candidates per result an int8 search rescores with the originals.
+    #[arg(long, env = "REDREC_OVERSAMPLING", default_value_t = Collection::default().oversampling)]
+    pub oversampling: f64,
+    /// KiB of unindexed vectors a segment takes before an index build starts.
+    #[arg(long, env = "REDREC_INDEXING_THRESHOLD_KB", default_value_t = Collection::default().indexing_threshold_kb)]
+    pub indexing_threshold_kb: usize,
+}
+
+impl CollectionArgs {
+    pub fn collection(&self) -> Result<Collection> {
+        let c = Collection {
+            distance: self.distance,
+            quantization: self.quantization,
+            hnsw_m: self.hnsw_m,
+            hnsw_ef_construct: self.hnsw_ef_construct,
+            ef: self.ef,
+            on_disk: self.vectors_on_disk,
+            oversampling: self.oversampling,
+            indexing_threshold_kb: self.indexing_threshold_kb,
+        };
+        c.check().map_err(|e| anyhow!(e))?;
+        Ok(c)
+    }
 }
 
 #[derive(Args)]
@@ -282,6 +339,10 @@ impl ShardArgs {
             listen: self.listen,
             data: self.data,
             dim: self.dim,
+            collection: self.collection.collection()?,
+            budget: MemoryBudget {
+                limit: self.memory_budget.map(|b| b.as_u64()),
+            },
             options: self.serve.options()?,
             cluster_token,
             node: id.map(|id| NodeSettings {

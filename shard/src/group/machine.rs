@@ -449,7 +449,7 @@ impl StateMachine {
 mod tests {
     use super::*;
     use crate::group::snapshot::NoSource;
-    use crate::store::EdgeStore;
+    use crate::store::edge::EdgeStore;
 
     fn entry(index: u64, cmd: Option<Command>) -> Entry {
         Entry {
@@ -474,8 +474,9 @@ mod tests {
     fn applies_in_order_once_and_resumes_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            let store: Arc<dyn VectorStore> =
-                Arc::new(EdgeStore::open(&dir.path().join("shard"), 4).unwrap());
+            let store: Arc<dyn VectorStore> = Arc::new(
+                EdgeStore::open(&dir.path().join("shard"), 4, &Default::default()).unwrap(),
+            );
             StateMachine::open(1, store, Arc::new(NoSource), dir.path()).unwrap()
         };
         let entries = vec![
@@ -520,7 +521,7 @@ mod tests {
     fn runs_of_upserts_apply_as_one_write_and_keep_log_order() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn VectorStore> =
-            Arc::new(EdgeStore::open(&dir.path().join("shard"), 4).unwrap());
+            Arc::new(EdgeStore::open(&dir.path().join("shard"), 4, &Default::default()).unwrap());
         let mut m = StateMachine::open(1, store, Arc::new(NoSource), dir.path()).unwrap();
         let entries = vec![
             entry(

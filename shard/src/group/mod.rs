@@ -13,17 +13,21 @@ use std::sync::Arc;
 use machine::StateMachine;
 use snapshot::{AddressBook, PeerSource};
 
+use redrec_shard_api::collection::Collection;
+
 use crate::raft::machine::MachineError;
-use crate::store::{EdgeStore, VectorStore};
+use crate::store::edge::EdgeStore;
+use crate::store::VectorStore;
 
 /// Opens the replicas of shard groups a node hosts.
 pub trait GroupFactory: Send + Sync + 'static {
-    /// Opens (blocking) the replica of group `group` kept in `dir`; `peers` says where the
-    /// other nodes listen, for snapshot pulls.
+    /// Opens (blocking) the replica of group `group` kept in `dir`, its shard under
+    /// `collection`; `peers` says where the other nodes listen, for snapshot pulls.
     fn open(
         &self,
         group: u64,
         dir: &Path,
+        collection: &Collection,
         peers: AddressBook,
     ) -> Result<StateMachine, MachineError>;
 }
@@ -40,9 +44,11 @@ impl GroupFactory for EdgeGroups {
         &self,
         group: u64,
         dir: &Path,
+        collection: &Collection,
         peers: AddressBook,
     ) -> Result<StateMachine, MachineError> {
-        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::open(&dir.join("shard"), self.dim)?);
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::open(&dir.join("shard"), self.dim, collection)?);
         let source = Arc::new(PeerSource {
             http: self.http.clone(),
             runtime: self.runtime.clone(),

@@ -14,7 +14,8 @@ use crate::raft::driver::{Driver, DriverConfig, Transport};
 use crate::raft::log::{open_engine, RaftLog};
 use crate::raft::replica::{ProposeError, Replica};
 use crate::raft::transport::{router, HttpTransport, Inbox};
-use crate::store::{EdgeStore, VectorStore};
+use crate::store::edge::EdgeStore;
+use crate::store::VectorStore;
 
 mod loopback {
     use super::*;
@@ -66,7 +67,8 @@ mod loopback {
     fn start_with(dir: &std::path::Path, id: u64, net: &Arc<Loopback>, voters: &[u64]) -> Driver {
         let d = dir.join(format!("r{id}"));
         let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 1).unwrap();
-        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::open(&d.join("shard"), 4).unwrap());
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::open(&d.join("shard"), 4, &Default::default()).unwrap());
         net.stores.write().unwrap().insert(id, store.clone());
         let machine = StateMachine::open(1, store, net.clone(), &d).unwrap();
         let cfg = DriverConfig {
@@ -248,7 +250,7 @@ mod over_http {
                 let d = dir.path().join(format!("n{id}"));
                 let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 7).unwrap();
                 let store: Arc<dyn VectorStore> =
-                    Arc::new(EdgeStore::open(&d.join("shard"), 4).unwrap());
+                    Arc::new(EdgeStore::open(&d.join("shard"), 4, &Default::default()).unwrap());
                 let machine = StateMachine::open(7, store, Arc::new(NoSource), &d).unwrap();
                 let cfg = DriverConfig {
                     tick: Duration::from_millis(20),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redrec_shard_api::client::{call_leader, replicas_path, MEMBERSHIP_CALL};
+use redrec_shard_api::collection::Collection;
 use redrec_shard_api::map::{ClusterMap, MetaCommand};
 use redrec_shard_api::meta;
 use redrec_shard_api::status::{GroupStatus, MembershipRequest};
@@ -99,7 +100,32 @@ impl Node {
                 }
             }
         }
+        let changed = self
+            .map()
+            .is_none_or(|old| old.settings.collection != map.settings.collection);
+        if changed {
+            self.configure_groups(map.settings.collection.clone()).await;
+        }
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
+    }
+
+    /// Hands new collection settings to every hosted group's shard.
+    async fn configure_groups(&self, collection: Collection) {
+        let stores: Vec<_> = self
+            .groups()
+            .iter()
+            .filter_map(|g| Some((g.id, g.store()?.clone())))
+            .collect();
+        let applied = tokio::task::spawn_blocking(move || {
+            for (g, store) in stores {
+                if let Err(e) = store.configure(&collection) {
+                    tracing::error!(group = g, "collection settings: {e}");
+                }
+            }
+        });
+        if let Err(e) = applied.await {
+            tracing::error!("collection settings: {e}");
+        }
     }
 }
 

@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use raft_engine::Engine;
+use redrec_shard_api::collection::Collection;
 use redrec_shard_api::map::{ClusterMap, MetaCommand, Settings, META_GROUP};
 use replica::{track_readiness, Hosted, Kind};
 
+use crate::budget::MemoryBudget;
 use crate::group::GroupFactory;
 use crate::meta::machine::MetaMachine;
 use crate::meta::mover::{self, MetaConsensus, MetaRole};
@@ -55,6 +57,10 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// A new cluster's map starts with this: rebalance slots whenever a group forms.
     pub auto_rebalance: bool,
+    /// A new cluster's collection settings (afterwards the map's).
+    pub collection: Collection,
+    /// Writes past it are refused.
+    pub budget: MemoryBudget,
     pub driver: DriverConfig,
 }
 
@@ -157,6 +163,7 @@ impl Node {
         let (engine, factory) = (self.engine.clone(), self.factory.clone());
         let transport = self.transport.clone();
         let peers = Arc::new(move |n| transport.peer_addr(n));
+        let collection = self.collection();
         let opened = tokio::task::spawn_blocking(move || {
             let store_err = |e: crate::raft::machine::MachineError| NodeError::Store(e.to_string());
             let mut log = RaftLog::open(engine, g).map_err(|e| NodeError::Log(e.to_string()))?;
@@ -166,7 +173,9 @@ impl Node {
                 let machine: Box<dyn Machine> = Box::new(machine);
                 return Ok::<_, NodeError>((kind, machine, log));
             }
-            let mut machine = factory.open(g, &dir, peers).map_err(store_err)?;
+            let mut machine = factory
+                .open(g, &dir, &collection, peers)
+                .map_err(store_err)?;
             if machine.restore_interrupted() {
                 tracing::warn!(
                     group = g,
@@ -225,6 +234,28 @@ impl Node {
             self.spawn_rejoin(g);
         }
         Ok(group)
+    }
+
+    pub fn budget(&self) -> MemoryBudget {
+        self.cfg.budget
+    }
+
+    /// Whether the node's memory budget has room for `adding` more points (blocking: it
+    /// reads every store's figures).
+    pub fn admit(&self, adding: usize) -> Result<(), String> {
+        let stores: Vec<_> = self
+            .groups()
+            .iter()
+            .filter_map(|g| g.store().cloned())
+            .collect();
+        crate::budget::admit(&self.cfg.budget, &stores, adding)
+    }
+
+    /// The collection settings groups keep their shards under: the map's once known.
+    fn collection(&self) -> Collection {
+        self.map()
+            .map(|m| m.settings.collection)
+            .unwrap_or_else(|| self.cfg.collection.clone())
     }
 
     pub fn group(&self, g: u64) -> Option<Arc<Hosted>> {
@@ -399,6 +430,7 @@ impl Node {
             .collect();
         let mut settings = Settings::new(self.cfg.dim, self.cfg.voters.len());
         settings.auto_rebalance = self.cfg.auto_rebalance;
+        settings.collection = self.cfg.collection.clone();
         MetaCommand::Init {
             nodes,
             groups,

@@ -81,6 +81,7 @@ impl Hosted {
             caught_up: self.caught_up(),
             raft: self.replica.status(),
             slots: self.with_slots(|s| s.states.is_some().then(|| s.counts())),
+            store: self.store().and_then(|s| s.stats().ok()),
         }
     }
 }

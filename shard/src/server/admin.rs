@@ -9,10 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use redrec_shard_api::codes::{
-    INTERNAL_COMMAND, INVALID_ACTION, MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY, NO_CLUSTER_MAP,
+    INTERNAL, INTERNAL_COMMAND, INVALID_ACTION, MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY,
+    NO_CLUSTER_MAP,
 };
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
+use redrec_shard_api::points::Memory;
 use redrec_shard_api::status::{GroupStatus, MembershipRequest, NodeStatus};
 use redrec_wire::auth::{self, Route};
 use redrec_wire::{HttpError, Json, Path};
@@ -89,13 +91,29 @@ async fn membership(
     Ok(axum::Json(group(&node, g)?.status()))
 }
 
-async fn node_status(State(node): State<Shared>) -> axum::Json<NodeStatus> {
-    axum::Json(NodeStatus {
-        node: node.id,
-        addr: node.advertise.clone(),
-        ready: node.ready(),
-        groups: node.groups().iter().map(|g| g.status()).collect(),
+async fn node_status(State(node): State<Shared>) -> Reply<NodeStatus> {
+    let status = tokio::task::spawn_blocking(move || {
+        let groups: Vec<GroupStatus> = node.groups().iter().map(|g| g.status()).collect();
+        let stores = groups.iter().filter_map(|g| g.store.as_ref());
+        let (mut points, mut memory) = (0, Memory::default());
+        for s in stores {
+            points += s.points;
+            memory += s.memory;
+        }
+        NodeStatus {
+            node: node.id,
+            addr: node.advertise.clone(),
+            ready: node.ready(),
+            groups,
+            points,
+            memory,
+            budget: node.budget().limit,
+            rss_bytes: crate::budget::rss_bytes(),
+        }
     })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()))?;
+    Ok(axum::Json(status))
 }
 
 async fn readyz(State(node): State<Shared>) -> Response {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use redrec_shard_api::codes::{
-    INTERNAL, INVALID_REQUEST, LEADER_HEADER, NOT_LEADER, OUTCOME_UNKNOWN, REPLICA_STOPPED,
-    STORAGE_ERROR,
+    INTERNAL, INVALID_REQUEST, LEADER_HEADER, MEMORY_BUDGET, NOT_LEADER, OUTCOME_UNKNOWN,
+    REPLICA_STOPPED, STORAGE_ERROR,
 };
 use redrec_wire::HttpError;
 
@@ -77,6 +77,22 @@ pub fn propose_error(node: &Node, g: u64, e: ProposeError) -> ApiError {
         ProposeError::Stopped => unavailable(REPLICA_STOPPED, "the replica has stopped"),
         ProposeError::Refused { code, message } => {
             HttpError::new(StatusCode::CONFLICT, code, format!("group {g} {message}")).into()
+        }
+    }
+}
+
+/// Runs a memory budget check off the async workers (it reads every store's figures);
+/// no room is a 507.
+pub async fn within_budget(
+    check: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), ApiError> {
+    match tokio::task::spawn_blocking(check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(m)) => {
+            Err(HttpError::new(StatusCode::INSUFFICIENT_STORAGE, MEMORY_BUDGET, m).into())
+        }
+        Err(e) => {
+            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()).into())
         }
     }
 }

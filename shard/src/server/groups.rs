@@ -25,7 +25,7 @@ use redrec_shard_api::status::{Digest, GroupStatus};
 use redrec_wire::auth::{self, Route};
 use redrec_wire::{HttpError, Json, Path};
 
-use super::error::{blocking, propose_error, unavailable, ApiError, Reply};
+use super::error::{blocking, propose_error, unavailable, within_budget, ApiError, Reply};
 use crate::group::machine::Command;
 use crate::node::replica::Hosted;
 use crate::node::Node;
@@ -111,6 +111,8 @@ async fn upsert(
     if r.points.is_empty() {
         return Ok(axum::Json(UpsertResponse { upserted: 0 }));
     }
+    let (n, admitting) = (r.points.len(), node.clone());
+    within_budget(move || admitting.admit(n)).await?;
     let upserted = propose(&node, g, Command::Upsert(r.points)).await?;
     Ok(axum::Json(UpsertResponse { upserted }))
 }

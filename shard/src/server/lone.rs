@@ -12,13 +12,23 @@ use redrec_shard_api::points::{
 use redrec_wire::auth::{self, Route};
 use redrec_wire::Json;
 
-use super::error::{blocking, Reply};
+use super::error::{blocking, within_budget, Reply};
+use crate::budget::MemoryBudget;
 use crate::store::VectorStore;
 
-type Shared = Arc<dyn VectorStore>;
+/// A lone shard: its store and the memory budget it keeps within.
+#[derive(Clone)]
+pub struct Lone {
+    pub store: Arc<dyn VectorStore>,
+    pub budget: MemoryBudget,
+}
+
+type Shared = Lone;
 
 async fn upsert(State(s): State<Shared>, Json(r): Json<UpsertRequest>) -> Reply<UpsertResponse> {
-    blocking(s, move |st| {
+    let (store, budget, n) = (s.store.clone(), s.budget, r.points.len());
+    within_budget(move || crate::budget::admit(&budget, [&store], n)).await?;
+    blocking(s.store, move |st| {
         st.upsert(r.points)
             .map(|upserted| UpsertResponse { upserted })
     })
@@ -26,14 +36,14 @@ async fn upsert(State(s): State<Shared>, Json(r): Json<UpsertRequest>) -> Reply<
 }
 
 async fn delete(State(s): State<Shared>, Json(r): Json<DeleteRequest>) -> Reply<DeleteResponse> {
-    blocking(s, move |st| {
+    blocking(s.store, move |st| {
         st.delete(&r.ids).map(|deleted| DeleteResponse { deleted })
     })
     .await
 }
 
 async fn get_points(State(s): State<Shared>, Json(r): Json<GetRequest>) -> Reply<GetResponse> {
-    blocking(s, move |st| {
+    blocking(s.store, move |st| {
         st.get(&r.ids, r.with_vector)
             .map(|points| GetResponse { points })
     })
@@ -41,14 +51,14 @@ async fn get_points(State(s): State<Shared>, Json(r): Json<GetRequest>) -> Reply
 }
 
 async fn search(State(s): State<Shared>, Json(r): Json<SearchRequest>) -> Reply<SearchResponse> {
-    blocking(s, move |st| {
+    blocking(s.store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await
 }
 
 async fn stats(State(s): State<Shared>) -> Reply<Stats> {
-    blocking(s, |st| st.stats()).await
+    blocking(s.store, |st| st.stats()).await
 }
 
 async fn ok() -> &'static str {

@@ -14,6 +14,7 @@ use axum::Router;
 use redrec_wire::auth::{self, Guard};
 use redrec_wire::with_fallbacks;
 
+use crate::budget::MemoryBudget;
 use crate::node::Node;
 use crate::raft::transport;
 use crate::store::VectorStore;
@@ -25,11 +26,11 @@ pub use admin::routes as admin_routes;
 pub use groups::routes as group_routes;
 pub use lone::routes as lone_routes;
 
-/// The API of a lone shard over `store`, checked by `guard`.
-pub fn lone(store: Arc<dyn VectorStore>, guard: &Guard) -> Router {
+/// The API of a lone shard over `store` within `budget`, checked by `guard`.
+pub fn lone(store: Arc<dyn VectorStore>, budget: MemoryBudget, guard: &Guard) -> Router {
     let api = auth::build(lone::routes(), guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(store);
+        .with_state(lone::Lone { store, budget });
     with_fallbacks(api)
 }
 

@@ -1,0 +1,570 @@
+//! The store on Qdrant's embedded engine (`qdrant-edge`).
+//!
+//! qdrant-edge runs nothing in the background and never replays its own WAL. Around it:
+//! - every write goes to the store's [`Journal`] (fsynced) before the engine, so it is
+//!   durable when acknowledged;
+//! - one indexer thread runs the engine's optimizers (Qdrant's own: segments past the
+//!   indexing threshold are indexed into new HNSW segments behind proxy segments, which
+//!   keep taking writes and serving searches meanwhile), applies new settings, and
+//!   between builds flushes the engine and cuts the journal.
+//!
+//! So writes never wait for an index build, and searches use the indexed segments plus
+//! an exact scan of what is not indexed yet (bounded by the threshold).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use qdrant_edge::{
+    EdgeConfig, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParamsBuilder,
+    Filter, HnswIndexConfig, NamedQuery, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QuantizationConfig, QuantizationSearchParams, QueryEnum, ScrollRequest,
+    SearchParams, SearchRequest as EdgeSearch, UpdateOperation, VectorInternal,
+    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use redrec_shard_api::collection::{Collection, Distance, Quantization};
+use redrec_shard_api::points::{
+    Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
+};
+
+use super::footprint;
+use super::journal::{Journal, Op};
+use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
+
+/// Where the journal lives, beside the engine's own files.
+const JOURNAL_DIR: &str = "journal";
+/// The indexer's period.
+const TICK: Duration = Duration::from_millis(200);
+/// The journal is cut once it holds this many writes, or after this long.
+const CHECKPOINT_WRITES: u64 = 512;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How long a measured footprint is reused (an optimisation also discards it).
+const FOOTPRINT_TTL: Duration = Duration::from_secs(1);
+
+/// The engine configuration for `dim`-d vectors under `c`.
+fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig> {
+    let distance = match c.distance {
+        Distance::Dot => qdrant_edge::Distance::Dot,
+        Distance::Cosine => qdrant_edge::Distance::Cosine,
+    };
+    let hnsw: HnswIndexConfig = serde_json::from_value(json!({
+        "m": c.hnsw_m,
+        "ef_construct": c.hnsw_ef_construct,
+        // Segments below this (KiB of vectors) are searched exactly even when indexed.
+        "full_scan_threshold": c.indexing_threshold_kb,
+        "max_indexing_threads": 0,
+        "on_disk": false,
+    }))
+    .map_err(engine)?;
+    let optimizers = EdgeOptimizersConfig {
+        indexing_threshold: Some(c.indexing_threshold_kb),
+        ..Default::default()
+    };
+    let mut config = EdgeConfigBuilder::new()
+        .vector(
+            "",
+            EdgeVectorParamsBuilder::new(dim, distance)
+                .on_disk(c.on_disk)
+                .build(),
+        )
+        .hnsw_config(hnsw)
+        .optimizers(optimizers);
+    if c.quantization == Quantization::Int8 {
+        let int8: QuantizationConfig = serde_json::from_value(json!({
+            "scalar": { "type": "int8", "quantile": 0.99, "always_ram": true }
+        }))
+        .map_err(engine)?;
+        config = config.quantization_config(int8);
+    }
+    Ok(config.build())
+}
+
+pub(super) struct Core {
+    path: PathBuf,
+    dim: usize,
+    /// The engine; `None` only while it is reopened with new settings.
+    shard: RwLock<Option<EdgeShard>>,
+    /// Serialises writes (and the flush, which qdrant-edge forbids during one).
+    pub(super) journal: Mutex<Journal>,
+    /// What searches use and the engine was last opened with.
+    settings: RwLock<Collection>,
+    /// Settings to open the engine with at the indexer's next turn.
+    wanted: Mutex<Option<Collection>>,
+    pub(super) indexing: AtomicBool,
+    /// Optimisation runs finished.
+    pub(super) runs: AtomicU64,
+    footprint: Mutex<Option<(Instant, Memory)>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    fn engine(&self) -> StoreResult<RwLockReadGuard<'_, Option<EdgeShard>>> {
+        let guard = self.shard.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Engine("the engine is being reopened".into()));
+        }
+        Ok(guard)
+    }
+
+    fn settings(&self) -> Collection {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Journals `op`, then applies it.
+    fn write(&self, op: Op, apply: impl FnOnce(&EdgeShard) -> StoreResult<()>) -> StoreResult<()> {
+        let mut journal = lock(&self.journal);
+        journal.append(&op)?;
+        let guard = self.engine()?;
+        apply(guard.as_ref().expect("checked by engine()"))
+    }
+
+    /// Flushes the engine and cuts the journal. Runs on the indexer thread (never during
+    /// an index build) with writes held.
+    fn checkpoint(&self) -> StoreResult<()> {
+        let mut journal = lock(&self.journal);
+        if journal.pending() == 0 {
+            return Ok(());
+        }
+        if let Some(shard) = self.engine()?.as_ref() {
+            shard.flush();
+        }
+        journal.checkpoint()
+    }
+
+    /// Reopens the engine with `c` (searches already use it): writes and searches wait
+    /// meanwhile. The
+    /// optimisations that follow rebuild every segment built with other settings.
+    fn reconfigure(&self, c: Collection) -> StoreResult<()> {
+        let config = edge_config(self.dim, &c)?;
+        let _journal = lock(&self.journal);
+        let mut slot = self.shard.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            drop(old); // flushes
+        }
+        match EdgeShard::load(&self.path, Some(config)) {
+            Ok(shard) => {
+                *slot = Some(shard);
+                Ok(())
+            }
+            Err(e) => {
+                *slot = Some(EdgeShard::load(&self.path, None).map_err(engine)?);
+                Err(engine(e))
+            }
+        }
+    }
+
+    /// One turn of the indexer: settings, checkpoint, optimisation.
+    fn tend(&self, last_checkpoint: &mut Instant) {
+        if let Some(c) = lock(&self.wanted).take() {
+            match self.reconfigure(c) {
+                Ok(()) => {
+                    tracing::info!(path = %self.path.display(), "collection settings applied")
+                }
+                Err(e) => tracing::error!("applying collection settings: {e}"),
+            }
+        }
+        let pending = lock(&self.journal).pending();
+        if pending >= CHECKPOINT_WRITES
+            || (pending > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        {
+            match self.checkpoint() {
+                Ok(()) => *last_checkpoint = Instant::now(),
+                Err(e) => tracing::warn!("checkpoint: {e}"),
+            }
+        }
+        let Ok(guard) = self.engine() else { return };
+        let Some(shard) = guard.as_ref() else { return };
+        self.indexing.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        match shard.optimize() {
+            Ok(true) => {
+                // What the build changed is measured afresh.
+                *lock(&self.footprint) = None;
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    points = shard.info().points_count,
+                    "shard optimized"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("optimize failed: {e}"),
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.indexing.store(false, Ordering::Relaxed);
+    }
+
+    fn memory(&self) -> Memory {
+        let mut cached = lock(&self.footprint);
+        if let Some((at, m)) = *cached {
+            if at.elapsed() < FOOTPRINT_TTL {
+                return m;
+            }
+        }
+        let m = footprint::measure(&self.path);
+        *cached = Some((Instant::now(), m));
+        m
+    }
+}
+
+pub struct EdgeStore {
+    pub(super) core: Arc<Core>,
+    /// Dropping the sender stops the indexer.
+    indexer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+impl EdgeStore {
+    /// Opens the shard at `path` under `settings`, creating it (for `dim`-d vectors) if
+    /// absent, and applies what its journal still holds.
+    pub fn open(path: &Path, dim: usize, settings: &Collection) -> StoreResult<Self> {
+        settings.check().map_err(StoreError::BadRequest)?;
+        let config = edge_config(dim, settings)?;
+        let shard = if path.join("edge_config.json").exists() {
+            let stored = EdgeShard::load(path, None).map_err(engine)?;
+            let (size, distance) = stored
+                .config()
+                .vectors
+                .get("")
+                .map(|v| (v.size, v.distance))
+                .unzip();
+            if size != Some(dim) || distance != config.vectors.get("").map(|v| v.distance) {
+                return Err(StoreError::BadRequest(format!(
+                    "shard at {} holds {size:?}-d {distance:?} vectors, asked for {dim}-d {:?}",
+                    path.display(),
+                    settings.distance
+                )));
+            }
+            drop(stored);
+            EdgeShard::load(path, Some(config)).map_err(engine)?
+        } else {
+            std::fs::create_dir_all(path).map_err(engine)?;
+            EdgeShard::new(path, config).map_err(engine)?
+        };
+        let (journal, replay) = Journal::open(&path.join(JOURNAL_DIR))?;
+        for op in replay {
+            apply(&shard, op)?;
+        }
+        let core = Arc::new(Core {
+            path: path.to_path_buf(),
+            dim,
+            shard: RwLock::new(Some(shard)),
+            journal: Mutex::new(journal),
+            settings: RwLock::new(settings.clone()),
+            wanted: Mutex::new(None),
+            indexing: AtomicBool::new(false),
+            runs: AtomicU64::new(0),
+            footprint: Mutex::new(None),
+        });
+        core.checkpoint()?;
+        let indexer = Some(spawn_indexer(core.clone())?);
+        Ok(Self { core, indexer })
+    }
+
+    fn filter(&self, user: Option<&Value>, exclude: &[String]) -> StoreResult<Option<Filter>> {
+        let mut must = Vec::new();
+        if let Some(f) = user.filter(|f| !f.is_null()) {
+            must.push(f.clone());
+        }
+        let mut filter = json!({ "must": must });
+        if !exclude.is_empty() {
+            let ids: Vec<_> = exclude.iter().map(|id| json!(point_id(id))).collect();
+            filter["must_not"] = json!([{ "has_id": ids }]);
+        } else if must.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_value(filter)
+            .map(Some)
+            .map_err(|e| StoreError::BadRequest(format!("invalid filter: {e}")))
+    }
+}
+
+/// qdrant-edge runs nothing in the background: this thread does its upkeep.
+fn spawn_indexer(core: Arc<Core>) -> StoreResult<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("shard-indexer".into())
+        .spawn(move || {
+            let mut last_checkpoint = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                core.tend(&mut last_checkpoint);
+            }
+            if let Err(e) = core.checkpoint() {
+                tracing::warn!("final checkpoint: {e}");
+            }
+        })
+        .map_err(engine)?;
+    Ok((stop, handle))
+}
+
+/// Applies a journalled operation to the engine.
+fn apply(shard: &EdgeShard, op: Op) -> StoreResult<()> {
+    let op = match op {
+        Op::Upsert(points) => {
+            let points = points
+                .into_iter()
+                .map(|p| {
+                    let mut payload = p.payload;
+                    payload.insert(ID_KEY.into(), Value::String(p.id.clone()));
+                    PointStructPersisted {
+                        id: point_id(&p.id),
+                        vector: VectorStructPersisted::Single(p.vector),
+                        payload: Some(qdrant_edge::Payload(payload)),
+                    }
+                })
+                .collect();
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points))
+        }
+        Op::Delete(ids) => PointOperations::DeletePoints {
+            ids: ids.iter().map(|id| point_id(id)).collect(),
+        },
+    };
+    shard
+        .update(UpdateOperation::PointOperation(op))
+        .map_err(engine)
+}
+
+impl Drop for EdgeStore {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.indexer.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl VectorStore for EdgeStore {
+    fn dim(&self) -> usize {
+        self.core.dim
+    }
+
+    fn upsert(&self, points: Vec<Point>) -> StoreResult<usize> {
+        check_points(&points, self.core.dim)?;
+        let n = points.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        // The journal keeps the points; the engine is given its own copy.
+        let copy = Op::Upsert(points.clone());
+        self.core
+            .write(Op::Upsert(points), |shard| apply(shard, copy))?;
+        Ok(n)
+    }
+
+    fn delete(&self, ids: &[String]) -> StoreResult<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let pids: Vec<PointId> = ids.iter().map(|id| point_id(id)).collect();
+        let mut existing = 0;
+        self.core.write(Op::Delete(ids.to_vec()), |shard| {
+            existing = shard
+                .retrieve(&pids, Some(WithPayloadInterface::Bool(false)), None)
+                .map_err(engine)?
+                .len();
+            apply(shard, Op::Delete(ids.to_vec()))
+        })?;
+        Ok(existing)
+    }
+
+    fn get(&self, ids: &[String], with_vector: bool) -> StoreResult<Vec<StoredPoint>> {
+        let pids: Vec<PointId> = ids.iter().map(|id| point_id(id)).collect();
+        let guard = self.core.engine()?;
+        let records = guard
+            .as_ref()
+            .expect("checked by engine()")
+            .retrieve(
+                &pids,
+                Some(WithPayloadInterface::Bool(true)),
+                Some(WithVector::Bool(with_vector)),
+            )
+            .map_err(engine)?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let (id, payload) = split_payload(r.payload);
+                StoredPoint {
+                    id,
+                    vector: if with_vector { dense(r.vector) } else { None },
+                    payload,
+                }
+            })
+            .collect())
+    }
+
+    fn search(&self, request: &SearchRequest) -> StoreResult<Vec<Vec<Hit>>> {
+        for q in &request.queries {
+            check_vector(q, self.core.dim)?;
+        }
+        if request.k == 0 {
+            return Err(StoreError::BadRequest("k must be at least 1".into()));
+        }
+        let filter = self.filter(request.filter.as_ref(), &request.exclude)?;
+        let settings = self.core.settings();
+        let params = SearchParams {
+            hnsw_ef: Some(settings.search_ef(request.k, request.ef)),
+            quantization: (settings.quantization != Quantization::None).then_some(
+                QuantizationSearchParams {
+                    ignore: false,
+                    rescore: Some(true),
+                    oversampling: Some(settings.oversampling),
+                },
+            ),
+            ..Default::default()
+        };
+        let guard = self.core.engine()?;
+        let shard = guard.as_ref().expect("checked by engine()");
+        // No batch search in qdrant-edge: one search per query vector.
+        request
+            .queries
+            .iter()
+            .map(|q| {
+                let hits = shard
+                    .search(EdgeSearch {
+                        query: QueryEnum::Nearest(NamedQuery {
+                            query: VectorInternal::from(q.clone()),
+                            using: None,
+                        }),
+                        filter: filter.clone(),
+                        params: Some(params),
+                        limit: request.k,
+                        offset: 0,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: None,
+                        score_threshold: None,
+                    })
+                    .map_err(engine)?;
+                Ok(hits
+                    .into_iter()
+                    .map(|h| {
+                        let (id, payload) = split_payload(h.payload);
+                        Hit {
+                            id,
+                            score: h.score,
+                            payload,
+                        }
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+
+    fn scroll(&self, cursor: Option<&str>, limit: usize) -> StoreResult<Page> {
+        let offset = cursor
+            .map(|c| {
+                Uuid::parse_str(c)
+                    .map(PointId::Uuid)
+                    .map_err(|e| StoreError::BadRequest(format!("invalid cursor {c:?}: {e}")))
+            })
+            .transpose()?;
+        let guard = self.core.engine()?;
+        let (records, next) = guard
+            .as_ref()
+            .expect("checked by engine()")
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(limit.max(1)),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(true),
+                order_by: None,
+            })
+            .map_err(engine)?;
+        let points = records
+            .into_iter()
+            .map(|r| {
+                let (id, payload) = split_payload(r.payload);
+                StoredPoint {
+                    id,
+                    vector: dense(r.vector),
+                    payload,
+                }
+            })
+            .collect();
+        let next = next.map(|id| match id {
+            PointId::Uuid(u) => u.to_string(),
+            PointId::NumId(n) => n.to_string(),
+        });
+        Ok(Page { points, next })
+    }
+
+    fn stats(&self) -> StoreResult<Stats> {
+        let info = self
+            .core
+            .engine()?
+            .as_ref()
+            .expect("checked by engine()")
+            .info();
+        Ok(Stats {
+            points: info.points_count,
+            segments: info.segments_count,
+            indexed_vectors: info.indexed_vectors_count,
+            dim: self.core.dim,
+            indexing: self.core.indexing.load(Ordering::Relaxed),
+            memory: self.core.memory(),
+        })
+    }
+
+    fn collection(&self) -> Collection {
+        self.core.settings()
+    }
+
+    fn configure(&self, collection: &Collection) -> StoreResult<()> {
+        self.core
+            .settings()
+            .check_change(collection)
+            .map_err(StoreError::BadRequest)?;
+        let config = edge_config(self.core.dim, collection)?;
+        let stale = *self
+            .core
+            .engine()?
+            .as_ref()
+            .expect("checked by engine()")
+            .config()
+            != config;
+        *self
+            .core
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = collection.clone();
+        if stale {
+            *lock(&self.core.wanted) = Some(collection.clone());
+        }
+        Ok(())
+    }
+}
+
+fn engine<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+/// Splits the caller's id back out of a stored payload.
+fn split_payload(payload: Option<qdrant_edge::Payload>) -> (String, Payload) {
+    let mut map = payload.map(|p| p.0).unwrap_or_default();
+    let id = match map.remove(ID_KEY) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    (id, map)
+}
+
+fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        VectorStructInternal::Single(v) => Some(v),
+        VectorStructInternal::Named(mut named) => match named.remove("") {
+            Some(VectorInternal::Dense(v)) => Some(v),
+            _ => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}

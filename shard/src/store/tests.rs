@@ -1,0 +1,318 @@
+//! The embedded store: reads and writes, reopening, index builds that never hold writes,
+//! settings taking effect, memory accounting.
+
+use serde_json::{json, Value};
+
+use std::sync::atomic::Ordering;
+
+use redrec_shard_api::collection::{Collection, Quantization};
+use redrec_shard_api::points::{Payload, Point, SearchRequest};
+
+use super::edge::lock;
+use super::edge::EdgeStore;
+use super::*;
+
+fn unit(dim: usize, hot: usize) -> Vec<f32> {
+    (0..dim)
+        .map(|i| if i == hot { 1.0 } else { 0.01 })
+        .collect()
+}
+
+fn point(id: &str, v: Vec<f32>, category: &str) -> Point {
+    let mut payload = Payload::new();
+    payload.insert("category".into(), json!(category));
+    Point {
+        id: id.into(),
+        vector: v,
+        payload,
+    }
+}
+
+#[test]
+fn upsert_get_search_filter_exclude_delete_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+    store
+        .upsert(vec![
+            point("a", unit(8, 0), "x"),
+            point("b", unit(8, 1), "y"),
+            point("c", unit(8, 0), "y"),
+        ])
+        .unwrap();
+    let got = store
+        .get(&["b".into(), "zz".into(), "a".into()], true)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["b", "a"]
+    );
+    assert_eq!(got[1].vector.as_deref(), Some(unit(8, 0).as_slice()));
+    assert_eq!(got[0].payload["category"], "y");
+
+    let req = |filter: Option<Value>, exclude: Vec<String>| SearchRequest {
+        queries: vec![unit(8, 0), unit(8, 1)],
+        k: 2,
+        filter,
+        exclude,
+        ef: None,
+        consistency: Default::default(),
+    };
+    let res = store.search(&req(None, vec![])).unwrap();
+    assert_eq!(res.len(), 2);
+    let mut first: Vec<_> = res[0].iter().map(|h| h.id.as_str()).collect();
+    first.sort();
+    assert_eq!(first, ["a", "c"]);
+    assert_eq!(res[1][0].id, "b");
+
+    let filtered = store
+        .search(&req(
+            Some(json!({"must":[{"key":"category","match":{"value":"y"}}]})),
+            vec![],
+        ))
+        .unwrap();
+    assert!(filtered
+        .iter()
+        .flatten()
+        .all(|h| h.payload["category"] == "y"));
+    let excluded = store.search(&req(None, vec!["a".into()])).unwrap();
+    assert!(excluded.iter().flatten().all(|h| h.id != "a"));
+    assert!(matches!(
+        store.search(&req(Some(json!({"must": 5})), vec![])),
+        Err(StoreError::BadRequest(_))
+    ));
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.scroll(cursor.as_deref(), 2).unwrap();
+        assert!(page.points.iter().all(|p| p.vector.is_some()));
+        seen.extend(page.points.into_iter().map(|p| p.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "c"]);
+
+    assert_eq!(store.delete(&["a".into(), "nope".into()]).unwrap(), 1);
+    drop(store);
+    let reopened = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+    assert_eq!(reopened.stats().unwrap().points, 2);
+    assert!(reopened.get(&["a".into()], false).unwrap().is_empty());
+    assert!(EdgeStore::open(dir.path(), 16, &Default::default()).is_err());
+    assert_eq!(reopened.clear().unwrap(), 2);
+    assert_eq!(reopened.stats().unwrap().points, 0);
+}
+
+#[test]
+fn rejects_bad_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 4, &Default::default()).unwrap();
+    assert!(matches!(
+        store.upsert(vec![point("a", vec![1.0; 3], "x")]),
+        Err(StoreError::BadRequest(_))
+    ));
+    assert!(matches!(
+        store.upsert(vec![point("a", vec![f32::NAN; 4], "x")]),
+        Err(StoreError::BadRequest(_))
+    ));
+    assert_eq!(store.stats().unwrap().points, 0);
+}
+
+/// Deterministic pseudo-random unit vectors around a few centres (like item embeddings).
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 - 0.5
+    };
+    let centres: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..dim).map(|_| next()).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            let v: Vec<f32> = c.iter().map(|x| x + 0.3 * next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
+fn points(vectors: &[Vec<f32>], from: usize) -> Vec<Point> {
+    vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Point {
+            id: format!("p{}", from + i),
+            vector: v.clone(),
+            payload: Payload::new(),
+        })
+        .collect()
+}
+
+/// Polls `done` every 100 ms for at most `limit`.
+fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    done()
+}
+
+fn small_threshold() -> Collection {
+    Collection {
+        // 64 KiB: 512 vectors of 32 floats.
+        indexing_threshold_kb: 64,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn writes_are_acknowledged_during_an_index_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 32, &small_threshold()).unwrap();
+    let vectors = clustered(40_000, 32, 1);
+    let mut during_build = 0;
+    for (i, chunk) in vectors.chunks(500).enumerate() {
+        let before = (
+            store.core.indexing.load(Ordering::SeqCst),
+            store.core.runs.load(Ordering::SeqCst),
+        );
+        store.upsert(points(chunk, i * 500)).unwrap();
+        let after = (
+            store.core.indexing.load(Ordering::SeqCst),
+            store.core.runs.load(Ordering::SeqCst),
+        );
+        // The build that was running when the write began still runs now it is done.
+        if before.0 && after.0 && before.1 == after.1 {
+            during_build += 1;
+        }
+    }
+    assert!(
+        during_build > 0,
+        "no write was acknowledged while an index build ran"
+    );
+    assert!(
+        wait_for(std::time::Duration::from_secs(120), || {
+            let s = store.stats().unwrap();
+            s.indexed_vectors >= s.points / 2 && !s.indexing
+        }),
+        "the points were not indexed: {:?}",
+        store.stats().unwrap()
+    );
+    assert_eq!(store.stats().unwrap().points, vectors.len());
+    // Every point finds itself.
+    for i in (0..vectors.len()).step_by(997) {
+        let hits = store
+            .search(&SearchRequest {
+                queries: vec![vectors[i].clone()],
+                k: 1,
+                filter: None,
+                exclude: vec![],
+                ef: None,
+                consistency: Default::default(),
+            })
+            .unwrap();
+        assert_eq!(hits[0][0].id, format!("p{i}"));
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash_before_any_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+    let vectors = clustered(300, 8, 2);
+    store.upsert(points(&vectors, 0)).unwrap();
+    store.delete(&["p7".into()]).unwrap();
+    // A crash image: the files as they are while no checkpoint can run (it needs the
+    // journal), so the engine holds what it has not flushed only in memory.
+    let copy = tempfile::tempdir().unwrap();
+    {
+        let journal = lock(&store.core.journal);
+        assert!(journal.pending() > 0);
+        for entry in walkdir::WalkDir::new(dir.path()) {
+            let entry = entry.unwrap();
+            let to = copy
+                .path()
+                .join(entry.path().strip_prefix(dir.path()).unwrap());
+            if entry.file_type().is_dir() {
+                std::fs::create_dir_all(&to).unwrap();
+            } else {
+                std::fs::copy(entry.path(), &to).unwrap();
+            }
+        }
+    }
+    let reopened = EdgeStore::open(copy.path(), 8, &Default::default()).unwrap();
+    assert_eq!(reopened.stats().unwrap().points, 299);
+    assert!(reopened.get(&["p7".into()], false).unwrap().is_empty());
+    assert_eq!(
+        reopened.get(&["p8".into()], true).unwrap()[0]
+            .vector
+            .as_deref(),
+        Some(vectors[8].as_slice())
+    );
+}
+
+#[test]
+fn int8_on_disk_takes_effect_and_cuts_vector_ram() {
+    let vectors = clustered(20_000, 32, 3);
+    let open = |c: &Collection| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(dir.path(), 32, c).unwrap();
+        for (i, chunk) in vectors.chunks(2000).enumerate() {
+            store.upsert(points(chunk, i * 2000)).unwrap();
+        }
+        assert!(wait_for(std::time::Duration::from_secs(120), || {
+            let s = store.stats().unwrap();
+            s.indexed_vectors == s.points && !s.indexing
+        }));
+        (dir, store)
+    };
+    let (_a, f32_ram) = open(&small_threshold());
+    let compact = Collection {
+        quantization: Quantization::Int8,
+        on_disk: true,
+        ..small_threshold()
+    };
+    let (_b, int8_disk) = open(&compact);
+    let (m32, m8) = (
+        f32_ram.stats().unwrap().memory,
+        int8_disk.stats().unwrap().memory,
+    );
+    let raw = (vectors.len() * 32 * 4) as u64;
+    assert!(m32.vectors_ram >= raw, "{m32:?}");
+    assert_eq!(m32.quantized, 0, "{m32:?}");
+    assert!(m8.vectors_disk >= raw, "{m8:?}");
+    assert!(m8.quantized >= raw / 4, "{m8:?}");
+    assert!(
+        (m8.vectors_ram + m8.quantized) * 3 < m32.vectors_ram,
+        "int8 on disk: {m8:?}, f32 in RAM: {m32:?}"
+    );
+    assert!(m32.index > 0 && m32.disk > m32.vectors_ram);
+
+    // Changed later, the settings are applied by the next optimisation.
+    f32_ram.configure(&compact).unwrap();
+    assert!(
+        wait_for(std::time::Duration::from_secs(120), || {
+            let m = f32_ram.stats().unwrap().memory;
+            m.quantized >= raw / 4 && m.vectors_ram < raw / 8
+        }),
+        "reconfigured: {:?}",
+        f32_ram.stats().unwrap().memory
+    );
+    let mut cosine = compact.clone();
+    cosine.distance = redrec_shard_api::collection::Distance::Cosine;
+    assert!(matches!(
+        f32_ram.configure(&cosine),
+        Err(StoreError::BadRequest(_))
+    ));
+}
