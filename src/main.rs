@@ -2,6 +2,7 @@
 //! inside its own crate; this file only parses and dispatches.
 
 mod bench;
+mod bench_cluster;
 mod bench_ingest;
 mod cli;
 mod cluster;
@@ -37,6 +38,7 @@ async fn main() -> Result<()> {
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
+        Command::Bench(BenchCommand::Cluster(a)) => bench_cluster::cluster(a).await,
         Command::Cluster(c) => {
             cluster::run(c, redrec_wire::http_client(token.as_ref(), ca.as_deref())?).await
         }

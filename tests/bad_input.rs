@@ -77,6 +77,18 @@ fn bad_requests_get_json_4xx_answers() {
     assert_error(s, &b, 400, "invalid_k");
     let (s, b) = post(&search, &json!({"vectors": [vec![0.1; 64]], "k": 3}));
     assert_eq!(s, 200, "{b}");
+    // The HNSW beam a request may ask for is bounded.
+    for ef in [0, 4097, 1_000_000] {
+        let (s, b) = post(&search, &json!({"vectors": [vec![0.1; 64]], "ef": ef}));
+        assert_error(s, &b, 400, "invalid_ef");
+        let (s, b) = post(&rec, &ok(json!({"ef": ef})));
+        assert_error(s, &b, 400, "invalid_ef");
+    }
+    let (s, b) = post(
+        &search,
+        &json!({"vectors": [vec![0.1; 64]], "k": 3, "ef": 4096}),
+    );
+    assert_eq!(s, 200, "{b}");
 
     // Unknown history items are skipped and counted; all unknown is a client error.
     let mut h = history.clone();

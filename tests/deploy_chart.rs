@@ -62,6 +62,7 @@ fn chart_lints_and_renders_valid_objects() {
         &[][..],
         &["helm/redrec/ci/gpu-values.yaml"][..],
         &["helm/redrec/ci/tls-values.yaml"][..],
+        &["helm/redrec/ci/large-catalogue-values.yaml"][..],
     ] {
         let mut lint = vec!["lint", "helm/redrec", "--strict"];
         for v in values {
@@ -116,6 +117,15 @@ fn chart_lints_and_renders_valid_objects() {
     assert!(!tls.contains("http://"), "plain http left in: {tls}");
     assert_eq!(tls.matches("REDREC_TLS_CERT").count(), 3);
     assert!(tls.contains("scheme: HTTPS"));
+    // Collection settings and the memory budget reach the shard nodes.
+    let large = render(&["helm/redrec/ci/large-catalogue-values.yaml"]);
+    for setting in [
+        "REDREC_QUANTIZATION: \"int8\"",
+        "REDREC_VECTORS_ON_DISK: \"true\"",
+        "REDREC_MEMORY_BUDGET: \"48GiB\"",
+    ] {
+        assert!(large.contains(setting), "{setting} missing: {large}");
+    }
 }
 
 /// A role's container as rendered: its args and its environment, with config maps and the

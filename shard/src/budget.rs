@@ -60,12 +60,18 @@ impl MemoryBudget {
         let Some(limit) = self.limit else {
             return Ok(());
         };
+        // The stores' files show what they hold only once flushed: the estimate is the
+        // floor, the measure counts once there are enough points to trust it.
+        let estimate = estimate_per_point(dim, c);
         let per_point = if usage.points >= MEASURED_FROM {
-            usage.memory.ram().div_ceil(usage.points as u64)
+            estimate.max(usage.memory.ram().div_ceil(usage.points as u64))
         } else {
-            estimate_per_point(dim, c)
+            estimate
         };
-        let used = usage.memory.ram();
+        let used = usage
+            .memory
+            .ram()
+            .max(estimate.saturating_mul(usage.points as u64));
         let needed = used.saturating_add(per_point.saturating_mul(adding as u64));
         if needed > limit {
             return Err(format!(
@@ -119,15 +125,21 @@ mod tests {
         let measured = Usage {
             points: 2_000,
             memory: Memory {
-                vectors_ram: 2_000 * 10,
+                vectors_ram: 2_000 * per * 2,
                 ..Default::default()
             },
         };
         let roomy = MemoryBudget {
-            limit: Some(2_000 * 10 + 50 * 10),
+            limit: Some(2_000 * per * 2 + 50 * per * 2),
         };
         roomy.admit(&measured, 50, 64, &c).unwrap();
         assert!(roomy.admit(&measured, 51, 64, &c).is_err());
+        // Points not measured yet (unflushed) count at the estimate.
+        let unflushed = Usage {
+            points: 2_000,
+            memory: Memory::default(),
+        };
+        assert!(budget.admit(&unflushed, 1, 64, &c).is_err());
         MemoryBudget::default()
             .admit(&measured, usize::MAX / 1024, 64, &c)
             .unwrap();

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use redrec_wire::auth::Secret;
 use roles::{EncoderArgs, RouterArgs, ShardArgs};
 
-use crate::{bench, bench_ingest, cluster, demo, eval};
+use crate::{bench, bench_cluster, bench_ingest, cluster, demo, eval};
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +78,9 @@ pub enum BenchCommand {
     Encoder(bench::EncoderBenchArgs),
     /// Upsert throughput of a Raft-replicated shard group (R=3) against a lone shard.
     Ingest(bench_ingest::IngestBenchArgs),
+    /// Retrieval at scale: a lone shard, routers over lone shards and Raft groups, and a
+    /// Qdrant server, on the same data and load (QPS, latency, recall, memory, CPU).
+    Cluster(bench_cluster::ClusterBenchArgs),
 }
 
 #[derive(Subcommand)]

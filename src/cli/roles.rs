@@ -60,6 +60,14 @@ impl ServeArgs {
     }
 }
 
+/// How a setting's value is spelt (as in the map's JSON).
+fn json_name(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 #[derive(Args)]
 pub struct ShardArgs {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
@@ -116,6 +124,23 @@ pub struct CollectionArgs {
 }
 
 impl CollectionArgs {
+    /// The same settings as `redrec shard` flags.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--distance={}", json_name(&self.distance)),
+            format!("--quantization={}", json_name(&self.quantization)),
+            format!("--hnsw-m={}", self.hnsw_m),
+            format!("--hnsw-ef-construct={}", self.hnsw_ef_construct),
+            format!("--ef={}", self.ef),
+            format!("--oversampling={}", self.oversampling),
+            format!("--indexing-threshold-kb={}", self.indexing_threshold_kb),
+        ];
+        if self.vectors_on_disk {
+            args.push("--vectors-on-disk".into());
+        }
+        args
+    }
+
     pub fn collection(&self) -> Result<Collection> {
         let c = Collection {
             distance: self.distance,

@@ -100,17 +100,19 @@ impl Node {
                 }
             }
         }
-        let changed = self
-            .map()
-            .is_none_or(|old| old.settings.collection != map.settings.collection);
-        if changed {
-            self.configure_groups(map.settings.collection.clone()).await;
-        }
+        self.configure_groups(&map.settings.collection).await;
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
     }
 
-    /// Hands new collection settings to every hosted group's shard.
-    async fn configure_groups(&self, collection: Collection) {
+    /// Hands the map's collection settings to every hosted group's shard, when they are
+    /// not what they were last given.
+    async fn configure_groups(&self, collection: &Collection) {
+        let mut configured = self.configured.lock().await;
+        if configured.as_ref() == Some(collection) {
+            return;
+        }
+        *configured = Some(collection.clone());
+        let collection = collection.clone();
         let stores: Vec<_> = self
             .groups()
             .iter()

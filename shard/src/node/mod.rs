@@ -78,6 +78,8 @@ pub struct Node {
     map: RwLock<Option<ClusterMap>>,
     /// Opening a replica is one at a time.
     opening: tokio::sync::Mutex<()>,
+    /// The collection settings last handed to the hosted groups.
+    configured: tokio::sync::Mutex<Option<Collection>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,7 @@ impl Node {
             http,
             map: RwLock::new(None),
             opening: tokio::sync::Mutex::new(()),
+            configured: tokio::sync::Mutex::new(None),
         });
         let mut hosted: Vec<u64> = cfg.groups.clone();
         hosted.extend(on_disk_groups(&cfg.data.join("groups")));

@@ -44,8 +44,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// The journal is cut once it holds this many writes, or after this long.
 const CHECKPOINT_WRITES: u64 = 512;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
-/// How long a measured footprint is reused (an optimisation also discards it).
-const FOOTPRINT_TTL: Duration = Duration::from_secs(1);
 
 /// The engine configuration for `dim`-d vectors under `c`.
 fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig> {
@@ -99,7 +97,9 @@ pub(super) struct Core {
     pub(super) indexing: AtomicBool,
     /// Optimisation runs finished.
     pub(super) runs: AtomicU64,
-    footprint: Mutex<Option<(Instant, Memory)>>,
+    /// Where the bytes are, measured from the files at the last flush (between flushes,
+    /// files written through memory maps do not show what they hold).
+    footprint: Mutex<Memory>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,16 +130,18 @@ impl Core {
         apply(guard.as_ref().expect("checked by engine()"))
     }
 
-    /// Flushes the engine and cuts the journal. Runs on the indexer thread (never during
-    /// an index build) with writes held.
-    fn checkpoint(&self) -> StoreResult<()> {
+    /// Flushes the engine (when it took writes since the last time, or `always`), measures
+    /// its files and cuts the journal. Runs on the indexer thread (never during an index
+    /// build) with writes held.
+    fn checkpoint(&self, always: bool) -> StoreResult<()> {
         let mut journal = lock(&self.journal);
-        if journal.pending() == 0 {
+        if journal.pending() == 0 && !always {
             return Ok(());
         }
         if let Some(shard) = self.engine()?.as_ref() {
             shard.flush();
         }
+        *lock(&self.footprint) = footprint::measure(&self.path);
         journal.checkpoint()
     }
 
@@ -170,7 +172,8 @@ impl Core {
         if let Some(c) = lock(&self.wanted).take() {
             match self.reconfigure(c) {
                 Ok(()) => {
-                    tracing::info!(path = %self.path.display(), "collection settings applied")
+                    tracing::info!(path = %self.path.display(), "collection settings applied");
+                    self.checkpoint_now(true, last_checkpoint);
                 }
                 Err(e) => tracing::error!("applying collection settings: {e}"),
             }
@@ -179,24 +182,22 @@ impl Core {
         if pending >= CHECKPOINT_WRITES
             || (pending > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
         {
-            match self.checkpoint() {
-                Ok(()) => *last_checkpoint = Instant::now(),
-                Err(e) => tracing::warn!("checkpoint: {e}"),
-            }
+            self.checkpoint_now(false, last_checkpoint);
         }
         let Ok(guard) = self.engine() else { return };
         let Some(shard) = guard.as_ref() else { return };
         self.indexing.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        match shard.optimize() {
+        let optimized = shard.optimize();
+        drop(guard);
+        match optimized {
             Ok(true) => {
-                // What the build changed is measured afresh.
-                *lock(&self.footprint) = None;
                 tracing::info!(
                     took_ms = started.elapsed().as_millis() as u64,
-                    points = shard.info().points_count,
                     "shard optimized"
                 );
+                // What the build changed is measured at once.
+                self.checkpoint_now(true, last_checkpoint);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!("optimize failed: {e}"),
@@ -205,16 +206,15 @@ impl Core {
         self.indexing.store(false, Ordering::Relaxed);
     }
 
-    fn memory(&self) -> Memory {
-        let mut cached = lock(&self.footprint);
-        if let Some((at, m)) = *cached {
-            if at.elapsed() < FOOTPRINT_TTL {
-                return m;
-            }
+    fn checkpoint_now(&self, always: bool, last: &mut Instant) {
+        match self.checkpoint(always) {
+            Ok(()) => *last = Instant::now(),
+            Err(e) => tracing::warn!("checkpoint: {e}"),
         }
-        let m = footprint::measure(&self.path);
-        *cached = Some((Instant::now(), m));
-        m
+    }
+
+    fn memory(&self) -> Memory {
+        *lock(&self.footprint)
     }
 }
 
@@ -264,9 +264,9 @@ impl EdgeStore {
             wanted: Mutex::new(None),
             indexing: AtomicBool::new(false),
             runs: AtomicU64::new(0),
-            footprint: Mutex::new(None),
+            footprint: Mutex::new(Memory::default()),
         });
-        core.checkpoint()?;
+        core.checkpoint(true)?;
         let indexer = Some(spawn_indexer(core.clone())?);
         Ok(Self { core, indexer })
     }
@@ -299,7 +299,7 @@ fn spawn_indexer(core: Arc<Core>) -> StoreResult<(mpsc::Sender<()>, JoinHandle<(
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
                 core.tend(&mut last_checkpoint);
             }
-            if let Err(e) = core.checkpoint() {
+            if let Err(e) = core.checkpoint(false) {
                 tracing::warn!("final checkpoint: {e}");
             }
         })

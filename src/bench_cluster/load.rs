@@ -1,0 +1,210 @@
+//! What the bench drives: a search target (a lone shard, a router, a Qdrant collection),
+//! the load (concurrent clients for a while, every latency recorded), a recall pass, and
+//! what the processes cost (CPU seconds and resident memory from `/proc`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use redrec_shard_api::points::SearchRequest;
+use redrec_shard_api::ShardClient;
+use serde_json::{json, Value};
+
+use super::data::Data;
+
+const CALL: Duration = Duration::from_secs(30);
+
+/// Where searches go.
+#[derive(Clone)]
+pub enum Target {
+    /// A lone shard's own API: the engine behind one HTTP hop.
+    Shard(ShardClient),
+    /// A router's `POST /v1/search`.
+    Router { http: reqwest::Client, addr: String },
+    /// A Qdrant collection's `POST /collections/{c}/points/search`.
+    Qdrant {
+        http: reqwest::Client,
+        addr: String,
+        collection: String,
+        params: Value,
+    },
+}
+
+impl Target {
+    /// The item indices of `query`'s top `k`.
+    pub async fn search(&self, query: &[f32], k: usize, ef: Option<usize>) -> Result<Vec<u32>> {
+        let ids: Vec<String> = match self {
+            Target::Shard(c) => {
+                let request = SearchRequest {
+                    queries: vec![query.to_vec()],
+                    k,
+                    filter: None,
+                    exclude: Vec::new(),
+                    ef,
+                    consistency: Default::default(),
+                };
+                let r = c.search(&request, CALL).await?;
+                r.results.into_iter().flatten().map(|h| h.id).collect()
+            }
+            Target::Router { http, addr } => {
+                let mut body = json!({ "vectors": [query], "k": k });
+                if let Some(ef) = ef {
+                    body["ef"] = json!(ef);
+                }
+                let r: Value = post(http, &format!("{addr}/v1/search"), &body).await?;
+                r["items"]
+                    .as_array()
+                    .context("no items")?
+                    .iter()
+                    .filter_map(|i| i["id"].as_str().map(str::to_string))
+                    .collect()
+            }
+            Target::Qdrant {
+                http,
+                addr,
+                collection,
+                params,
+            } => {
+                let body = json!({ "vector": query, "limit": k, "params": params });
+                let url = format!("{addr}/collections/{collection}/points/search");
+                let r: Value = post(http, &url, &body).await?;
+                r["result"]
+                    .as_array()
+                    .context("no result")?
+                    .iter()
+                    .filter_map(|p| p["id"].as_u64().map(|i| i.to_string()))
+                    .collect()
+            }
+        };
+        Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
+    }
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let r = http.post(url).json(body).timeout(CALL).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status} {v}");
+    }
+    Ok(v)
+}
+
+pub struct Load {
+    pub qps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub queries: u64,
+    pub errors: u64,
+}
+
+/// `concurrency` clients searching `data`'s queries round-robin for `seconds` (after a
+/// warm-up of a fifth of that).
+pub async fn drive(
+    target: &Target,
+    data: &Arc<Data>,
+    k: usize,
+    ef: Option<usize>,
+    concurrency: usize,
+    seconds: f64,
+) -> Result<Load> {
+    let warmup = Duration::from_secs_f64(seconds / 5.0);
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (target, data, stop) = (target.clone(), data.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                let (mut done, mut errors) = (0u64, 0u64);
+                let mut i = w * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    let q = &data.queries[i % data.queries.len()];
+                    i += 1;
+                    let t0 = Instant::now();
+                    let ok = target.search(q, k, ef).await.is_ok();
+                    if t0 < start + warmup {
+                        continue;
+                    }
+                    if ok {
+                        done += 1;
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (done, errors, hist)
+            })
+        })
+        .collect();
+    tokio::time::sleep(warmup + Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut done, mut errors) = (0, 0);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        let (d, e, h) = t.await?;
+        done += d;
+        errors += e;
+        hist.add(h)?;
+    }
+    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    Ok(Load {
+        qps: done as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        queries: done,
+        errors,
+    })
+}
+
+/// Every query once (`concurrency` at a time): what the target found.
+pub async fn answers(
+    target: &Target,
+    data: &Arc<Data>,
+    k: usize,
+    ef: Option<usize>,
+    concurrency: usize,
+) -> Result<Vec<Vec<u32>>> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(data.queries.iter())
+        .map(|q| target.search(q, k, ef))
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
+    const TICKS: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which may hold spaces, in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 counting from the state.
+    (field(11) + field(12)) / TICKS
+}
+
+/// A process's resident memory in bytes, from `/proc/<pid>/status`.
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}

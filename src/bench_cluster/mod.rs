@@ -1,0 +1,593 @@
+//! `redrec bench cluster`: retrieval at scale, every setup on the same loopback, data,
+//! queries and concurrency, in one run:
+//! - a lone shard (the engine behind one HTTP hop),
+//! - a router over that shard,
+//! - a router over G lone shards,
+//! - a router over G Raft groups (3 nodes, R=3),
+//! - a Qdrant server (given its binary) with a 1-shard and a G-shard collection.
+//!
+//! For each: ingest rate, time until the indexes are built, QPS and latency under
+//! concurrent load, recall@k against exact search, resident memory and bytes per item,
+//! and CPU seconds per query in the router and in the shards.
+
+mod data;
+mod load;
+mod qdrant;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use redrec_shard_api::collection::Collection;
+use redrec_shard_api::points::{Memory, Point};
+use redrec_shard_api::ShardClient;
+use serde_json::json;
+
+use crate::cli::roles::CollectionArgs;
+use data::Data;
+use load::{cpu_seconds, rss_bytes, Target};
+use qdrant::Qdrant;
+use redrec::launch::{self, Layout, Proc};
+
+/// The towers' item dimension: the routers serve it.
+const DIM: usize = 64;
+/// Points per ingest request, and requests in flight.
+const BATCH: usize = 512;
+const INGEST_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Setup {
+    /// One lone shard, searched directly.
+    Lone,
+    /// A router over that same shard.
+    Router1,
+    /// A router over G lone shards.
+    RouterLone,
+    /// A router over G Raft groups on 3 nodes (R=3).
+    RouterRaft,
+    /// A Qdrant collection with one shard.
+    Qdrant1,
+    /// A Qdrant collection with G shards.
+    QdrantG,
+}
+
+#[derive(Args)]
+pub struct ClusterBenchArgs {
+    /// Items in the catalogue.
+    #[arg(long, default_value_t = 200_000)]
+    n: usize,
+    /// Shard groups (and Qdrant shards) in the multi-shard setups.
+    #[arg(long, default_value_t = 3)]
+    groups: usize,
+    /// Distinct query vectors (recall is measured on all of them).
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Cluster centres the items are drawn around.
+    #[arg(long, default_value_t = 1024)]
+    clusters: usize,
+    /// Concurrent searching clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds each setup is loaded (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Results per query; recall@k is measured.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Setups to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lone,router1,router-lone,router-raft,qdrant1,qdrant-g"
+    )]
+    setups: Vec<Setup>,
+    /// The Qdrant server binary (default: ../shared/qdrant/qdrant when present; the
+    /// Qdrant setups are left out without one).
+    #[arg(long)]
+    qdrant_bin: Option<PathBuf>,
+    /// Where the processes keep their data (default: a temporary directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Longest a setup may take to build its indexes after ingest.
+    #[arg(long, default_value_t = 3600)]
+    settle_timeout_s: u64,
+    #[command(flatten)]
+    collection: CollectionArgs,
+}
+
+/// One setup's figures.
+#[derive(Default)]
+struct Row {
+    label: String,
+    ingest_per_s: Option<f64>,
+    settle_s: Option<f64>,
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    recall: f64,
+    /// Resident memory of the shard (or Qdrant) processes, and of the router.
+    rss_shards: u64,
+    rss_router: u64,
+    /// Vectors (and quantized vectors) in RAM per item, by the stores' own accounting.
+    vector_ram_per_item: Option<f64>,
+    cpu_router_ms: Option<f64>,
+    cpu_shards_ms: f64,
+    errors: u64,
+}
+
+struct Bench {
+    a: ClusterBenchArgs,
+    collection: Collection,
+    data: Arc<Data>,
+    http: reqwest::Client,
+    root: PathBuf,
+    rows: Vec<Row>,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template("  {msg:<28} {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("template");
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_message(what.to_string())
+}
+
+impl Bench {
+    fn ef(&self) -> Option<usize> {
+        None
+    }
+
+    /// Vectors `from..from+len` as points (ids are their indices).
+    fn points(&self, from: usize, len: usize) -> Vec<Point> {
+        (from..from + len)
+            .map(|i| Point {
+                id: i.to_string(),
+                vector: self.data.item(i).to_vec(),
+                payload: Default::default(),
+            })
+            .collect()
+    }
+
+    fn batches(&self) -> Vec<(usize, usize)> {
+        let n = self.data.len();
+        (0..n.div_ceil(BATCH))
+            .map(|b| (b * BATCH, BATCH.min(n - b * BATCH)))
+            .collect()
+    }
+
+    /// Loads every item through `write` (a batch at a time, a few in flight); items/s.
+    async fn ingest<F, Fut>(&self, label: &str, write: F) -> Result<f64>
+    where
+        F: Fn(usize, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let progress = bar(self.data.len() as u64, &format!("{label}: ingest"));
+        let started = Instant::now();
+        stream::iter(self.batches())
+            .map(|(from, len)| {
+                let progress = &progress;
+                let write = &write;
+                async move {
+                    write(from, len).await?;
+                    progress.inc(len as u64);
+                    Ok::<_, anyhow::Error>(())
+                }
+            })
+            .buffer_unordered(INGEST_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        progress.finish_and_clear();
+        Ok(self.data.len() as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Waits until no store builds an index and each holds at most a threshold's worth of
+    /// unindexed points (searched exactly by design), three polls in a row; seconds taken.
+    async fn settle_stores(&self, label: &str, stores: &[ShardClient]) -> Result<f64> {
+        let threshold = self.collection.indexing_threshold_kb * 1024 / (DIM * 4);
+        let settled = || async {
+            for s in stores {
+                let st = s.stats(Duration::from_secs(10)).await?;
+                if st.indexing || st.points.saturating_sub(st.indexed_vectors) > threshold {
+                    return Ok::<_, anyhow::Error>(false);
+                }
+            }
+            Ok(true)
+        };
+        self.settle(label, settled).await
+    }
+
+    async fn settle<F, Fut>(&self, label: &str, settled: F) -> Result<f64>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let spinner = ProgressBar::new_spinner().with_message(format!("{label}: indexing"));
+        let started = Instant::now();
+        let limit = Duration::from_secs(self.a.settle_timeout_s);
+        let mut in_a_row = 0;
+        while in_a_row < 3 {
+            spinner.tick();
+            if started.elapsed() > limit {
+                bail!("{label}: indexes not built within {limit:?}");
+            }
+            in_a_row = if settled().await? { in_a_row + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        spinner.finish_and_clear();
+        Ok(started.elapsed().as_secs_f64() - 1.0)
+    }
+
+    /// Vector RAM per item over `stores` holding `copies` replicas of the catalogue.
+    async fn vector_ram(&self, stores: &[ShardClient], copies: usize) -> Option<f64> {
+        let mut m = Memory::default();
+        for s in stores {
+            m += s.stats(Duration::from_secs(10)).await.ok()?.memory;
+        }
+        Some((m.vectors_ram + m.quantized) as f64 / (self.data.len() * copies) as f64)
+    }
+
+    /// Recall, then load; CPU of `router` and `shards` over the load.
+    async fn measure(
+        &self,
+        label: &str,
+        target: &Target,
+        router: Option<i32>,
+        shards: &[i32],
+    ) -> Result<Row> {
+        let found =
+            load::answers(target, &self.data, self.a.k, self.ef(), self.a.concurrency).await?;
+        let recall = data::recall(&found, &self.data.truth);
+        let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+        let (r0, s0) = (router.map(|p| cpu(&[p])), cpu(shards));
+        let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        let l = load::drive(
+            target,
+            &self.data,
+            self.a.k,
+            self.ef(),
+            self.a.concurrency,
+            self.a.seconds,
+        )
+        .await?;
+        spinner.finish_and_clear();
+        // The warm-up's CPU is in the difference too: spread over its queries as well.
+        let queries = l.queries as f64 * 1.2;
+        let per_query = |spent: f64| 1000.0 * spent / queries.max(1.0);
+        let row = Row {
+            label: label.into(),
+            qps: l.qps,
+            p50_ms: l.p50_ms,
+            p99_ms: l.p99_ms,
+            recall,
+            rss_shards: shards.iter().map(|&p| rss_bytes(p)).sum(),
+            rss_router: router.map_or(0, rss_bytes),
+            cpu_router_ms: r0.map(|r0| per_query(cpu(&[router.unwrap_or(0)]) - r0)),
+            cpu_shards_ms: per_query(cpu(shards) - s0),
+            errors: l.errors,
+            ..Default::default()
+        };
+        eprintln!(
+            "  {label:<28} {:>7.0} QPS  p50 {:>6.2} ms  p99 {:>6.2} ms  recall@{} {:.3}",
+            row.qps, row.p50_ms, row.p99_ms, self.a.k, row.recall
+        );
+        Ok(row)
+    }
+
+    fn layout(&self, name: &str) -> Result<Layout> {
+        Layout::of_current_exe(&self.root.join(name))
+    }
+
+    fn start_router(&self, layout: &Layout, flag: &str, addrs: &[String]) -> Result<Proc> {
+        let list = addrs.join(",");
+        layout.start(
+            "router",
+            &["router", "--listen", "127.0.0.1:0", flag, &list],
+        )
+    }
+
+    fn router_target(&self, router: &Proc) -> Target {
+        Target::Router {
+            http: self.http.clone(),
+            addr: router.addr.clone(),
+        }
+    }
+
+    async fn router_ingest(&self, label: &str, router: &Proc) -> Result<f64> {
+        let url = format!("{}/v1/items/vectors", router.addr);
+        self.ingest(label, |from, len| {
+            let items: Vec<_> = self
+                .points(from, len)
+                .into_iter()
+                .map(|p| json!({ "id": p.id, "vector": p.vector }))
+                .collect();
+            let (http, url) = (self.http.clone(), url.clone());
+            async move {
+                load::post(&http, &url, &json!({ "items": items })).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// A lone shard searched directly, then through a router.
+    async fn lone(&mut self, with_router: bool, only_router: bool) -> Result<()> {
+        let flags = self.a.collection.to_args();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let layout = self.layout("lone")?;
+        let shards = layout.lone_shards(1, &flags)?;
+        let client = ShardClient::new(shards[0].addr.clone(), self.http.clone());
+        let label = "lone shard";
+        let rate = self
+            .ingest(label, |from, len| {
+                let (client, points) = (client.clone(), self.points(from, len));
+                async move {
+                    client.upsert(points, Duration::from_secs(60)).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        let settle = self
+            .settle_stores(label, std::slice::from_ref(&client))
+            .await?;
+        let vector_ram = self.vector_ram(std::slice::from_ref(&client), 1).await;
+        let pids = [shards[0].pid()];
+        if !only_router {
+            let mut row = self
+                .measure(label, &Target::Shard(client), None, &pids)
+                .await?;
+            (row.ingest_per_s, row.settle_s, row.vector_ram_per_item) =
+                (Some(rate), Some(settle), vector_ram);
+            self.rows.push(row);
+        }
+        if with_router {
+            let router = self.start_router(&layout, "--shards", &[shards[0].addr.clone()])?;
+            let label = "router + 1 lone shard";
+            let mut row = self
+                .measure(
+                    label,
+                    &self.router_target(&router),
+                    Some(router.pid()),
+                    &pids,
+                )
+                .await?;
+            row.vector_ram_per_item = vector_ram;
+            self.rows.push(row);
+            launch::stop_all(vec![router]);
+        }
+        launch::stop_all(shards);
+        Ok(())
+    }
+
+    async fn router_lone(&mut self) -> Result<()> {
+        let g = self.a.groups;
+        let flags = self.a.collection.to_args();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let layout = self.layout("router-lone")?;
+        let shards = layout.lone_shards(g, &flags)?;
+        let addrs: Vec<String> = shards.iter().map(|s| s.addr.clone()).collect();
+        let router = self.start_router(&layout, "--shards", &addrs)?;
+        let label = format!("router + {g} lone shards");
+        let rate = self.router_ingest(&label, &router).await?;
+        let clients: Vec<ShardClient> = addrs
+            .iter()
+            .map(|a| ShardClient::new(a.clone(), self.http.clone()))
+            .collect();
+        let settle = self.settle_stores(&label, &clients).await?;
+        let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
+        let mut row = self
+            .measure(
+                &label,
+                &self.router_target(&router),
+                Some(router.pid()),
+                &pids,
+            )
+            .await?;
+        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
+        row.vector_ram_per_item = self.vector_ram(&clients, 1).await;
+        self.rows.push(row);
+        launch::stop_all(vec![router]);
+        launch::stop_all(shards);
+        Ok(())
+    }
+
+    async fn router_raft(&mut self) -> Result<()> {
+        let g = self.a.groups;
+        let flags = self.a.collection.to_args();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let layout = self.layout("router-raft")?;
+        let nodes = layout.shard_nodes(3, g, &flags)?;
+        let addrs: Vec<String> = nodes.iter().map(|s| s.addr.clone()).collect();
+        let router = self.start_router(&layout, "--meta", &addrs)?;
+        let label = format!("router + {g} Raft groups (R=3)");
+        let rate = self.router_ingest(&label, &router).await?;
+        let replicas: Vec<ShardClient> = addrs
+            .iter()
+            .flat_map(|a| {
+                (0..g as u64).map(|grp| ShardClient::replica(a.clone(), grp, self.http.clone()))
+            })
+            .collect();
+        let settle = self.settle_stores(&label, &replicas).await?;
+        let pids: Vec<i32> = nodes.iter().map(Proc::pid).collect();
+        let mut row = self
+            .measure(
+                &label,
+                &self.router_target(&router),
+                Some(router.pid()),
+                &pids,
+            )
+            .await?;
+        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
+        row.vector_ram_per_item = self.vector_ram(&replicas, 3).await;
+        self.rows.push(row);
+        launch::stop_all(vec![router]);
+        launch::stop_all(nodes);
+        Ok(())
+    }
+
+    async fn qdrant(&mut self, bin: &std::path::Path, shards: usize) -> Result<()> {
+        let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
+        q.create(DIM, shards, &self.collection).await?;
+        let label = format!(
+            "Qdrant, {shards} shard{}",
+            if shards > 1 { "s" } else { "" }
+        );
+        let rate = self
+            .ingest(&label, |from, len| {
+                let (q, data) = (&q, self.data.clone());
+                async move {
+                    let vectors: Vec<&[f32]> = (from..from + len).map(|i| data.item(i)).collect();
+                    q.upsert(from, &vectors).await
+                }
+            })
+            .await?;
+        let settle = self.settle(&label, || q.settled()).await?;
+        q.check(DIM).await?;
+        let mut row = self
+            .measure(&label, &q.target(&self.collection), None, &[q.pid()])
+            .await?;
+        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn report(&self) {
+        let c = &self.collection;
+        println!(
+            "\n{} items × {DIM}-d ({} clusters), {} queries, k={}, {} clients × {} s; \
+             hnsw m={} ef_construct={}, ef {}, quantization {:?}, vectors {}",
+            self.data.len(),
+            self.a.clusters,
+            self.a.queries,
+            self.a.k,
+            self.a.concurrency,
+            self.a.seconds,
+            c.hnsw_m,
+            c.hnsw_ef_construct,
+            c.ef,
+            c.quantization,
+            if c.on_disk { "on disk" } else { "in RAM" },
+        );
+        println!("{}\n", crate::bench::machine());
+        println!(
+            "| setup | ingest items/s | indexed after s | QPS | p50 ms | p99 ms | recall@{} | \
+             RSS shards MiB | RSS B/item | vector RAM B/item | router CPU ms/q | shards CPU ms/q |",
+            self.a.k
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.0} | {:.0} | {} | {} | {:.3} |",
+                r.label,
+                opt(r.ingest_per_s, 0),
+                opt(r.settle_s, 0),
+                r.qps,
+                r.p50_ms,
+                r.p99_ms,
+                r.recall,
+                r.rss_shards as f64 / (1 << 20) as f64,
+                r.rss_shards as f64 / self.data.len() as f64,
+                opt(r.vector_ram_per_item, 1),
+                opt(r.cpu_router_ms, 3),
+                r.cpu_shards_ms,
+            );
+        }
+        let find = |p: &str| self.rows.iter().find(|r| r.label.starts_with(p));
+        println!();
+        if let (Some(lone), Some(r1)) = (find("lone shard"), find("router + 1")) {
+            println!(
+                "router + 1 shard / lone shard QPS: {:.2}",
+                r1.qps / lone.qps
+            );
+        }
+        if let (Some(raft), Some(q)) = (
+            find("router + ").filter(|r| r.label.contains("Raft")),
+            self.rows
+                .iter()
+                .find(|r| r.label.starts_with("Qdrant") && r.label.contains("shards")),
+        ) {
+            println!(
+                "Raft groups / Qdrant {}-shard QPS: {:.2}; recall {:+.3}",
+                self.a.groups,
+                raft.qps / q.qps,
+                raft.recall - q.recall
+            );
+        }
+        let router_rss: u64 = self.rows.iter().map(|r| r.rss_router).max().unwrap_or(0);
+        if router_rss > 0 {
+            println!(
+                "router RSS (largest): {:.0} MiB",
+                router_rss as f64 / (1 << 20) as f64
+            );
+        }
+    }
+}
+
+pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
+    let collection = a.collection.collection()?;
+    let tmp = tempfile::tempdir()?;
+    let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    let qdrant_bin = a.qdrant_bin.clone().or_else(qdrant::default_binary);
+    eprintln!(
+        "redrec bench cluster: {} items, G={}, on {}",
+        a.n,
+        a.groups,
+        crate::bench::machine()
+    );
+    let started = Instant::now();
+    let (n, q, clusters, k, seed) = (a.n, a.queries, a.clusters, a.k, a.seed);
+    let data =
+        tokio::task::spawn_blocking(move || Data::generate(n, q, DIM, clusters, k, seed)).await?;
+    eprintln!(
+        "  data and exact top-{k} of {q} queries: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut bench = Bench {
+        collection,
+        data: Arc::new(data),
+        http: redrec_wire::http_client(None, None)?,
+        root,
+        rows: Vec::new(),
+        a,
+    };
+    let setups = bench.a.setups.clone();
+    let has = |s: Setup| setups.contains(&s);
+    if has(Setup::Lone) || has(Setup::Router1) {
+        bench.lone(has(Setup::Router1), !has(Setup::Lone)).await?;
+    }
+    if has(Setup::RouterLone) {
+        bench.router_lone().await?;
+    }
+    if has(Setup::RouterRaft) {
+        bench.router_raft().await?;
+    }
+    match &qdrant_bin {
+        Some(bin) => {
+            if has(Setup::Qdrant1) {
+                bench.qdrant(bin, 1).await?;
+            }
+            if has(Setup::QdrantG) {
+                bench.qdrant(bin, bench.a.groups).await?;
+            }
+        }
+        None if has(Setup::Qdrant1) || has(Setup::QdrantG) => {
+            eprintln!("  no Qdrant binary (--qdrant-bin): its setups are left out");
+        }
+        None => {}
+    }
+    bench.report();
+    let errors: u64 = bench.rows.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        bail!("{errors} searches failed during the run");
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! A Qdrant server (the binary given, on free ports, with throwaway storage) and the
+//! collection the bench loads into it, with the same HNSW and quantization settings the
+//! redrec setups use.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use redrec_shard_api::collection::{Collection, Quantization};
+use serde_json::{json, Value};
+
+use redrec::launch::free_port;
+
+use super::load::{post, Target};
+
+pub const COLLECTION: &str = "bench";
+
+pub struct Qdrant {
+    pub addr: String,
+    child: Child,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Qdrant {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `../shared/qdrant/qdrant` from the working directory, where present.
+pub fn default_binary() -> Option<PathBuf> {
+    let p = PathBuf::from("../shared/qdrant/qdrant");
+    p.exists().then_some(p)
+}
+
+impl Qdrant {
+    /// Starts `bin` with its storage in a temporary directory under `under`.
+    pub async fn start(bin: &Path, under: &Path, http: reqwest::Client) -> Result<Qdrant> {
+        let bin = std::fs::canonicalize(bin).with_context(|| format!("{}", bin.display()))?;
+        let dir = tempfile::tempdir_in(under)?;
+        let (port, grpc) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("qdrant.log"))?;
+        let d = dir.path();
+        let child = Command::new(&bin)
+            .current_dir(d)
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", port.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
+            .env("QDRANT__STORAGE__STORAGE_PATH", d.join("storage"))
+            .env("QDRANT__STORAGE__SNAPSHOTS_PATH", d.join("snapshots"))
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .env("QDRANT_INIT_FILE_PATH", d.join(".qdrant-initialized"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let q = Qdrant {
+            addr: format!("http://127.0.0.1:{port}"),
+            child,
+            http,
+            _dir: dir,
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = q.http.get(format!("{}/readyz", q.addr)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(q);
+            }
+            if Instant::now() > until {
+                bail!("qdrant did not become ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Creates the collection: `shards` shards, dot product, `c`'s HNSW, quantization and
+    /// vector storage.
+    pub async fn create(&self, dim: usize, shards: usize, c: &Collection) -> Result<()> {
+        let mut body = json!({
+            "vectors": { "size": dim, "distance": "Dot", "on_disk": c.on_disk },
+            "shard_number": shards,
+            "hnsw_config": { "m": c.hnsw_m, "ef_construct": c.hnsw_ef_construct },
+            "optimizers_config": { "indexing_threshold": c.indexing_threshold_kb },
+        });
+        if c.quantization == Quantization::Int8 {
+            body["quantization_config"] =
+                json!({ "scalar": { "type": "int8", "quantile": 0.99, "always_ram": true } });
+        }
+        let url = format!("{}/collections/{COLLECTION}", self.addr);
+        let r = self.http.put(&url).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("creating the collection: {}", r.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Upserts items `from..` (ids are their indices), acknowledged once applied.
+    pub async fn upsert(&self, from: usize, vectors: &[&[f32]]) -> Result<()> {
+        let points: Vec<Value> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({ "id": from + i, "vector": v }))
+            .collect();
+        let url = format!("{}/collections/{COLLECTION}/points?wait=true", self.addr);
+        let r = self
+            .http
+            .put(&url)
+            .json(&json!({ "points": points }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("upsert: {}", r.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Whether the collection's optimisations are done (status green).
+    pub async fn settled(&self) -> Result<bool> {
+        let url = format!("{}/collections/{COLLECTION}", self.addr);
+        let info: Value = self.http.get(&url).send().await?.json().await?;
+        Ok(info["result"]["status"] == "green")
+    }
+
+    /// Searches the collection with `c`'s search settings.
+    pub fn target(&self, c: &Collection) -> Target {
+        let mut params = json!({ "hnsw_ef": c.ef });
+        if c.quantization == Quantization::Int8 {
+            params["quantization"] = json!({ "rescore": true, "oversampling": c.oversampling });
+        }
+        Target::Qdrant {
+            http: self.http.clone(),
+            addr: self.addr.clone(),
+            collection: COLLECTION.into(),
+            params,
+        }
+    }
+
+    /// Checks the server answers searches (the collection exists and has points).
+    pub async fn check(&self, dim: usize) -> Result<()> {
+        let url = format!("{}/collections/{COLLECTION}/points/search", self.addr);
+        post(
+            &self.http,
+            &url,
+            &json!({ "vector": vec![0.0; dim], "limit": 1 }),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! Retrieval at scale, end to end on real processes: collection settings changed on a
+//! running cluster reach every group's replicas, memory is reported per replica and
+//! group, a node's memory budget refuses writes past it with a clear error, and a
+//! request's `ef` is bounded.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// Item `i`'s vector: a function of its id, normalised.
+fn vector(i: usize) -> Vec<f32> {
+    let mut v = support::raft::vector_of(&format!("item-{i}"));
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+fn items(from: usize, n: usize) -> Value {
+    let items: Vec<Value> = (from..from + n)
+        .map(|i| json!({"id": format!("item-{i}"), "vector": vector(i)}))
+        .collect();
+    json!({ "items": items })
+}
+
+#[test]
+fn a_memory_budget_refuses_writes_past_it_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = layout(dir.path());
+    // About 512 bytes a point (64 floats and a 32-link graph): room for a few hundred.
+    let shards = layout
+        .lone_shards(1, &["--memory-budget", "200KiB"])
+        .unwrap();
+    let router = Proc::spawn(
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards[0].addr,
+            "--sessions",
+            "1",
+        ],
+        dir.path(),
+    );
+    let url = format!("{}/v1/items/vectors", router.addr);
+    let mut acknowledged = 0;
+    let refused = loop {
+        assert!(acknowledged < 2_000, "nothing was refused");
+        let (s, b) = post(&url, &items(acknowledged, 100));
+        if s != 200 {
+            break (s, b);
+        }
+        acknowledged += 100;
+    };
+    assert!(acknowledged >= 100, "the first batches fit: {refused:?}");
+    assert_eq!(refused.0, 507, "{}", refused.1);
+    assert_eq!(refused.1["error"]["code"], "memory_budget_exceeded");
+    assert!(refused.1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget"));
+    // The refused batch was not written; everything acknowledged was.
+    let (_, stats) = get(&format!("{}/v1/stats", shards[0].addr));
+    assert_eq!(stats["points"], acknowledged, "{stats}");
+    // Reads still work.
+    let (s, b) = post(
+        &format!("{}/v1/search", router.addr),
+        &json!({"vectors": [vector(3)], "k": 1}),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["items"][0]["id"], "item-3");
+}
+
+#[test]
+fn settings_changed_on_a_running_cluster_reach_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = layout(dir.path());
+    // A small indexing threshold (32 KiB: 128 vectors) so that segments get built.
+    let nodes = layout
+        .shard_nodes(3, 2, &["--indexing-threshold-kb", "32"])
+        .unwrap();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let router = Proc::spawn(
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--meta",
+            &addrs.join(","),
+            "--sessions",
+            "1",
+        ],
+        dir.path(),
+    );
+    let ingest = format!("{}/v1/items/vectors", router.addr);
+    for b in 0..10 {
+        let (s, body) = post(&ingest, &items(b * 300, 300));
+        assert_eq!(s, 200, "{body}");
+    }
+    let stats = |node: &str, g: u64| get(&format!("{node}/v1/groups/{g}/stats")).1;
+    let replicas = || -> Vec<Value> {
+        addrs
+            .iter()
+            .flat_map(|a| (0..2).map(move |g| (a, g)))
+            .map(|(a, g)| stats(a, g))
+            .collect()
+    };
+    // Until `f` holds for every replica; the replicas' figures on failure.
+    let all = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let now = replicas();
+            if now.iter().all(f) {
+                return;
+            }
+            assert!(std::time::Instant::now() < until, "{what}: {now:#?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    all("segments indexed, vectors in RAM", &|s| {
+        s["indexed_vectors"].as_u64() > Some(0)
+            && s["memory"]["vectors_ram"].as_u64() > Some(0)
+            && s["memory"]["quantized"] == 0
+    });
+
+    let out = Command::new(BIN)
+        .args(["cluster", "settings", "--via", &addrs[0]])
+        .args([
+            "--quantization",
+            "int8",
+            "--vectors-on-disk",
+            "true",
+            "--ef",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"quantization\": \"int8\""), "{text}");
+
+    // Every replica of every group rebuilds under the new settings.
+    all("int8 vectors, originals on disk", &|s| {
+        s["memory"]["quantized"].as_u64() > Some(0)
+            && s["memory"]["vectors_ram"] == 0
+            && s["memory"]["vectors_disk"].as_u64() > Some(0)
+            && s["points"] == s["indexed_vectors"]
+    });
+    // The map says so, searches still find each item first, and the router reports
+    // memory per group.
+    let (_, map) = get(&format!("{}/v1/meta/map", addrs[0]));
+    assert_eq!(map["settings"]["quantization"], "int8", "{map}");
+    assert_eq!(map["settings"]["ef"], 300, "{map}");
+    for i in [5, 1234, 2999] {
+        let (s, b) = post(
+            &format!("{}/v1/search", router.addr),
+            &json!({"vectors": [vector(i)], "k": 1, "ef": 64}),
+        );
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["items"][0]["id"], format!("item-{i}"), "{b}");
+    }
+    let (_, cluster) = get(&format!("{}/v1/cluster", router.addr));
+    assert_eq!(cluster["points"], 3000, "{cluster}");
+    assert!(
+        cluster["memory"]["quantized"].as_u64() > Some(3000 * 64 - 1),
+        "{cluster}"
+    );
+    for g in cluster["shards"].as_array().unwrap() {
+        assert!(g["ram_per_item"].as_f64() > Some(0.0), "{g}");
+    }
+}
