@@ -78,7 +78,8 @@ impl Default for Collection {
             ef: 256,
             on_disk: false,
             oversampling: 2.0,
-            indexing_threshold_kb: 10_000,
+            // 2 MB: 8k vectors of 64 floats, scanned exactly until indexed.
+            indexing_threshold_kb: 2_000,
         }
     }
 }
@@ -120,6 +121,12 @@ impl Collection {
             ));
         }
         Ok(())
+    }
+
+    /// Segments holding fewer KiB of vectors are searched exactly (faster than a graph
+    /// that small): half the indexing threshold, so every segment built uses its index.
+    pub fn full_scan_threshold_kb(&self) -> usize {
+        (self.indexing_threshold_kb / 2).max(1)
     }
 
     /// The beam width for a search of `k` results asking for `ef`.

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod group;
+pub mod logs;
 pub mod meta;
 pub mod node;
 pub mod raft;

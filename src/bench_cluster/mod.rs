@@ -45,6 +45,9 @@ pub enum Setup {
     Lone,
     /// A router over that same shard.
     Router1,
+    /// One lone shard with int8 vectors in RAM and the originals on disk, searched
+    /// directly (whatever the collection flags say of those two).
+    LoneInt8,
     /// A router over G lone shards.
     RouterLone,
     /// A router over G Raft groups on 3 nodes (R=3).
@@ -82,7 +85,7 @@ pub struct ClusterBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lone,router1,router-lone,router-raft,qdrant1,qdrant-g"
+        default_value = "lone,router1,lone-int8,router-lone,router-raft,qdrant1,qdrant-g"
     )]
     setups: Vec<Setup>,
     /// The Qdrant server binary (default: ../shared/qdrant/qdrant when present; the
@@ -102,8 +105,8 @@ pub struct ClusterBenchArgs {
 }
 
 /// One setup's figures.
-#[derive(Default)]
 struct Row {
+    setup: Setup,
     label: String,
     ingest_per_s: Option<f64>,
     settle_s: Option<f64>,
@@ -236,6 +239,7 @@ impl Bench {
     /// Recall, then load; CPU of `router` and `shards` over the load.
     async fn measure(
         &self,
+        setup: Setup,
         label: &str,
         target: &Target,
         router: Option<i32>,
@@ -262,6 +266,7 @@ impl Bench {
         let queries = l.queries as f64 * 1.2;
         let per_query = |spent: f64| 1000.0 * spent / queries.max(1.0);
         let row = Row {
+            setup,
             label: label.into(),
             qps: l.qps,
             p50_ms: l.p50_ms,
@@ -272,7 +277,9 @@ impl Bench {
             cpu_router_ms: r0.map(|r0| per_query(cpu(&[router.unwrap_or(0)]) - r0)),
             cpu_shards_ms: per_query(cpu(shards) - s0),
             errors: l.errors,
-            ..Default::default()
+            ingest_per_s: None,
+            settle_s: None,
+            vector_ram_per_item: None,
         };
         eprintln!(
             "  {label:<28} {:>7.0} QPS  p50 {:>6.2} ms  p99 {:>6.2} ms  recall@{} {:.3}",
@@ -320,11 +327,37 @@ impl Bench {
     /// A lone shard searched directly, then through a router.
     async fn lone(&mut self, with_router: bool, only_router: bool) -> Result<()> {
         let flags = self.a.collection.to_args();
+        self.lone_with(Setup::Lone, "lone shard", flags, with_router, only_router)
+            .await
+    }
+
+    /// The lone shard with int8 vectors in RAM and the originals on disk.
+    async fn lone_int8(&mut self) -> Result<()> {
+        let mut args = self.a.collection.clone();
+        args.quantization = redrec_shard_api::collection::Quantization::Int8;
+        args.vectors_on_disk = true;
+        self.lone_with(
+            Setup::LoneInt8,
+            "lone shard, int8 + on disk",
+            args.to_args(),
+            false,
+            false,
+        )
+        .await
+    }
+
+    async fn lone_with(
+        &mut self,
+        setup: Setup,
+        label: &str,
+        flags: Vec<String>,
+        with_router: bool,
+        only_router: bool,
+    ) -> Result<()> {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let layout = self.layout("lone")?;
+        let layout = self.layout(&label.replace([' ', ',', '+'], "-"))?;
         let shards = layout.lone_shards(1, &flags)?;
         let client = ShardClient::new(shards[0].addr.clone(), self.http.clone());
-        let label = "lone shard";
         let rate = self
             .ingest(label, |from, len| {
                 let (client, points) = (client.clone(), self.points(from, len));
@@ -341,7 +374,7 @@ impl Bench {
         let pids = [shards[0].pid()];
         if !only_router {
             let mut row = self
-                .measure(label, &Target::Shard(client), None, &pids)
+                .measure(setup, label, &Target::Shard(client), None, &pids)
                 .await?;
             (row.ingest_per_s, row.settle_s, row.vector_ram_per_item) =
                 (Some(rate), Some(settle), vector_ram);
@@ -352,6 +385,7 @@ impl Bench {
             let label = "router + 1 lone shard";
             let mut row = self
                 .measure(
+                    Setup::Router1,
                     label,
                     &self.router_target(&router),
                     Some(router.pid()),
@@ -384,6 +418,7 @@ impl Bench {
         let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
         let mut row = self
             .measure(
+                Setup::RouterLone,
                 &label,
                 &self.router_target(&router),
                 Some(router.pid()),
@@ -418,6 +453,7 @@ impl Bench {
         let pids: Vec<i32> = nodes.iter().map(Proc::pid).collect();
         let mut row = self
             .measure(
+                Setup::RouterRaft,
                 &label,
                 &self.router_target(&router),
                 Some(router.pid()),
@@ -451,7 +487,17 @@ impl Bench {
         let settle = self.settle(&label, || q.settled()).await?;
         q.check(DIM).await?;
         let mut row = self
-            .measure(&label, &q.target(&self.collection), None, &[q.pid()])
+            .measure(
+                if shards > 1 {
+                    Setup::QdrantG
+                } else {
+                    Setup::Qdrant1
+                },
+                &label,
+                &q.target(&self.collection),
+                None,
+                &[q.pid()],
+            )
             .await?;
         (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
         self.rows.push(row);
@@ -500,26 +546,39 @@ impl Bench {
                 r.cpu_shards_ms,
             );
         }
-        let find = |p: &str| self.rows.iter().find(|r| r.label.starts_with(p));
+        let find = |s: Setup| self.rows.iter().find(|r| r.setup == s);
         println!();
-        if let (Some(lone), Some(r1)) = (find("lone shard"), find("router + 1")) {
+        if let (Some(lone), Some(r1)) = (find(Setup::Lone), find(Setup::Router1)) {
             println!(
                 "router + 1 shard / lone shard QPS: {:.2}",
                 r1.qps / lone.qps
             );
+            if let Some(cpu) = r1.cpu_router_ms {
+                println!(
+                    "router CPU / shard CPU per query (router + 1 shard): {:.2}",
+                    cpu / r1.cpu_shards_ms
+                );
+            }
         }
-        if let (Some(raft), Some(q)) = (
-            find("router + ").filter(|r| r.label.contains("Raft")),
-            self.rows
-                .iter()
-                .find(|r| r.label.starts_with("Qdrant") && r.label.contains("shards")),
-        ) {
+        if let (Some(raft), Some(q)) = (find(Setup::RouterRaft), find(Setup::QdrantG)) {
             println!(
-                "Raft groups / Qdrant {}-shard QPS: {:.2}; recall {:+.3}",
+                "Raft groups (R=3) / Qdrant {}-shard QPS: {:.2}; recall {:+.3}",
                 self.a.groups,
                 raft.qps / q.qps,
                 raft.recall - q.recall
             );
+        }
+        if let (Some(f), Some(i)) = (find(Setup::Lone), find(Setup::LoneInt8)) {
+            if let (Some(f32_ram), Some(int8_ram)) = (f.vector_ram_per_item, i.vector_ram_per_item)
+            {
+                println!(
+                    "vector RAM per item, f32 in RAM / int8 with originals on disk: {:.2} \
+                     (recall {:.3} against {:.3})",
+                    f32_ram / int8_ram.max(f64::MIN_POSITIVE),
+                    i.recall,
+                    f.recall
+                );
+            }
         }
         let router_rss: u64 = self.rows.iter().map(|r| r.rss_router).max().unwrap_or(0);
         if router_rss > 0 {
@@ -563,6 +622,9 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
     let has = |s: Setup| setups.contains(&s);
     if has(Setup::Lone) || has(Setup::Router1) {
         bench.lone(has(Setup::Router1), !has(Setup::Lone)).await?;
+    }
+    if has(Setup::LoneInt8) {
+        bench.lone_int8().await?;
     }
     if has(Setup::RouterLone) {
         bench.router_lone().await?;

@@ -87,7 +87,11 @@ impl Qdrant {
         let mut body = json!({
             "vectors": { "size": dim, "distance": "Dot", "on_disk": c.on_disk },
             "shard_number": shards,
-            "hnsw_config": { "m": c.hnsw_m, "ef_construct": c.hnsw_ef_construct },
+            "hnsw_config": {
+                "m": c.hnsw_m,
+                "ef_construct": c.hnsw_ef_construct,
+                "full_scan_threshold": c.full_scan_threshold_kb(),
+            },
             "optimizers_config": { "indexing_threshold": c.indexing_threshold_kb },
         });
         if c.quantization == Quantization::Int8 {

@@ -8,33 +8,15 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use raft_engine::{Command, Engine, LogBatch, MessageExt};
+use raft_engine::{Command, Engine, LogBatch};
+
+pub use crate::logs::{open_engine, EntryExt};
 
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT: &[u8] = b"snapshot_meta";
 /// The state machine's own small state at the snapshot point (see [`crate::raft::machine::Machine::snapshot_data`]).
 const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
-
-#[derive(Clone)]
-pub struct EntryExt;
-
-impl MessageExt for EntryExt {
-    type Entry = Entry;
-    fn index(e: &Entry) -> u64 {
-        e.index
-    }
-}
-
-/// One engine per process, shared by the groups it hosts.
-pub fn open_engine(dir: &std::path::Path) -> Result<Arc<Engine>, raft_engine::Error> {
-    std::fs::create_dir_all(dir)?;
-    let cfg = raft_engine::Config {
-        dir: dir.to_string_lossy().into_owned(),
-        ..Default::default()
-    };
-    Ok(Arc::new(Engine::open(cfg)?))
-}
 
 /// What a Ready asks to persist, gathered into one atomic, synced write.
 #[derive(Default)]

@@ -54,8 +54,9 @@ fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig> {
     let hnsw: HnswIndexConfig = serde_json::from_value(json!({
         "m": c.hnsw_m,
         "ef_construct": c.hnsw_ef_construct,
-        // Segments below this (KiB of vectors) are searched exactly even when indexed.
-        "full_scan_threshold": c.indexing_threshold_kb,
+        // Segments below this (KiB of vectors) are searched exactly even when indexed:
+        // half the indexing threshold, so that every segment built uses its index.
+        "full_scan_threshold": c.full_scan_threshold_kb(),
         "max_indexing_threads": 0,
         "on_disk": false,
     }))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use redrec_shard_api::points::Point;
 
 use super::{StoreError, StoreResult};
-use crate::raft::log::{open_engine, EntryExt};
+use crate::logs::{open_engine, EntryExt};
 
 /// The journal's one region in its engine.
 const REGION: u64 = 1;
