@@ -146,6 +146,10 @@ pub enum MetaCommand {
     EndMove {
         id: u64,
     },
+    /// Gives up a move still copying (its target has no room): `from` keeps the slots.
+    AbortMove {
+        id: u64,
+    },
     SetModelVersion {
         version: String,
     },
@@ -176,6 +180,7 @@ impl MetaCommand {
                 | RebalanceDone
                 | FlipMove { .. }
                 | EndMove { .. }
+                | AbortMove { .. }
         )
     }
 }
@@ -366,6 +371,17 @@ impl ClusterMap {
                 }
                 self.moves.remove(at);
             }
+            AbortMove { id } => {
+                let at = self
+                    .moves
+                    .iter()
+                    .position(|m| m.id == id)
+                    .ok_or_else(|| format!("no move {id}"))?;
+                if self.moves[at].phase != MovePhase::Copying {
+                    return Err(format!("move {id} has flipped: it can only finish"));
+                }
+                self.moves.remove(at);
+            }
             SetModelVersion { version } => self.model_version = Some(version),
             SetAutoRebalance { enabled } => self.settings.auto_rebalance = enabled,
             SetCollection { collection } => {
@@ -482,7 +498,14 @@ mod tests {
                 .is_err());
             let id = map.moves[0].id;
             assert!(map.clone().apply(MetaCommand::EndMove { id }).is_err());
+            // A move still copying may be given up: its slots stay where they were.
+            let mut aborted = map.clone();
+            let before = aborted.slots.clone();
+            aborted.apply(MetaCommand::AbortMove { id }).unwrap();
+            assert!(aborted.moves.is_empty() && aborted.slots == before);
+            assert!(MetaCommand::AbortMove { id }.internal());
             map.apply(MetaCommand::FlipMove { id }).unwrap();
+            assert!(map.clone().apply(MetaCommand::AbortMove { id }).is_err());
             map.apply(MetaCommand::EndMove { id }).unwrap();
             moves += 1;
             assert!(moves < 100, "does not converge");

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use redrec_shard_api::map::{ClusterMap, MetaCommand, MovePhase, SlotMove};
 use redrec_shard_api::points::{point_uuid, Point, StoredPoint};
 use redrec_shard_api::slots::{MigrateRequest, SlotState};
+use redrec_shard_api::status::NodeStatus;
 use redrec_shard_api::{Group, ShardClient, ShardClientError};
 
 /// What the mover needs of the node it runs on, and nothing more: the meta replica's
@@ -141,6 +142,11 @@ impl<C: MetaConsensus> Mover<'_, C> {
         if map.rebalancing {
             match map.plan_move() {
                 Some((slots, from, to)) => {
+                    if let Err(why) = self.room_for(map, from, to, &slots).await {
+                        tracing::error!(from, to, "rebalance stopped: {why}");
+                        self.propose(MetaCommand::RebalanceDone).await?;
+                        return Ok(());
+                    }
                     tracing::info!(from, to, slots = slots.len(), "moving slots");
                     self.propose(MetaCommand::BeginMove { slots, from, to })
                         .await?;
@@ -151,6 +157,72 @@ impl<C: MetaConsensus> Mover<'_, C> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether every node hosting group `to` has room in its memory budget for what
+    /// `slots` of group `from` hold (their share of its points, at its RAM per point).
+    /// Only a node that says it has no room stops the move: one that cannot be asked (or
+    /// a source that cannot say its size) does not.
+    async fn room_for(
+        &self,
+        map: &ClusterMap,
+        from: u64,
+        to: u64,
+        slots: &[u16],
+    ) -> Result<(), String> {
+        let ask = Duration::from_secs(5);
+        let stats = self
+            .client(map, from)
+            .read(Instant::now() + ask, |c, left| async move {
+                c.stats(left).await
+            })
+            .await;
+        let source = match stats {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    group = from,
+                    "size unknown, moving without a budget check: {e}"
+                );
+                return Ok(());
+            }
+        };
+        let owned = map.owned_by(from).len().max(1);
+        let moving = source.points * slots.len() / owned;
+        let per_point = source.memory.ram_per_item(source.points).ceil() as u64;
+        for n in &map.groups[&to].replicas {
+            let Some(node) = map.nodes.get(n) else {
+                continue;
+            };
+            match ShardClient::new(node.addr.clone(), self.http.clone())
+                .node_status(ask)
+                .await
+            {
+                Ok(status) => fits(&status, moving, per_point)?,
+                Err(e) => tracing::warn!(node = n, "budget unknown: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up move `m` (its target has no room): `from` owns its slots again, `to`
+    /// drops whatever an earlier attempt copied, and the move leaves the map.
+    async fn abort(&self, map: &ClusterMap, m: &SlotMove, why: &str) -> Result<(), StepError> {
+        let (a, b) = (self.client(map, m.from), self.client(map, m.to));
+        let v = map.version;
+        set_slots(&a, v, &m.slots, SlotState::Owned)
+            .await
+            .map_err(on(m.from))?;
+        let slots = m.slots.clone();
+        b.leader_call(deadline(), |c, left| {
+            let slots = slots.clone();
+            async move { c.drop_slots(v, slots, left).await }
+        })
+        .await
+        .map_err(on(m.to))?;
+        self.propose(MetaCommand::AbortMove { id: m.id }).await?;
+        tracing::error!(id = m.id, from = m.from, to = m.to, "move given up: {why}");
         Ok(())
     }
 
@@ -171,6 +243,9 @@ impl<C: MetaConsensus> Mover<'_, C> {
         let (err_a, err_b) = (on(m.from), on(m.to));
         let started = Instant::now();
         if m.phase == MovePhase::Copying {
+            if let Err(why) = self.room_for(map, m.from, m.to, &m.slots).await {
+                return self.abort(map, m, &why).await;
+            }
             set_slots(&b, v, &m.slots, SlotState::Incoming)
                 .await
                 .map_err(err_b)?;
@@ -212,6 +287,23 @@ impl<C: MetaConsensus> Mover<'_, C> {
         );
         Ok(())
     }
+}
+
+/// Whether `moving` points at `per_point` bytes of RAM each fit in a node's budget.
+fn fits(node: &NodeStatus, moving: usize, per_point: u64) -> Result<(), String> {
+    let Some(limit) = node.budget else {
+        return Ok(());
+    };
+    let used = node.memory.ram();
+    let needed = used.saturating_add(per_point.saturating_mul(moving as u64));
+    if needed > limit {
+        return Err(format!(
+            "node {} would need about {needed} bytes of RAM for {moving} more points; its \
+             budget is {limit} and it holds {used}",
+            node.node
+        ));
+    }
+    Ok(())
 }
 
 /// Attributes a failed call to group `group`.
@@ -385,4 +477,34 @@ async fn reconcile(a: &Group, b: &Group, m: &SlotMove) -> Result<usize, StepErro
     changed += batch.upsert.len() + batch.delete.len();
     migrate(b, batch).await.map_err(err_b)?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redrec_shard_api::points::Memory;
+
+    fn node(budget: Option<u64>, ram: u64) -> NodeStatus {
+        NodeStatus {
+            node: 4,
+            addr: "http://n4".into(),
+            ready: true,
+            groups: Vec::new(),
+            points: 0,
+            memory: Memory {
+                vectors_ram: ram,
+                ..Default::default()
+            },
+            budget,
+            rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn a_move_fits_only_within_the_target_nodes_budget() {
+        fits(&node(None, 10_000), 1_000_000, 512).unwrap();
+        fits(&node(Some(10_000 + 100 * 512), 10_000), 100, 512).unwrap();
+        let full = fits(&node(Some(10_000 + 100 * 512), 10_000), 101, 512).unwrap_err();
+        assert!(full.contains("node 4") && full.contains("budget"), "{full}");
+    }
 }

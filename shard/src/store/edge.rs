@@ -231,14 +231,9 @@ impl EdgeStore {
     pub fn open(path: &Path, dim: usize, settings: &Collection) -> StoreResult<Self> {
         settings.check().map_err(StoreError::BadRequest)?;
         let config = edge_config(dim, settings)?;
-        let shard = if path.join("edge_config.json").exists() {
-            let stored = EdgeShard::load(path, None).map_err(engine)?;
-            let (size, distance) = stored
-                .config()
-                .vectors
-                .get("")
-                .map(|v| (v.size, v.distance))
-                .unzip();
+        let shard = if let Some(stored) = EdgeConfig::load(path) {
+            let stored = stored.map_err(engine)?;
+            let (size, distance) = stored.vectors.get("").map(|v| (v.size, v.distance)).unzip();
             if size != Some(dim) || distance != config.vectors.get("").map(|v| v.distance) {
                 return Err(StoreError::BadRequest(format!(
                     "shard at {} holds {size:?}-d {distance:?} vectors, asked for {dim}-d {:?}",
@@ -246,7 +241,6 @@ impl EdgeStore {
                     settings.distance
                 )));
             }
-            drop(stored);
             EdgeShard::load(path, Some(config)).map_err(engine)?
         } else {
             std::fs::create_dir_all(path).map_err(engine)?;

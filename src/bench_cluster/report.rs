@@ -1,0 +1,90 @@
+//! The bench's table and the ratios its goals are stated in.
+
+use super::{Bench, Setup, DIM};
+
+impl Bench {
+    pub(super) fn report(&self) {
+        let c = &self.collection;
+        println!(
+            "\n{} items × {DIM}-d ({} clusters), {} queries, k={}, {} clients × {} s; \
+             hnsw m={} ef_construct={}, ef {}, quantization {:?}, vectors {}",
+            self.data.len(),
+            self.a.clusters,
+            self.a.queries,
+            self.a.k,
+            self.a.concurrency,
+            self.a.seconds,
+            c.hnsw_m,
+            c.hnsw_ef_construct,
+            c.ef,
+            c.quantization,
+            if c.on_disk { "on disk" } else { "in RAM" },
+        );
+        println!("{}\n", crate::bench::machine());
+        println!(
+            "| setup | ingest items/s | indexed after s | QPS | p50 ms | p99 ms | recall@{} | \
+             RSS shards MiB | RSS B/item | vector RAM B/item | router CPU ms/q | shards CPU ms/q |",
+            self.a.k
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.0} | {:.0} | {} | {} | {:.3} |",
+                r.label,
+                opt(r.ingest_per_s, 0),
+                opt(r.settle_s, 0),
+                r.qps,
+                r.p50_ms,
+                r.p99_ms,
+                r.recall,
+                r.rss_shards as f64 / (1 << 20) as f64,
+                r.rss_shards as f64 / self.data.len() as f64,
+                opt(r.vector_ram_per_item, 1),
+                opt(r.cpu_router_ms, 3),
+                r.cpu_shards_ms,
+            );
+        }
+        let find = |s: Setup| self.rows.iter().find(|r| r.setup == s);
+        println!();
+        if let (Some(lone), Some(r1)) = (find(Setup::Lone), find(Setup::Router1)) {
+            println!(
+                "router + 1 shard / lone shard QPS: {:.2}",
+                r1.qps / lone.qps
+            );
+            if let Some(cpu) = r1.cpu_router_ms {
+                println!(
+                    "router CPU / shard CPU per query (router + 1 shard): {:.2}",
+                    cpu / r1.cpu_shards_ms
+                );
+            }
+        }
+        if let (Some(raft), Some(q)) = (find(Setup::RouterRaft), find(Setup::QdrantG)) {
+            println!(
+                "Raft groups (R=3) / Qdrant {}-shard QPS: {:.2}; recall {:+.3}",
+                self.a.groups,
+                raft.qps / q.qps,
+                raft.recall - q.recall
+            );
+        }
+        if let (Some(f), Some(i)) = (find(Setup::Lone), find(Setup::LoneInt8)) {
+            if let (Some(f32_ram), Some(int8_ram)) = (f.vector_ram_per_item, i.vector_ram_per_item)
+            {
+                println!(
+                    "vector RAM per item, f32 in RAM / int8 with originals on disk: {:.2} \
+                     (recall {:.3} against {:.3})",
+                    f32_ram / int8_ram.max(f64::MIN_POSITIVE),
+                    i.recall,
+                    f.recall
+                );
+            }
+        }
+        let router_rss: u64 = self.rows.iter().map(|r| r.rss_router).max().unwrap_or(0);
+        if router_rss > 0 {
+            println!(
+                "router RSS (largest): {:.0} MiB",
+                router_rss as f64 / (1 << 20) as f64
+            );
+        }
+    }
+}
