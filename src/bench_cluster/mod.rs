@@ -402,70 +402,57 @@ impl Bench {
     }
 
     async fn router_lone(&mut self) -> Result<()> {
-        let g = self.a.groups;
-        let flags = self.a.collection.to_args();
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let layout = self.layout("router-lone")?;
-        let shards = layout.lone_shards(g, &flags)?;
-        let addrs: Vec<String> = shards.iter().map(|s| s.addr.clone()).collect();
-        let router = self.start_router(&layout, "--shards", &addrs)?;
-        let label = format!("router + {g} lone shards");
-        let rate = self.router_ingest(&label, &router).await?;
-        let clients: Vec<ShardClient> = addrs
-            .iter()
-            .map(|a| ShardClient::new(a.clone(), self.http.clone()))
-            .collect();
-        let settle = self.settle_stores(&label, &clients).await?;
-        let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
-        let mut row = self
-            .measure(
-                Setup::RouterLone,
-                &label,
-                &self.router_target(&router),
-                Some(router.pid()),
-                &pids,
-            )
-            .await?;
-        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
-        row.vector_ram_per_item = self.vector_ram(&clients, 1).await;
-        self.rows.push(row);
-        launch::stop_all(vec![router]);
-        launch::stop_all(shards);
-        Ok(())
+        self.routed(Setup::RouterLone).await
     }
 
     async fn router_raft(&mut self) -> Result<()> {
+        self.routed(Setup::RouterRaft).await
+    }
+
+    /// A router over G lone shards, or over G Raft groups on 3 nodes (R=3): ingest
+    /// through the router, wait for every store's indexes, measure.
+    async fn routed(&mut self, setup: Setup) -> Result<()> {
         let g = self.a.groups;
         let flags = self.a.collection.to_args();
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let layout = self.layout("router-raft")?;
-        let nodes = layout.shard_nodes(3, g, &flags)?;
-        let addrs: Vec<String> = nodes.iter().map(|s| s.addr.clone()).collect();
-        let router = self.start_router(&layout, "--meta", &addrs)?;
-        let label = format!("router + {g} Raft groups (R=3)");
+        let raft = setup == Setup::RouterRaft;
+        let layout = self.layout(if raft { "router-raft" } else { "router-lone" })?;
+        let shards = match raft {
+            true => layout.shard_nodes(3, g, &flags)?,
+            false => layout.lone_shards(g, &flags)?,
+        };
+        let addrs: Vec<String> = shards.iter().map(|s| s.addr.clone()).collect();
+        let router =
+            self.start_router(&layout, if raft { "--meta" } else { "--shards" }, &addrs)?;
+        let label = match raft {
+            true => format!("router + {g} Raft groups (R=3)"),
+            false => format!("router + {g} lone shards"),
+        };
         let rate = self.router_ingest(&label, &router).await?;
-        let replicas: Vec<ShardClient> = addrs
-            .iter()
-            .flat_map(|a| {
-                (0..g as u64).map(|grp| ShardClient::replica(a.clone(), grp, self.http.clone()))
-            })
-            .collect();
-        let settle = self.settle_stores(&label, &replicas).await?;
-        let pids: Vec<i32> = nodes.iter().map(Proc::pid).collect();
+        // Every store: each node's replica of every group, or each lone shard.
+        let stores: Vec<ShardClient> = match raft {
+            true => addrs
+                .iter()
+                .flat_map(|a| {
+                    (0..g as u64).map(|grp| ShardClient::replica(a.clone(), grp, self.http.clone()))
+                })
+                .collect(),
+            false => addrs
+                .iter()
+                .map(|a| ShardClient::new(a.clone(), self.http.clone()))
+                .collect(),
+        };
+        let settle = self.settle_stores(&label, &stores).await?;
+        let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
+        let target = self.router_target(&router);
         let mut row = self
-            .measure(
-                Setup::RouterRaft,
-                &label,
-                &self.router_target(&router),
-                Some(router.pid()),
-                &pids,
-            )
+            .measure(setup, &label, &target, Some(router.pid()), &pids)
             .await?;
         (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
-        row.vector_ram_per_item = self.vector_ram(&replicas, 3).await;
+        row.vector_ram_per_item = self.vector_ram(&stores, if raft { 3 } else { 1 }).await;
         self.rows.push(row);
         launch::stop_all(vec![router]);
-        launch::stop_all(nodes);
+        launch::stop_all(shards);
         Ok(())
     }
 

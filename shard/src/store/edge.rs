@@ -329,11 +329,25 @@ fn apply(shard: &EdgeShard, op: Op) -> StoreResult<()> {
         .map_err(engine)
 }
 
+/// How long a closing store waits for an index build to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 impl Drop for EdgeStore {
+    /// Stops the indexer. An index build cannot be interrupted: one still running after
+    /// [`CLOSE_WAIT`] is left to finish on its own (or to end with the process, which is
+    /// safe: what it built is discarded on reopen and every write is in the journal).
     fn drop(&mut self) {
         if let Some((stop, handle)) = self.indexer.take() {
             drop(stop);
-            let _ = handle.join();
+            let until = Instant::now() + CLOSE_WAIT;
+            while !handle.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::info!(path = %self.core.path.display(), "an index build is still running; not waiting for it");
+            }
         }
     }
 }
