@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use raft::eraftpb::Entry;
-use raft_engine::{Engine, MessageExt};
+use raft_engine::{Engine, MessageExt, ReadableSize};
 
 #[derive(Clone)]
 pub struct EntryExt;
@@ -17,12 +17,26 @@ impl MessageExt for EntryExt {
     }
 }
 
-/// Opens (creating) the engine kept in `dir`.
+/// Opens (creating) the engine kept in `dir`, with raft-engine's defaults (the Raft logs).
 pub fn open_engine(dir: &std::path::Path) -> Result<Arc<Engine>, raft_engine::Error> {
-    std::fs::create_dir_all(dir)?;
-    let cfg = raft_engine::Config {
+    open_with(raft_engine::Config {
         dir: dir.to_string_lossy().into_owned(),
         ..Default::default()
-    };
+    })
+}
+
+/// Opens a store's journal in `dir`: small files, purged once they pass a few of them, so
+/// that what checkpoints cut off leaves the disk (raft-engine's defaults keep up to 10 GB).
+pub fn open_journal(dir: &std::path::Path) -> Result<Arc<Engine>, raft_engine::Error> {
+    open_with(raft_engine::Config {
+        dir: dir.to_string_lossy().into_owned(),
+        target_file_size: ReadableSize::mb(8),
+        purge_threshold: ReadableSize::mb(32),
+        ..Default::default()
+    })
+}
+
+fn open_with(cfg: raft_engine::Config) -> Result<Arc<Engine>, raft_engine::Error> {
+    std::fs::create_dir_all(&cfg.dir)?;
     Ok(Arc::new(Engine::open(cfg)?))
 }
