@@ -15,6 +15,11 @@ use cli::{BenchCommand, Cli, Command, DatasetCommand};
 use redrec::dataset;
 use redrec_wire::auth::Guard;
 
+/// mimalloc returns freed memory to the system: index builds allocate and free large
+/// buffers, which the system allocator's arenas otherwise keep.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
