@@ -3,13 +3,10 @@
 //! measured in the same run, on `redrec shard` processes this command starts on loopback
 //! (the demo's, with their logs under `<data>/logs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use redrec_shard_api::points::Point;
@@ -44,61 +41,39 @@ struct Outcome {
 }
 
 async fn drive(client: ShardClient, a: &IngestBenchArgs, label: &str) -> Result<Outcome> {
-    let warmup = Duration::from_secs_f64(a.seconds / 5.0);
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..a.concurrency)
-        .map(|w| {
-            let (client, stop, batch, dim) = (client.clone(), stop.clone(), a.batch, a.dim);
-            let label = label.to_string();
-            tokio::spawn(async move {
-                let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
-                let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                let (mut points, mut errors, mut n) = (0u64, 0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let batch: Vec<Point> = (0..batch)
-                        .map(|_| {
-                            n += 1;
-                            Point {
-                                id: format!("{label}-{w}-{n}"),
-                                vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
-                                payload: Default::default(),
-                            }
-                        })
-                        .collect();
-                    let size = batch.len() as u64;
-                    let t0 = Instant::now();
-                    let ok = client.upsert(batch, Duration::from_secs(30)).await.is_ok();
-                    if t0 < start + warmup {
-                        continue;
+    let (batch, dim) = (a.batch, a.dim);
+    let run = crate::bench::closed_loop(a.concurrency, a.seconds, |w| {
+        let (client, label) = (client.clone(), label.to_string());
+        let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
+        let mut n = 0u64;
+        move || {
+            let points: Vec<Point> = (0..batch)
+                .map(|_| {
+                    n += 1;
+                    Point {
+                        id: format!("{label}-{w}-{n}"),
+                        vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                        payload: Default::default(),
                     }
-                    if ok {
-                        points += size;
-                        let _ = hist.record(t0.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (points, hist, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(warmup + Duration::from_secs_f64(a.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut points, mut errors) = (0u64, 0u64);
-    let mut hist = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        let (p, h, e) = t.await?;
-        points += p;
-        errors += e;
-        hist.add(h)?;
-    }
-    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+                })
+                .collect();
+            let client = client.clone();
+            async move {
+                let size = points.len() as u64;
+                client
+                    .upsert(points, Duration::from_secs(30))
+                    .await
+                    .ok()
+                    .map(|_| size)
+            }
+        }
+    })
+    .await?;
     let o = Outcome {
-        points_per_s: points as f64 / elapsed,
-        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        errors,
+        points_per_s: run.per_second(),
+        p50_ms: run.ms(0.5),
+        p99_ms: run.ms(0.99),
+        errors: run.errors,
     };
     eprintln!(
         "  {label:<26} {:>9.0} points/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",

@@ -243,6 +243,14 @@ impl ClusterMap {
         Some((slots, from, to))
     }
 
+    /// Where move `id` is in the list of moves under way.
+    fn move_at(&self, id: u64) -> Result<usize, String> {
+        self.moves
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or_else(|| format!("no move {id}"))
+    }
+
     /// Applies `cmd`; an invalid one changes nothing and says why.
     pub fn apply(&mut self, cmd: MetaCommand) -> Result<(), String> {
         use MetaCommand::*;
@@ -361,22 +369,14 @@ impl ClusterMap {
                 }
             }
             EndMove { id } => {
-                let at = self
-                    .moves
-                    .iter()
-                    .position(|m| m.id == id)
-                    .ok_or_else(|| format!("no move {id}"))?;
+                let at = self.move_at(id)?;
                 if self.moves[at].phase != MovePhase::Flipped {
                     return Err(format!("move {id} has not flipped"));
                 }
                 self.moves.remove(at);
             }
             AbortMove { id } => {
-                let at = self
-                    .moves
-                    .iter()
-                    .position(|m| m.id == id)
-                    .ok_or_else(|| format!("no move {id}"))?;
+                let at = self.move_at(id)?;
                 if self.moves[at].phase != MovePhase::Copying {
                     return Err(format!("move {id} has flipped: it can only finish"));
                 }

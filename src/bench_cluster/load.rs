@@ -2,12 +2,10 @@
 //! the load (concurrent clients for a while, every latency recorded), a recall pass, and
 //! what the processes cost (CPU seconds and resident memory from `/proc`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hdrhistogram::Histogram;
 use redrec_shard_api::points::SearchRequest;
 use redrec_shard_api::ShardClient;
 use serde_json::{json, Value};
@@ -110,52 +108,23 @@ pub async fn drive(
     concurrency: usize,
     seconds: f64,
 ) -> Result<Load> {
-    let warmup = Duration::from_secs_f64(seconds / 5.0);
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let (target, data, stop) = (target.clone(), data.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                let (mut done, mut errors) = (0u64, 0u64);
-                let mut i = w * 7919;
-                while !stop.load(Ordering::Relaxed) {
-                    let q = &data.queries[i % data.queries.len()];
-                    i += 1;
-                    let t0 = Instant::now();
-                    let ok = target.search(q, k, ef).await.is_ok();
-                    if t0 < start + warmup {
-                        continue;
-                    }
-                    if ok {
-                        done += 1;
-                        let _ = hist.record(t0.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (done, errors, hist)
-            })
-        })
-        .collect();
-    tokio::time::sleep(warmup + Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut done, mut errors) = (0, 0);
-    let mut hist = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        let (d, e, h) = t.await?;
-        done += d;
-        errors += e;
-        hist.add(h)?;
-    }
-    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    let run = crate::bench::closed_loop(concurrency, seconds, |w| {
+        let (target, data) = (target.clone(), data.clone());
+        let mut i = w * 7919;
+        move || {
+            let q = data.queries[i % data.queries.len()].clone();
+            i += 1;
+            let target = target.clone();
+            async move { target.search(&q, k, ef).await.ok().map(|_| 1) }
+        }
+    })
+    .await?;
     Ok(Load {
-        qps: done as f64 / elapsed,
-        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        queries: done,
-        errors,
+        qps: run.per_second(),
+        p50_ms: run.ms(0.5),
+        p99_ms: run.ms(0.99),
+        queries: run.units,
+        errors: run.errors,
     })
 }
 
