@@ -42,7 +42,7 @@ struct Outcome {
 
 async fn drive(client: ShardClient, a: &IngestBenchArgs, label: &str) -> Result<Outcome> {
     let (batch, dim) = (a.batch, a.dim);
-    let run = crate::bench::closed_loop(a.concurrency, a.seconds, |w| {
+    let run = crate::bench_load::closed_loop(a.concurrency, a.seconds, |w| {
         let (client, label) = (client.clone(), label.to_string());
         let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
         let mut n = 0u64;

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_cluster;
 mod bench_ingest;
+mod bench_load;
 mod cli;
 mod cluster;
 mod demo;

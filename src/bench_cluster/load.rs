@@ -108,7 +108,7 @@ pub async fn drive(
     concurrency: usize,
     seconds: f64,
 ) -> Result<Load> {
-    let run = crate::bench::closed_loop(concurrency, seconds, |w| {
+    let run = crate::bench_load::closed_loop(concurrency, seconds, |w| {
         let (target, data) = (target.clone(), data.clone());
         let mut i = w * 7919;
         move || {
