@@ -7,14 +7,16 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use redrec_wire::compact::{self, Format, MSGPACK};
 use redrec_wire::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codes::{LEADER_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
 use crate::points::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, Page, Point, ScrollRequest,
-    SearchRequest, SearchResponse, Stats, StoredPoint, UpsertRequest, UpsertResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PackedResults, Page, Point,
+    ScrollRequest, SearchRequest, SearchResponse, Stats, StoredPoint, UpsertRequest,
+    UpsertResponse,
 };
 use crate::slots::{DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse};
 use crate::status::{Digest, GroupStatus, NodeStatus};
@@ -151,22 +153,40 @@ impl ShardClient {
         with_vector: bool,
         timeout: Duration,
     ) -> Result<Vec<StoredPoint>, ShardClientError> {
-        let r: GetResponse = self
-            .call(
-                "/points/get",
-                Some(&GetRequest { ids, with_vector }),
-                timeout,
-            )
-            .await?;
+        let url = format!("{}/points/get", self.base);
+        let body = GetRequest { ids, with_vector };
+        let (r, bytes): (GetResponse, usize) = exchange(
+            &self.http,
+            &self.addr,
+            &url,
+            Some(&body),
+            timeout,
+            Format::Json,
+        )
+        .await?;
+        metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
         Ok(r.points)
     }
 
+    /// A search, in the compact encoding both ways (its answer counted in
+    /// `redrec_shard_read_bytes_total`, as gets' are).
     pub async fn search(
         &self,
         request: &SearchRequest,
         timeout: Duration,
     ) -> Result<SearchResponse, ShardClientError> {
-        self.call("/search", Some(request), timeout).await
+        let url = format!("{}/search", self.base);
+        let (packed, bytes): (PackedResults, usize) = exchange(
+            &self.http,
+            &self.addr,
+            &url,
+            Some(request),
+            timeout,
+            Format::Msgpack,
+        )
+        .await?;
+        metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
+        Ok(packed.into())
     }
 
     pub async fn stats(&self, timeout: Duration) -> Result<Stats, ShardClientError> {
@@ -256,13 +276,32 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
     body: Option<&B>,
     timeout: Duration,
 ) -> Result<T, ShardClientError> {
+    Ok(exchange(http, addr, url, body, timeout, Format::Json)
+        .await?
+        .0)
+}
+
+/// [`request`] with the body sent in `format`; the answer decoded as its `Content-Type`
+/// says, with its size in bytes.
+async fn exchange<B: Serialize, T: DeserializeOwned>(
+    http: &reqwest::Client,
+    addr: &str,
+    url: &str,
+    body: Option<&B>,
+    timeout: Duration,
+    format: Format,
+) -> Result<(T, usize), ShardClientError> {
     let unavailable = |e: &dyn std::fmt::Display| ShardClientError::Unavailable {
         addr: addr.to_string(),
         message: e.to_string(),
     };
-    let req = match body {
-        Some(b) => http.post(url).json(b),
-        None => http.get(url),
+    let req = match (body, format) {
+        (Some(b), Format::Json) => http.post(url).json(b),
+        (Some(b), Format::Msgpack) => http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, MSGPACK)
+            .body(compact::encode(b).map_err(|e| unavailable(&e))?),
+        (None, _) => http.get(url),
     };
     let resp = req
         .timeout(timeout)
@@ -281,6 +320,11 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
             leader,
         });
     }
+    let answered_in = Format::of_content_type(
+        resp.headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let bytes = resp.bytes().await.map_err(|e| unavailable(&e))?;
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -297,7 +341,13 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| unavailable(&format!("undecodable answer: {e}")))
+    let decoded = match answered_in {
+        Format::Json => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        Format::Msgpack => compact::decode(&bytes).map_err(|e| e.to_string()),
+    };
+    decoded
+        .map(|v| (v, bytes.len()))
+        .map_err(|e| unavailable(&format!("undecodable answer: {e}")))
 }
 
 /// `POST`: adds or removes a replica of group `g` (a

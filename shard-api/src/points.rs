@@ -116,6 +116,18 @@ pub struct SearchRequest {
     /// acknowledged before the request is seen. Default: any caught-up replica.
     #[serde(default, skip_serializing_if = "Consistency::is_default")]
     pub consistency: Consistency,
+    /// Whether hits carry their payloads (default). A router merging many lists asks for
+    /// ids and scores only, then fetches the payloads of the winners.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub with_payload: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +172,71 @@ pub struct Hit {
 pub struct SearchResponse {
     /// One list per query, best first.
     pub results: Vec<Vec<Hit>>,
+}
+
+/// A search's answer in the compact encoding: per query, its ids and its scores side by
+/// side, and payloads only where a hit has one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackedResults {
+    pub lists: Vec<PackedList>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PackedList {
+    pub ids: Vec<String>,
+    pub scores: Vec<f32>,
+    /// `(position, payload)` for the hits whose payload is not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payloads: Vec<(u32, Payload)>,
+}
+
+impl From<SearchResponse> for PackedResults {
+    fn from(r: SearchResponse) -> Self {
+        let lists = r
+            .results
+            .into_iter()
+            .map(|hits| {
+                let mut list = PackedList::default();
+                for (i, h) in hits.into_iter().enumerate() {
+                    list.ids.push(h.id);
+                    list.scores.push(h.score);
+                    if !h.payload.is_empty() {
+                        list.payloads.push((i as u32, h.payload));
+                    }
+                }
+                list
+            })
+            .collect();
+        Self { lists }
+    }
+}
+
+impl From<PackedResults> for SearchResponse {
+    fn from(p: PackedResults) -> Self {
+        let results = p
+            .lists
+            .into_iter()
+            .map(|list| {
+                let mut hits: Vec<Hit> = list
+                    .ids
+                    .into_iter()
+                    .zip(list.scores)
+                    .map(|(id, score)| Hit {
+                        id,
+                        score,
+                        payload: Payload::new(),
+                    })
+                    .collect();
+                for (i, payload) in list.payloads {
+                    if let Some(h) = hits.get_mut(i as usize) {
+                        h.payload = payload;
+                    }
+                }
+                hits
+            })
+            .collect();
+        Self { results }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

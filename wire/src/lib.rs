@@ -3,6 +3,7 @@
 //! graceful shutdown.
 
 pub mod auth;
+pub mod compact;
 pub mod error;
 pub mod tls;
 

@@ -10,9 +10,11 @@ use redrec_shard_api::points::{
     UpsertRequest, UpsertResponse,
 };
 use redrec_wire::auth::{self, Route};
+use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::Json;
 
-use super::error::{blocking, within_budget, Reply};
+use super::answer::SearchAnswer;
+use super::error::{blocking, within_budget, ApiError, Reply};
 use crate::budget::MemoryBudget;
 use crate::store::VectorStore;
 
@@ -50,11 +52,15 @@ async fn get_points(State(s): State<Shared>, Json(r): Json<GetRequest>) -> Reply
     .await
 }
 
-async fn search(State(s): State<Shared>, Json(r): Json<SearchRequest>) -> Reply<SearchResponse> {
-    blocking(s.store, move |st| {
+async fn search(
+    State(s): State<Shared>,
+    Body(r, format): Body<SearchRequest>,
+) -> Result<Encoded<SearchAnswer>, ApiError> {
+    let axum::Json(answer) = blocking(s.store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
-    .await
+    .await?;
+    Ok(Encoded(SearchAnswer::new(answer, format), format))
 }
 
 async fn stats(State(s): State<Shared>) -> Reply<Stats> {

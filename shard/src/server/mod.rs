@@ -3,6 +3,7 @@
 //! the Raft transport.
 
 mod admin;
+mod answer;
 mod error;
 mod groups;
 mod lone;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use qdrant_edge::{
     EdgeConfig, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParamsBuilder,
-    Filter, HnswIndexConfig, NamedQuery, PointId, PointInsertOperations, PointOperations,
+    Filter, HnswIndexConfig, JsonPath, NamedQuery, PointId, PointInsertOperations, PointOperations,
     PointStructPersisted, QuantizationConfig, QuantizationSearchParams, QueryEnum, ScrollRequest,
     SearchParams, SearchRequest as EdgeSearch, UpdateOperation, VectorInternal,
     VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
@@ -431,6 +431,13 @@ impl VectorStore for EdgeStore {
             ),
             ..Default::default()
         };
+        // The item id is a payload field: without payloads, that field alone.
+        let with_payload = match request.with_payload {
+            true => WithPayloadInterface::Bool(true),
+            false => WithPayloadInterface::Fields(vec![
+                JsonPath::try_from(ID_KEY).expect("a plain key is a path")
+            ]),
+        };
         let guard = self.core.engine()?;
         let shard = guard.as_ref().expect("checked by engine()");
         // No batch search in qdrant-edge: one search per query vector.
@@ -448,7 +455,7 @@ impl VectorStore for EdgeStore {
                         params: Some(params),
                         limit: request.k,
                         offset: 0,
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_payload: Some(with_payload.clone()),
                         with_vector: None,
                         score_threshold: None,
                     })

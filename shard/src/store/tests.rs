@@ -56,8 +56,27 @@ fn upsert_get_search_filter_exclude_delete_and_reopen() {
         exclude,
         ef: None,
         consistency: Default::default(),
+        with_payload: true,
     };
     let res = store.search(&req(None, vec![])).unwrap();
+    assert!(res
+        .iter()
+        .flatten()
+        .all(|h| h.payload.contains_key("category")));
+    // Without payloads: the same ids and scores, nothing else.
+    let bare = store
+        .search(&SearchRequest {
+            with_payload: false,
+            ..req(None, vec![])
+        })
+        .unwrap();
+    assert!(bare.iter().flatten().all(|h| h.payload.is_empty()));
+    let ids = |r: &[Vec<redrec_shard_api::points::Hit>]| -> Vec<Vec<(String, f32)>> {
+        r.iter()
+            .map(|l| l.iter().map(|h| (h.id.clone(), h.score)).collect())
+            .collect()
+    };
+    assert_eq!(ids(&bare), ids(&res));
     assert_eq!(res.len(), 2);
     let mut first: Vec<_> = res[0].iter().map(|h| h.id.as_str()).collect();
     first.sort();
@@ -220,6 +239,7 @@ fn writes_are_acknowledged_during_an_index_build() {
                 exclude: vec![],
                 ef: None,
                 consistency: Default::default(),
+                with_payload: false,
             })
             .unwrap();
         assert_eq!(hits[0][0].id, format!("p{i}"));
