@@ -42,3 +42,7 @@ pub const INVALID_ACTION: &str = "invalid_action";
 pub const MISSING_ADDR: &str = "missing_addr";
 /// 507: the node's memory budget has no room for the points (or a moving slot's).
 pub const MEMORY_BUDGET: &str = "memory_budget_exceeded";
+/// 403: the node was not started with `--fault-injection`.
+pub const FAULT_INJECTION_OFF: &str = "fault_injection_off";
+/// 400: a fault plan out of range.
+pub const INVALID_FAULT_PLAN: &str = "invalid_fault_plan";

@@ -8,6 +8,7 @@
 //! in `redrec-shard-api`.
 
 pub mod budget;
+pub mod faults;
 pub mod group;
 pub mod logs;
 pub mod meta;

@@ -55,6 +55,8 @@ pub struct NodeSettings {
     pub raft_tick_ms: u64,
     pub raft_election_ticks: usize,
     pub raft_compact_after: u64,
+    /// Allow `POST /admin/v1/faults` to delay reads (tests and benches only).
+    pub fault_injection: bool,
 }
 
 /// Serves a shard until SIGINT or SIGTERM.
@@ -150,6 +152,7 @@ fn node_config(
         auto_rebalance: s.auto_rebalance,
         collection: Collection::default(),
         budget: MemoryBudget::default(),
+        fault_injection: s.fault_injection,
         driver: DriverConfig {
             tick: Duration::from_millis(s.raft_tick_ms.max(1)),
             election_ticks: s.raft_election_ticks.max(3),

@@ -27,6 +27,7 @@ use redrec_shard_api::map::{ClusterMap, MetaCommand, Settings, META_GROUP};
 use replica::{track_readiness, Hosted, Kind};
 
 use crate::budget::MemoryBudget;
+use crate::faults::Faults;
 use crate::group::GroupFactory;
 use crate::meta::machine::MetaMachine;
 use crate::meta::mover::{self, MetaConsensus, MetaRole};
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     /// Writes past it are refused.
     pub budget: MemoryBudget,
     pub driver: DriverConfig,
+    /// Whether faults may be injected (tests and benches only).
+    pub fault_injection: bool,
 }
 
 pub struct Node {
@@ -80,6 +83,8 @@ pub struct Node {
     opening: tokio::sync::Mutex<()>,
     /// The collection settings last handed to the hosted groups.
     configured: tokio::sync::Mutex<Option<Collection>>,
+    /// Delays injected into reads, when allowed.
+    pub faults: Faults,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,7 @@ impl Node {
             map: RwLock::new(None),
             opening: tokio::sync::Mutex::new(()),
             configured: tokio::sync::Mutex::new(None),
+            faults: Faults::new(cfg.fault_injection),
         });
         let mut hosted: Vec<u64> = cfg.groups.clone();
         hosted.extend(on_disk_groups(&cfg.data.join("groups")));

@@ -9,9 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use redrec_shard_api::codes::{
-    INTERNAL, INTERNAL_COMMAND, INVALID_ACTION, MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY,
-    NO_CLUSTER_MAP,
+    FAULT_INJECTION_OFF, INTERNAL, INTERNAL_COMMAND, INVALID_ACTION, INVALID_FAULT_PLAN,
+    MISSING_ADDR, NOT_A_META_MEMBER, NOT_READY, NO_CLUSTER_MAP,
 };
+use redrec_shard_api::faults::{FaultPlan, FAULTS_PATH};
 use redrec_shard_api::map::{ClusterMap, MetaCommand, META_GROUP};
 use redrec_shard_api::meta::{COMMANDS_PATH, MAP_PATH};
 use redrec_shard_api::points::Memory;
@@ -134,6 +135,18 @@ async fn readyz(State(node): State<Shared>) -> Response {
     .into_response()
 }
 
+/// Sets the node's fault plan (refused unless the node allows fault injection).
+async fn set_faults(State(node): State<Shared>, Json(plan): Json<FaultPlan>) -> Reply<FaultPlan> {
+    let status = match node.faults.allowed() {
+        true => (StatusCode::BAD_REQUEST, INVALID_FAULT_PLAN),
+        false => (StatusCode::FORBIDDEN, FAULT_INJECTION_OFF),
+    };
+    node.faults
+        .set(plan.clone())
+        .map(|()| axum::Json(plan))
+        .map_err(|m| HttpError::new(status.0, status.1, m).into())
+}
+
 /// The administration and status routes of a node's API (internal: the cluster
 /// credential; health and readiness open).
 pub fn routes() -> Vec<Route<Shared>> {
@@ -146,6 +159,7 @@ pub fn routes() -> Vec<Route<Shared>> {
             post(membership),
         ),
         (Method::GET, "/v1/node", get(node_status)),
+        (Method::POST, FAULTS_PATH, post(set_faults)),
     ]);
     routes.extend(auth::probes(get(readyz)));
     routes

@@ -23,8 +23,10 @@ use redrec_shard_api::slots::{
 };
 use redrec_shard_api::status::{Digest, GroupStatus};
 use redrec_wire::auth::{self, Route};
+use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::{HttpError, Json, Path};
 
+use super::answer::SearchAnswer;
 use super::error::{blocking, propose_error, unavailable, within_budget, ApiError, Reply};
 use crate::group::machine::Command;
 use crate::node::replica::Hosted;
@@ -178,6 +180,7 @@ async fn get_points(
     Path(g): Path<u64>,
     Json(r): Json<GetRequest>,
 ) -> Reply<GetResponse> {
+    node.faults.delay(g).await;
     let (_, store) = readable(&node, g)?;
     blocking(store, move |st| {
         st.get(&r.ids, r.with_vector)
@@ -189,8 +192,9 @@ async fn get_points(
 async fn search(
     State(node): State<Shared>,
     Path(g): Path<u64>,
-    Json(r): Json<SearchRequest>,
-) -> Reply<SearchResponse> {
+    Body(r, format): Body<SearchRequest>,
+) -> Result<Encoded<SearchAnswer>, ApiError> {
+    node.faults.delay(g).await;
     let (group, store) = match r.consistency {
         Consistency::Any => readable(&node, g)?,
         Consistency::Strong => {
@@ -209,7 +213,7 @@ async fn search(
             (group, store)
         }
     };
-    let mut answer = blocking(store, move |st| {
+    let axum::Json(mut answer) = blocking(store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await?;
@@ -221,7 +225,7 @@ async fn search(
             }
         }
     });
-    Ok(answer)
+    Ok(Encoded(SearchAnswer::new(answer, format), format))
 }
 
 async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
