@@ -117,12 +117,15 @@ fn chart_lints_and_renders_valid_objects() {
     assert!(!tls.contains("http://"), "plain http left in: {tls}");
     assert_eq!(tls.matches("REDREC_TLS_CERT").count(), 3);
     assert!(tls.contains("scheme: HTTPS"));
-    // Collection settings and the memory budget reach the shard nodes.
+    // Collection settings and the memory budget reach the shard nodes, read settings the
+    // routers.
     let large = render(&["helm/redrec/ci/large-catalogue-values.yaml"]);
     for setting in [
         "REDREC_QUANTIZATION: \"int8\"",
         "REDREC_VECTORS_ON_DISK: \"true\"",
         "REDREC_MEMORY_BUDGET: \"48GiB\"",
+        "REDREC_HEDGE: \"20\"",
+        "REDREC_GROUP_K_LOSS: \"0.001\"",
     ] {
         assert!(large.contains(setting), "{setting} missing: {large}");
     }

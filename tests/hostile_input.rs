@@ -198,9 +198,17 @@ fn half_sent_requests_are_cut_off_within_the_timeouts() {
 fn requests_past_the_concurrency_bound_are_shed_not_queued() {
     let cluster = Cluster::start(
         1,
-        &["--max-concurrent-requests", "1", "--deadline-ms", "3000"],
+        &[
+            "--max-concurrent-requests",
+            "1",
+            "--deadline-ms",
+            "3000",
+            "--read-attempt-ms",
+            "3000",
+        ],
     );
-    // A stopped shard holds a search until the deadline: the router's one slot is taken.
+    // A stopped shard holds a search until the deadline (its one attempt may take all of
+    // it): the router's one slot is taken.
     cluster.shards[0].signal(nix::sys::signal::Signal::SIGSTOP);
     let url = cluster.url("/v1/search");
     let slow = std::thread::spawn(move || post(&url, &json!({"vectors": [unit(1)], "k": 5})));

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redrec_shard_api::meta::fetch_map;
+use redrec_shard_api::reads::ReadPolicy;
 use redrec_shard_api::ClusterMap;
 pub use redrec_shard_api::Group;
 use redrec_shard_api::ShardClient;
@@ -32,6 +33,8 @@ pub struct ClusterView {
     http: reqwest::Client,
     /// One refresh at a time; callers arriving meanwhile wait for it.
     refreshing: tokio::sync::Mutex<()>,
+    /// How the groups of each new view read.
+    reads: Arc<ReadPolicy>,
 }
 
 impl ClusterView {
@@ -41,6 +44,7 @@ impl ClusterView {
             meta: Vec::new(),
             http,
             refreshing: tokio::sync::Mutex::new(()),
+            reads: Arc::default(),
         }
     }
 
@@ -49,6 +53,7 @@ impl ClusterView {
     pub async fn from_meta(
         meta: Vec<String>,
         http: reqwest::Client,
+        reads: Arc<ReadPolicy>,
         wait: Duration,
     ) -> anyhow::Result<Self> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -61,12 +66,13 @@ impl ClusterView {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        let cluster = Cluster::from_map(map, &http);
+        let cluster = Cluster::from_map(map, &http, &reads);
         Ok(Self {
             current: RwLock::new(Arc::new(cluster)),
             meta,
             http,
             refreshing: tokio::sync::Mutex::new(()),
+            reads,
         })
     }
 
@@ -98,7 +104,7 @@ impl ClusterView {
         match fetch_map(&self.http, &self.meta).await {
             Ok(map) if map.version > self.version() => {
                 tracing::info!(version = map.version, "cluster map changed");
-                let cluster = Arc::new(Cluster::from_map(map, &self.http));
+                let cluster = Arc::new(Cluster::from_map(map, &self.http, &self.reads));
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = cluster;
             }
             Ok(_) => {}
@@ -124,15 +130,16 @@ impl ClusterView {
 
 impl Cluster {
     /// Lone shards, one group each, with slots spread evenly over them.
-    pub fn fixed(addrs: &[String], http: reqwest::Client) -> Self {
+    pub fn fixed(addrs: &[String], http: reqwest::Client, reads: &Arc<ReadPolicy>) -> Self {
         Self {
             groups: addrs
                 .iter()
                 .enumerate()
                 .map(|(i, a)| {
-                    Arc::new(Group::new(
+                    Arc::new(Group::with_policy(
                         i,
                         vec![ShardClient::new(a.clone(), http.clone())],
+                        reads.clone(),
                     ))
                 })
                 .collect(),
@@ -143,7 +150,7 @@ impl Cluster {
     }
 
     /// The groups of a cluster map, in group-id order; slot owners index into them.
-    pub fn from_map(map: ClusterMap, http: &reqwest::Client) -> Self {
+    pub fn from_map(map: ClusterMap, http: &reqwest::Client, reads: &Arc<ReadPolicy>) -> Self {
         let ids: Vec<u64> = map.groups.keys().copied().collect();
         let groups = map
             .groups
@@ -156,7 +163,7 @@ impl Cluster {
                     .filter_map(|n| map.nodes.get(n))
                     .map(|n| ShardClient::replica(n.addr.clone(), g, http.clone()))
                     .collect();
-                Arc::new(Group::new(i, replicas))
+                Arc::new(Group::with_policy(i, replicas, reads.clone()))
             })
             .collect();
         let owners = map
@@ -173,7 +180,11 @@ impl Cluster {
     }
 
     /// Raft groups: `groups[g]` lists the addresses of the nodes hosting group `g`.
-    pub fn replicated(groups: &[Vec<String>], http: reqwest::Client) -> Self {
+    pub fn replicated(
+        groups: &[Vec<String>],
+        http: reqwest::Client,
+        reads: &Arc<ReadPolicy>,
+    ) -> Self {
         Self {
             groups: groups
                 .iter()
@@ -183,7 +194,7 @@ impl Cluster {
                         .iter()
                         .map(|a| ShardClient::replica(a.clone(), g as u64, http.clone()))
                         .collect();
-                    Arc::new(Group::new(g, replicas))
+                    Arc::new(Group::with_policy(g, replicas, reads.clone()))
                 })
                 .collect(),
             slots: SlotTable::even(groups.len()),
@@ -244,7 +255,7 @@ mod tests {
         let addrs: Vec<String> = (0..3)
             .map(|i| format!("http://127.0.0.1:{}", 1 + i))
             .collect();
-        let fixed = Cluster::fixed(&addrs, http.clone());
+        let fixed = Cluster::fixed(&addrs, http.clone(), &Arc::default());
         let ids: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
         let split = fixed.split_by_group(&ids);
         assert_eq!(split.iter().map(Vec::len).sum::<usize>(), ids.len());
@@ -271,7 +282,7 @@ mod tests {
             to,
         })
         .unwrap();
-        let mapped = Cluster::from_map(map, &http);
+        let mapped = Cluster::from_map(map, &http, &Arc::default());
         let split = mapped.split_by_group(&ids);
         assert!(split.iter().all(|part| part.contains(&ids[0])));
         let others = ids.iter().filter(|id| slot_of(id) as u16 != moving).count();

@@ -1,6 +1,9 @@
 //! Router settings and their defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use redrec_shard_api::reads::ReadPolicy;
 
 use redrec_wire::auth::{Guard, Secret};
 
@@ -33,6 +36,12 @@ pub struct RouterConfig {
     pub cluster_token: Option<Secret>,
     /// The CA its calls to the encoder and the nodes verify them against (TLS).
     pub tls_ca: Option<std::path::PathBuf>,
+    /// How reads pick a replica, how long one attempt may take, and hedging.
+    pub reads: Arc<ReadPolicy>,
+    /// Per-group results below k (see [`crate::search::group_k`]): the chance a group
+    /// holds more of the top-k than it returns. `None`: every group returns k, and the
+    /// merge is exact.
+    pub group_k_loss: Option<f64>,
 }
 
 impl Default for RouterConfig {
@@ -50,6 +59,8 @@ impl Default for RouterConfig {
             open_metrics: false,
             cluster_token: None,
             tls_ca: None,
+            reads: Arc::new(ReadPolicy::default()),
+            group_k_loss: None,
         }
     }
 }

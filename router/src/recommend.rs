@@ -237,7 +237,7 @@ pub async fn recommend(
     } else {
         Vec::new()
     };
-    let (per_query, coverage) = search_groups(
+    let mut found = search_groups(
         state,
         active,
         Depth {
@@ -250,7 +250,8 @@ pub async fn recommend(
         deadline,
     )
     .await?;
-    let (items, per_query) = match req.merge {
+    let per_query = std::mem::take(&mut found.per_query);
+    let (mut items, mut per_query) = match req.merge {
         MergeMode::Max => {
             let lists = plan
                 .queries
@@ -273,10 +274,17 @@ pub async fn recommend(
             (None, Some(lists))
         }
     };
+    let winners = items.iter_mut().flatten().chain(
+        per_query
+            .iter_mut()
+            .flatten()
+            .flat_map(|l: &mut QueryList| l.items.iter_mut()),
+    );
+    found.fill_payloads(state, winners, deadline).await;
     Ok(RecommendResponse {
         items,
         per_query,
-        coverage,
+        coverage: found.coverage,
         history: plan.report,
         model_version: m.model_version.clone(),
         took_ms: started.elapsed().as_millis() as u64,

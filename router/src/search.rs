@@ -1,14 +1,14 @@
 //! Searching every shard group at once with query vectors, and `POST /v1/search`: the
 //! catalogue searched with query vectors the caller brings (no user tower).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use redrec_shard_api::collection::MAX_EF;
-use redrec_shard_api::points::{check_vector, Consistency, Hit, SearchRequest};
+use redrec_shard_api::points::{check_vector, Consistency, Hit, Payload, SearchRequest};
 use redrec_shard_api::ShardClient;
 
-use crate::api::{Coverage, SearchVectorsRequest, SearchVectorsResponse};
+use crate::api::{Coverage, Recommendation, SearchVectorsRequest, SearchVectorsResponse};
 use crate::error::RouterError;
 use crate::fanout::{client_error, coverage, fan_out};
 use crate::merge;
@@ -71,9 +71,43 @@ pub fn check_ef(ef: Option<usize>) -> Result<(), RouterError> {
     }
 }
 
+/// Lists received beyond this many times `k` hits: the groups send ids and scores only,
+/// and the payloads of the final top-k are fetched after the merge (one more call to each
+/// group holding a winner). Below it, payloads come with the hits.
+const INLINE_PAYLOADS_UP_TO: usize = 8;
+
+/// What every group found: per query, the lists of the groups that answered; who did; and,
+/// when the hits came without payloads, which group each item came from.
+pub struct Found {
+    pub per_query: Vec<Vec<Vec<Hit>>>,
+    pub coverage: Coverage,
+    origins: Option<HashMap<String, usize>>,
+}
+
+/// Results per group for a top-`k` over `groups` groups: `k` (an exact merge), or with
+/// `loss` the smallest k\' such that a group holds more than k\' of the true top-k with
+/// probability at most `loss`, items being spread over the groups uniformly by hash
+/// (Vespa's top-k probability): Binomial(k, 1/groups) > k\'.
+pub fn group_k(k: usize, groups: usize, loss: Option<f64>) -> usize {
+    let Some(loss) = loss.filter(|_| groups > 1) else {
+        return k;
+    };
+    let p = 1.0 / groups as f64;
+    // P(X = i) for X ~ Binomial(k, p), accumulated until the tail is within `loss`.
+    let mut pmf = (1.0 - p).powi(k as i32);
+    let mut cdf = pmf;
+    for i in 0..k {
+        if 1.0 - cdf <= loss {
+            return i.max(1);
+        }
+        pmf *= (k - i) as f64 / (i + 1) as f64 * p / (1.0 - p);
+        cdf += pmf;
+    }
+    k
+}
+
 /// Searches every shard group with `queries` (each group leaving out the ids of
-/// `exclude` it may hold); returns, per query, the lists of the groups that answered, and
-/// who did.
+/// `exclude` it may hold).
 /// No group answering is a 503; a client error any group reports is a 400.
 pub async fn search_groups(
     state: &RouterState,
@@ -83,19 +117,23 @@ pub async fn search_groups(
     exclude: &[String],
     consistency: Consistency,
     deadline: Instant,
-) -> Result<(Vec<Vec<Vec<Hit>>>, Coverage), RouterError> {
+) -> Result<Found, RouterError> {
     let cluster = &*state.cluster.get();
     let n = queries.len();
+    let g = cluster.groups.len();
+    let per_group = group_k(depth.k, g, state.cfg.group_k_loss);
+    let with_payload = g * n * per_group <= INLINE_PAYLOADS_UP_TO * depth.k;
     // Each group leaves out the excluded ids it may hold, not the whole list.
     let excluded = cluster.split_by_group(exclude);
-    let outcomes = fan_out(cluster, 0..cluster.groups.len(), deadline, |i, group| {
+    let outcomes = fan_out(cluster, 0..g, deadline, |i, group| {
         let request = SearchRequest {
             queries: queries.clone(),
-            k: depth.k,
+            k: per_group,
             filter: filter.clone(),
             exclude: excluded[i].clone(),
             ef: depth.ef,
             consistency,
+            with_payload,
         };
         async move {
             let call = |c: ShardClient, left| {
@@ -116,7 +154,7 @@ pub async fn search_groups(
         };
         return Err(RouterError::bad("invalid_request", message));
     }
-    let coverage = coverage(cluster.groups.len(), &outcomes);
+    let coverage = coverage(g, &outcomes);
     metrics::histogram!("redrec_recommend_coverage_ratio")
         .record(coverage.answered as f64 / coverage.shards.max(1) as f64);
     if coverage.answered == 0 {
@@ -126,18 +164,85 @@ pub async fn search_groups(
         )));
     }
     let mut per_query: Vec<Vec<Vec<Hit>>> = vec![Vec::new(); n];
+    let mut origins = (!with_payload).then(HashMap::new);
     // A group working from a newer map than this router's may hold an excluded item
     // this router did not send it: leave it out here too.
     let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-    for (_, r) in outcomes {
+    for (i, r) in outcomes {
         if let Ok(resp) = r {
             for (q, mut hits) in resp.results.into_iter().enumerate().take(n) {
                 hits.retain(|h| !excluded.contains(h.id.as_str()));
+                if let Some(o) = origins.as_mut() {
+                    for h in &hits {
+                        o.entry(h.id.clone()).or_insert(i);
+                    }
+                }
                 per_query[q].push(hits);
             }
         }
     }
-    Ok((per_query, coverage))
+    Ok(Found {
+        per_query,
+        coverage,
+        origins,
+    })
+}
+
+impl Found {
+    /// Fills in the payloads of `items` (merged from these lists) when the hits came
+    /// without them: one read of each group that found a winner. A group that cannot
+    /// answer leaves its items without payloads, said in `coverage.failed`.
+    pub async fn fill_payloads<'a>(
+        &mut self,
+        state: &RouterState,
+        items: impl IntoIterator<Item = &'a mut Recommendation>,
+        deadline: Instant,
+    ) {
+        let Some(origins) = &self.origins else {
+            return;
+        };
+        let mut wanted: BTreeMap<usize, Vec<&'a mut Recommendation>> = BTreeMap::new();
+        for item in items {
+            if let Some(&g) = origins.get(&item.id) {
+                wanted.entry(g).or_default().push(item);
+            }
+        }
+        let cluster = &*state.cluster.get();
+        let ids: BTreeMap<usize, Vec<String>> = wanted
+            .iter()
+            .map(|(g, items)| {
+                let ids: BTreeSet<&String> = items.iter().map(|r| &r.id).collect();
+                (*g, ids.into_iter().cloned().collect())
+            })
+            .collect();
+        let outcomes = fan_out(cluster, ids.keys().copied(), deadline, |i, group| {
+            let ids = ids[&i].clone();
+            async move {
+                group
+                    .read(deadline, |c, left| {
+                        let ids = ids.clone();
+                        async move { c.get(ids, false, left).await }
+                    })
+                    .await
+            }
+        })
+        .await;
+        for (g, r) in outcomes {
+            match r {
+                Ok(points) => {
+                    let found: HashMap<String, Payload> =
+                        points.into_iter().map(|p| (p.id, p.payload)).collect();
+                    for item in wanted.remove(&g).unwrap_or_default() {
+                        item.payload = found.get(&item.id).cloned().unwrap_or_default();
+                    }
+                }
+                Err(e) => self
+                    .coverage
+                    .failed
+                    .push(format!("payloads from shard {g}: {e}")),
+            }
+        }
+    }
 }
 
 /// `POST /v1/search`: the catalogue searched with query vectors the caller brings (no
@@ -174,7 +279,8 @@ pub async fn search(
     check_ef(req.ef)?;
     let exclude = req.exclude;
     let n = req.vectors.len();
-    let (per_query, coverage) = search_groups(
+    let deadline = started + state.cfg.deadline;
+    let mut found = search_groups(
         state,
         req.vectors,
         Depth {
@@ -184,16 +290,35 @@ pub async fn search(
         req.filter,
         &exclude,
         req.consistency,
-        started + state.cfg.deadline,
+        deadline,
     )
     .await?;
-    let lists = per_query
+    let lists = std::mem::take(&mut found.per_query)
         .into_iter()
         .take(n)
         .flat_map(|lists| lists.into_iter().map(|l| (1.0, l)));
+    let mut items = merge::max_over_queries(lists, req.k);
+    found.fill_payloads(state, &mut items, deadline).await;
     Ok(SearchVectorsResponse {
-        items: merge::max_over_queries(lists, req.k),
-        coverage,
+        items,
+        coverage: found.coverage,
         took_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_k;
+
+    #[test]
+    fn group_k_is_k_unless_a_loss_is_allowed() {
+        assert_eq!(group_k(10, 32, None), 10);
+        assert_eq!(group_k(10, 1, Some(0.01)), 10);
+        // Binomial(10, 1/32): P(X > 2) = 0.0031, P(X > 3) = 0.00017.
+        assert_eq!(group_k(10, 32, Some(0.01)), 2);
+        assert_eq!(group_k(10, 32, Some(0.001)), 3);
+        // Two groups: nearly every top-10 is split unevenly; k' stays near k.
+        assert!(group_k(10, 2, Some(0.001)) >= 9);
+        assert_eq!(group_k(100, 32, Some(0.0)), 100);
+    }
 }

@@ -51,14 +51,20 @@ pub async fn serve(
     };
     let cluster = match topology {
         Topology::Meta(meta) => {
-            let view = ClusterView::from_meta(meta, http.clone(), Duration::from_secs(60)).await?;
+            let view = ClusterView::from_meta(
+                meta,
+                http.clone(),
+                cfg.reads.clone(),
+                Duration::from_secs(60),
+            )
+            .await?;
             let view = Arc::new(view);
             view.spawn_refresher(Duration::from_secs(1));
             register_model(&view, &encoder, &http).await;
             view
         }
         Topology::Lone(shards) => Arc::new(ClusterView::fixed(
-            Cluster::fixed(&shards, http.clone()),
+            Cluster::fixed(&shards, http.clone(), &cfg.reads),
             http,
         )),
         Topology::Groups(groups) => {
@@ -66,7 +72,7 @@ pub async fn serve(
                 bail!("--group number {i} names no replica");
             }
             Arc::new(ClusterView::fixed(
-                Cluster::replicated(&groups, http.clone()),
+                Cluster::replicated(&groups, http.clone(), &cfg.reads),
                 http,
             ))
         }

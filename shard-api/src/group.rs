@@ -1,13 +1,17 @@
 //! One shard group as its callers see it: a lone shard, or the replicas of a Raft group.
 //! Writes find the leader (following `not_leader` hints, backing off while there is
-//! none); reads go to the group's own replica when it has caught up, failing over to the
-//! next.
+//! none); reads go to the replica with the fewest requests in flight (the group's own
+//! replica among equals), fail over to the next, and are hedged as [`ReadPolicy`] says.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use crate::client::{ShardClient, ShardClientError};
+use crate::reads::{self, Latency, Outstanding, ReadPolicy};
 
 /// Longest one attempt of a write may take before the next replica is tried.
 const WRITE_ATTEMPT: Duration = Duration::from_secs(5);
@@ -19,14 +23,27 @@ pub struct Group {
     pub replicas: Vec<ShardClient>,
     /// The replica that last accepted a write.
     leader: AtomicUsize,
+    policy: Arc<ReadPolicy>,
+    /// Answered reads' latency, and requests in flight per replica.
+    latency: Latency,
+    outstanding: Vec<Outstanding>,
 }
 
 impl Group {
+    /// A group read one replica at a time.
     pub fn new(index: usize, replicas: Vec<ShardClient>) -> Self {
+        Self::with_policy(index, replicas, Arc::new(ReadPolicy::default()))
+    }
+
+    pub fn with_policy(index: usize, replicas: Vec<ShardClient>, policy: Arc<ReadPolicy>) -> Self {
+        let quantile = policy.hedge.as_ref().map_or(0.95, |h| h.quantile);
         Self {
             index,
+            outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
             replicas,
             leader: AtomicUsize::new(0),
+            latency: Latency::new(quantile),
+            policy,
         }
     }
 
@@ -99,30 +116,93 @@ impl Group {
         }
     }
 
-    /// Runs `call` on one replica, the next one if it fails (each try gets half of what
-    /// is left, the last all of it), until one answers or all were tried.
+    /// Runs `call` on one replica, the next one if it fails, until one answers or all
+    /// were tried; each attempt within the policy's attempt timeout. With hedging, once the
+    /// first attempt has taken the group's hedge delay, the same read goes to the next
+    /// replica as well (if the budget allows): the first answer wins and the other call is
+    /// dropped, which cancels it.
     ///
-    /// Reads start at the group's own replica, its index modulo the replicas: groups
-    /// spread over the nodes, and each node's copy of a group stays hot in memory for
-    /// that group's reads instead of every node paging in every group.
+    /// Replicas are tried fewest requests in flight first. Among equals the group's own
+    /// replica, its index modulo the replicas, comes first: groups spread over the nodes,
+    /// and each node's copy of a group stays hot in memory for that group's reads instead
+    /// of every node paging in every group.
     pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
     where
         F: Fn(ShardClient, Duration) -> Fut,
         Fut: Future<Output = Result<T, ShardClientError>>,
     {
         let n = self.replicas.len();
-        let first = self.index;
-        let mut last = None;
-        for k in 0..n {
+        if n == 0 {
+            return Err(self.deadline_passed());
+        }
+        let in_flight: Vec<usize> = self.outstanding.iter().map(Outstanding::get).collect();
+        let order = reads::order(&in_flight, self.index % n.max(1));
+        let policy = &*self.policy;
+        metrics::counter!("redrec_group_reads_total").increment(1);
+        let hedge = policy.hedge.as_ref().filter(|_| n > 1);
+        if let Some(h) = hedge {
+            h.on_read();
+        }
+        let attempt = |i: usize, hedged: bool| {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            let guard = self.outstanding[i].enter();
+            let started = Instant::now();
+            let fut = call(self.replicas[i].clone(), left.min(policy.attempt_timeout));
+            async move {
+                let r = fut.await;
+                drop(guard);
+                (hedged, started.elapsed(), r)
             }
-            let budget = if k + 1 < n { left / 2 } else { left };
-            match call(self.replicas[(first + k) % n].clone(), budget).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e),
+        };
+        let mut attempts = FuturesUnordered::new();
+        attempts.push(attempt(order[0], false));
+        let mut next = 1;
+        let mut hedge_at = hedge
+            .and_then(|h| h.delay(&self.latency, &policy.all_groups))
+            .map(|d| tokio::time::Instant::now() + d);
+        let mut last = None;
+        loop {
+            let timer = async {
+                match hedge_at {
+                    Some(at) if next < n => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((hedged, took, r)) = attempts.next() => match r {
+                    Ok(v) => {
+                        self.latency.record(took);
+                        policy.all_groups.record(took);
+                        if hedged {
+                            metrics::counter!("redrec_hedged_reads_won_total",
+                                "group" => self.index.to_string()).increment(1);
+                        }
+                        return Ok(v);
+                    }
+                    Err(e) if e.is_retryable() => {
+                        last = Some(e);
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if next < n && !left.is_zero() {
+                            attempts.push(attempt(order[next], false));
+                            next += 1;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+                () = timer => {
+                    hedge_at = None;
+                    if hedge.is_some_and(|h| h.try_spend()) {
+                        metrics::counter!("redrec_hedged_reads_total",
+                            "group" => self.index.to_string()).increment(1);
+                        attempts.push(attempt(order[next], true));
+                        next += 1;
+                    } else {
+                        metrics::counter!("redrec_hedged_reads_over_budget_total").increment(1);
+                    }
+                }
+            }
+            if attempts.is_empty() {
+                break;
             }
         }
         Err(last.unwrap_or_else(|| self.deadline_passed()))

@@ -7,10 +7,12 @@
 pub mod client;
 pub mod codes;
 pub mod collection;
+pub mod faults;
 pub mod group;
 pub mod map;
 pub mod meta;
 pub mod points;
+pub mod reads;
 pub mod slots;
 pub mod status;
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -13,6 +14,7 @@ use redrec_shard::budget::MemoryBudget;
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
 use redrec_shard_api::collection::{Collection, Distance, Quantization};
+use redrec_shard_api::reads::{Hedge, ReadPolicy};
 use redrec_wire::auth::{ApiKeys, Guard, Secret};
 use redrec_wire::tls::ServerTls;
 use redrec_wire::ServeOptions;
@@ -202,6 +204,64 @@ pub struct RaftArgs {
     /// caught up by a snapshot.
     #[arg(long, env = "REDREC_RAFT_COMPACT_AFTER", default_value_t = 10_000)]
     pub raft_compact_after: u64,
+    /// Allow `POST /admin/v1/faults` to delay a share of this node's reads (tests and
+    /// benches; never in production).
+    #[arg(long, env = "REDREC_FAULT_INJECTION")]
+    pub fault_injection: bool,
+}
+
+/// How a router reads shard groups.
+#[derive(Args, Clone)]
+pub struct ReadArgs {
+    /// Longest one read attempt on one replica may take before the next is tried (the
+    /// deadline bounds it too).
+    #[arg(long, env = "REDREC_READ_ATTEMPT_MS", default_value_t = 400)]
+    pub read_attempt_ms: u64,
+    /// Hedged reads: `off`; `auto`, a second replica once the first has taken the group's
+    /// recent p95 (at most twice the p95 over all groups); or a fixed delay in ms.
+    #[arg(long, env = "REDREC_HEDGE", default_value = "auto")]
+    pub hedge: String,
+    /// Most extra reads hedging may add, as a share of reads.
+    #[arg(long, env = "REDREC_HEDGE_BUDGET", default_value_t = 0.05)]
+    pub hedge_budget: f64,
+    /// Let each group return fewer than k results: the chance a group holds more of the
+    /// top k than it returns (e.g. 0.001). Unset: every group returns k, an exact merge.
+    #[arg(long, env = "REDREC_GROUP_K_LOSS")]
+    pub group_k_loss: Option<f64>,
+}
+
+impl ReadArgs {
+    pub fn policy(&self) -> Result<ReadPolicy> {
+        if !(0.0..=1.0).contains(&self.hedge_budget) {
+            bail!("--hedge-budget must be within 0..1");
+        }
+        let hedge = match self.hedge.trim() {
+            "off" => None,
+            "auto" => Some(Hedge::new(None, 0.95, self.hedge_budget)),
+            ms => {
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| anyhow!("--hedge is off, auto or a delay in ms, not {ms:?}"))?;
+                Some(Hedge::new(
+                    Some(Duration::from_millis(ms)),
+                    0.95,
+                    self.hedge_budget,
+                ))
+            }
+        };
+        Ok(ReadPolicy {
+            attempt_timeout: Duration::from_millis(self.read_attempt_ms.max(1)),
+            hedge,
+            ..ReadPolicy::default()
+        })
+    }
+
+    pub fn group_k_loss(&self) -> Result<Option<f64>> {
+        match self.group_k_loss {
+            Some(p) if !(0.0..1.0).contains(&p) => bail!("--group-k-loss must be within 0..1"),
+            p => Ok(p),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -315,6 +375,8 @@ pub struct RouterArgs {
     /// Time a recommend request may spend on shards before answering with what it has.
     #[arg(long, env = "REDREC_DEADLINE_MS", default_value_t = 1000)]
     pub deadline_ms: u64,
+    #[command(flatten)]
+    pub reads: ReadArgs,
     /// Largest k a request may ask for.
     #[arg(long, env = "REDREC_MAX_K", default_value_t = 1000)]
     pub max_k: usize,
@@ -381,6 +443,7 @@ impl ShardArgs {
                 raft_tick_ms: r.raft_tick_ms,
                 raft_election_ticks: r.raft_election_ticks,
                 raft_compact_after: r.raft_compact_after,
+                fault_injection: r.fault_injection,
             }),
         })
     }
@@ -445,6 +508,8 @@ impl RouterArgs {
             open_metrics: self.open_metrics,
             cluster_token,
             tls_ca,
+            reads: Arc::new(self.reads.policy()?),
+            group_k_loss: self.reads.group_k_loss()?,
             ..Default::default()
         })
     }

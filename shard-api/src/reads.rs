@@ -1,0 +1,234 @@
+//! How a group's reads choose a replica, how long one attempt may take, and when the same
+//! read goes to a second replica (a hedged read, after "The Tail at Scale"): once the
+//! first has taken longer than the group usually takes, within a budget of extra reads.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Reads a latency window holds before its quantile is taken and it starts over.
+const WINDOW: u64 = 256;
+/// Extra reads the budget lets through at once, beyond its share.
+const BURST: u64 = 10;
+/// Milli-tokens per hedge.
+const TOKEN: u64 = 1_000;
+
+/// The router's read settings, shared by all its groups.
+#[derive(Debug)]
+pub struct ReadPolicy {
+    /// Longest one attempt on one replica may take (the request's deadline bounds it too).
+    pub attempt_timeout: Duration,
+    /// Hedged reads; `None` for one replica at a time.
+    pub hedge: Option<Hedge>,
+    /// Every group's read latency together: what bounds one group's hedge delay.
+    pub all_groups: Latency,
+}
+
+#[derive(Debug)]
+pub struct Hedge {
+    /// A fixed delay before the second read; `None`: the group's recent latency at
+    /// `quantile`, at least `min` and at most twice the same quantile over all groups.
+    pub delay: Option<Duration>,
+    pub quantile: f64,
+    pub min: Duration,
+    budget: Budget,
+}
+
+impl Hedge {
+    /// Hedges after `delay` (or the adaptive delay), at most `share` of reads extra.
+    pub fn new(delay: Option<Duration>, quantile: f64, share: f64) -> Self {
+        Self {
+            delay,
+            quantile,
+            min: Duration::from_millis(1),
+            budget: Budget::new(share),
+        }
+    }
+
+    /// How long to wait for the first answer of a read of a group with latencies `group`.
+    pub fn delay(&self, group: &Latency, all: &Latency) -> Option<Duration> {
+        if let Some(d) = self.delay {
+            return Some(d);
+        }
+        // Until a first window is full there is no telling what slow is: no hedge.
+        let own = group.quantile()?;
+        let bound = all.quantile().map_or(own, |a| 2 * a);
+        Some(own.min(bound).max(self.min))
+    }
+
+    /// Takes a hedge from the budget, if it has one.
+    pub fn try_spend(&self) -> bool {
+        self.budget.take()
+    }
+
+    /// Accounts for one read (each adds its share to the budget).
+    pub fn on_read(&self) {
+        self.budget.add();
+    }
+}
+
+impl Default for ReadPolicy {
+    /// One replica at a time, an attempt bounded by the deadline alone.
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::MAX,
+            hedge: None,
+            all_groups: Latency::new(0.95),
+        }
+    }
+}
+
+/// A token bucket: each read adds `share` of a hedge, up to [`BURST`] hedges; it starts
+/// full.
+#[derive(Debug)]
+struct Budget {
+    per_read: u64,
+    tokens: AtomicU64,
+}
+
+impl Budget {
+    fn new(share: f64) -> Self {
+        Self {
+            per_read: (share.clamp(0.0, 1.0) * TOKEN as f64).round() as u64,
+            tokens: AtomicU64::new(BURST * TOKEN),
+        }
+    }
+
+    fn add(&self) {
+        let cap = BURST * TOKEN;
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + self.per_read).min(cap))
+            });
+    }
+
+    fn take(&self) -> bool {
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(TOKEN)
+            })
+            .is_ok()
+    }
+}
+
+/// Recent read latency: a window of answered reads, and its quantile when last full.
+#[derive(Debug)]
+pub struct Latency {
+    quantile: f64,
+    window: Mutex<Histogram<u64>>,
+    /// The quantile of the last full window, in microseconds (0: none yet).
+    last_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn new(quantile: f64) -> Self {
+        Self {
+            quantile,
+            // 1 µs to 60 s, two significant digits.
+            window: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("bounds")),
+            last_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, took: Duration) {
+        let us = (took.as_micros() as u64).clamp(1, 60_000_000);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = w.record(us);
+        if w.len() >= WINDOW {
+            self.last_us
+                .store(w.value_at_quantile(self.quantile), Ordering::Relaxed);
+            w.reset();
+        }
+    }
+
+    pub fn quantile(&self) -> Option<Duration> {
+        match self.last_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// Requests in flight to one replica, counted while an [`InFlight`] lives.
+#[derive(Debug, Default)]
+pub struct Outstanding(AtomicUsize);
+
+impl Outstanding {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn enter(&self) -> InFlight<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.0)
+    }
+}
+
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The order to try replicas in: fewest requests in flight first, ties in the group's
+/// own order starting at `first` (so an idle cluster reads each group from one replica,
+/// which keeps that copy hot).
+pub fn order(outstanding: &[usize], first: usize) -> Vec<usize> {
+    let n = outstanding.len();
+    let mut order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+    order.sort_by_key(|&i| outstanding[i]); // stable: ties keep the rotation
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_its_share_and_a_burst() {
+        let b = Budget::new(0.05);
+        let hedges = (0..100).filter(|_| b.take()).count();
+        assert_eq!(hedges, BURST as usize, "a full bucket to start with");
+        assert!(!b.take());
+        for _ in 0..1000 {
+            b.add();
+        }
+        let hedges = (0..100).filter(|_| b.take()).count();
+        assert_eq!(hedges, BURST as usize, "capped at the burst");
+        for _ in 0..100 {
+            b.add();
+        }
+        assert_eq!((0..100).filter(|_| b.take()).count(), 5);
+    }
+
+    #[test]
+    fn replicas_with_fewer_requests_in_flight_come_first() {
+        assert_eq!(order(&[0, 0, 0], 1), [1, 2, 0]);
+        assert_eq!(order(&[2, 0, 1], 0), [1, 2, 0]);
+        assert_eq!(order(&[1, 1, 0], 2), [2, 0, 1]);
+    }
+
+    #[test]
+    fn the_delay_follows_the_group_bounded_by_all_groups() {
+        let (group, all) = (Latency::new(0.95), Latency::new(0.95));
+        let hedge = Hedge::new(None, 0.95, 0.05);
+        assert_eq!(hedge.delay(&group, &all), None, "no window yet");
+        for i in 0..WINDOW {
+            group.record(Duration::from_millis(if i % 10 == 0 { 200 } else { 4 }));
+            all.record(Duration::from_millis(5));
+        }
+        // The group's own p95 is 200 ms (a tenth of its reads are slow); all groups' 5 ms.
+        let d = hedge.delay(&group, &all).unwrap();
+        assert!(
+            d >= Duration::from_millis(9) && d <= Duration::from_millis(11),
+            "{d:?}"
+        );
+        let fixed = Hedge::new(Some(Duration::from_millis(30)), 0.95, 0.05);
+        assert_eq!(fixed.delay(&group, &all), Some(Duration::from_millis(30)));
+    }
+}

@@ -1,0 +1,157 @@
+//! Fan-out on real processes: a replica slowed by fault injection no longer sets a
+//! recommend's latency once reads are hedged (and the hedge metrics say so), while a
+//! router without hedging waits for it; and payloads fetched after the merge are the ones
+//! that come with the hits.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+fn vector(i: usize) -> Vec<f32> {
+    let mut v = support::raft::vector_of(&format!("item-{i}"));
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// A counter's value (summed over its labels) on `/metrics` at `addr`.
+fn counter(addr: &str, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{addr}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn timed(url: &str, body: &Value) -> ((u16, Value), Duration) {
+    let started = Instant::now();
+    let out = post(url, body);
+    (out, started.elapsed())
+}
+
+fn ids(answer: &Value) -> Vec<String> {
+    answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = layout(dir.path());
+    let nodes = layout
+        .shard_nodes(2, 2, &["--fault-injection"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let meta = addrs.join(",");
+    // Attempts and deadlines long enough that only hedging can cut a slow read short.
+    let router = |name: &str, hedge: &str| {
+        Proc::spawn(
+            name,
+            &[
+                "router",
+                "--listen",
+                "127.0.0.1:0",
+                "--meta",
+                &meta,
+                "--sessions",
+                "1",
+                "--user-cache",
+                "0",
+                "--hedge",
+                hedge,
+                "--read-attempt-ms",
+                "8000",
+                "--deadline-ms",
+                "10000",
+            ],
+            dir.path(),
+        )
+    };
+    let hedged = router("router-hedged", "50");
+    let plain = router("router-plain", "off");
+
+    let items: Vec<Value> = (0..300)
+        .map(|i| json!({"id": format!("item-{i}"), "vector": vector(i), "payload": {"n": i}}))
+        .collect();
+    let (s, b) = post(
+        &format!("{}/v1/items/vectors", hedged.addr),
+        &json!({ "items": items }),
+    );
+    assert_eq!(s, 200, "{b}");
+    support::raft::eventually(
+        Duration::from_secs(30),
+        "every replica has every item",
+        || {
+            addrs.iter().all(|a| {
+                (0..2)
+                    .map(|g| get(&format!("{a}/v1/groups/{g}/stats")).1["points"].as_u64())
+                    .sum::<Option<u64>>()
+                    == Some(300)
+            })
+        },
+    );
+
+    // Payloads fetched after the merge (many lists: ids and scores first) are those that
+    // come with the hits (one list).
+    let search = |vectors: usize| {
+        let body = json!({"vectors": vec![vector(7); vectors], "k": 10});
+        let (s, b) = post(&format!("{}/v1/search", plain.addr), &body);
+        assert_eq!(s, 200, "{b}");
+        b
+    };
+    let (one, many) = (search(1), search(9));
+    assert_eq!(one["items"], many["items"], "{one}\n{many}");
+    assert_eq!(one["items"][0]["payload"]["n"], 7, "{one}");
+
+    // The replica group 0's reads go to first, slowed: every read of it waits 3 s.
+    let (_, map) = get(&format!("{}/v1/meta/map", addrs[0]));
+    let first = map["groups"]["0"]["replicas"][0].to_string();
+    let slow = map["nodes"][&first]["addr"].as_str().unwrap().to_string();
+    let faults = format!("{slow}/admin/v1/faults");
+    let (s, b) = post(&faults, &json!({"delay_share": 2.0, "delay_ms": 10}));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_fault_plan"))
+    );
+    let (s, b) = post(
+        &faults,
+        &json!({"delay_share": 1.0, "delay_ms": 3000, "groups": [0]}),
+    );
+    assert_eq!(s, 200, "{b}");
+
+    let history: Vec<Value> = [3, 11, 42, 77, 150]
+        .iter()
+        .map(|i| json!({"item_id": format!("item-{i}"), "scenario": "homefeed"}))
+        .collect();
+    let req = json!({"history": history, "scenario": "homefeed", "k": 10});
+    let ((s, fast), took_hedged) = timed(&format!("{}/v1/recommend", hedged.addr), &req);
+    assert_eq!(s, 200, "{fast}");
+    assert_eq!(fast["coverage"]["answered"], 2, "{fast}");
+    let ((s, slow_answer), took_plain) = timed(&format!("{}/v1/recommend", plain.addr), &req);
+    assert_eq!(s, 200, "{slow_answer}");
+    // Without hedging the slowed replica sets the latency; with it, it does not.
+    assert!(took_plain >= Duration::from_millis(3000), "{took_plain:?}");
+    assert!(
+        took_hedged < Duration::from_millis(2500),
+        "hedged {took_hedged:?}, plain {took_plain:?}"
+    );
+    assert_eq!(ids(&fast), ids(&slow_answer));
+    assert!(counter(&hedged.addr, "redrec_hedged_reads_total") >= 1.0);
+    assert!(counter(&hedged.addr, "redrec_hedged_reads_won_total") >= 1.0);
+    assert_eq!(counter(&plain.addr, "redrec_hedged_reads_total"), 0.0);
+}
