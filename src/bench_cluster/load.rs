@@ -17,8 +17,11 @@ const CALL: Duration = Duration::from_secs(30);
 /// Where searches go.
 #[derive(Clone)]
 pub enum Target {
-    /// A lone shard's own API: the engine behind one HTTP hop.
+    /// A lone shard's own API in the compact encoding (as routers call it): the engine
+    /// behind one HTTP hop.
     Shard(ShardClient),
+    /// A lone shard's own API in JSON, as a router's clients send their searches.
+    ShardJson { http: reqwest::Client, addr: String },
     /// A router's `POST /v1/search`.
     Router { http: reqwest::Client, addr: String },
     /// A Qdrant collection's `POST /collections/{c}/points/search`.
@@ -42,9 +45,23 @@ impl Target {
                     exclude: Vec::new(),
                     ef,
                     consistency: Default::default(),
+                    with_payload: true,
                 };
                 let r = c.search(&request, CALL).await?;
                 r.results.into_iter().flatten().map(|h| h.id).collect()
+            }
+            Target::ShardJson { http, addr } => {
+                let mut body = json!({ "queries": [query], "k": k });
+                if let Some(ef) = ef {
+                    body["ef"] = json!(ef);
+                }
+                let r: Value = post(http, &format!("{addr}/v1/search"), &body).await?;
+                r["results"][0]
+                    .as_array()
+                    .context("no results")?
+                    .iter()
+                    .filter_map(|h| h["id"].as_str().map(str::to_string))
+                    .collect()
             }
             Target::Router { http, addr } => {
                 let mut body = json!({ "vectors": [query], "k": k });
@@ -94,6 +111,7 @@ pub struct Load {
     pub qps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub queries: u64,
     pub errors: u64,
 }
@@ -123,6 +141,7 @@ pub async fn drive(
         qps: run.per_second(),
         p50_ms: run.ms(0.5),
         p99_ms: run.ms(0.99),
+        p999_ms: run.ms(0.999),
         queries: run.units,
         errors: run.errors,
     })

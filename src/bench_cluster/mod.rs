@@ -10,8 +10,8 @@
 //! concurrent load, recall@k against exact search, resident memory and bytes per item,
 //! and CPU seconds per query in the router and in the shards.
 
-mod data;
-mod load;
+pub mod data;
+pub mod load;
 mod qdrant;
 mod report;
 
@@ -35,14 +35,15 @@ use qdrant::Qdrant;
 use redrec::launch::{self, Layout, Proc};
 
 /// The towers' item dimension: the routers serve it.
-const DIM: usize = 64;
+pub const DIM: usize = 64;
 /// Points per ingest request, and requests in flight.
 const BATCH: usize = 512;
 const INGEST_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Setup {
-    /// One lone shard, searched directly.
+    /// One lone shard, searched directly: in JSON (as a router's clients search), and in
+    /// the compact encoding (as a router searches it).
     Lone,
     /// A router over that same shard.
     Router1,
@@ -57,6 +58,9 @@ pub enum Setup {
     Qdrant1,
     /// A Qdrant collection with G shards.
     QdrantG,
+    /// (Measured with `lone`.)
+    #[value(skip)]
+    LoneCompact,
 }
 
 #[derive(Args)]
@@ -134,7 +138,7 @@ struct Bench {
     rows: Vec<Row>,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub fn bar(len: u64, what: &str) -> ProgressBar {
     let style =
         ProgressStyle::with_template("  {msg:<28} {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
             .expect("template");
@@ -374,12 +378,27 @@ impl Bench {
         let vector_ram = self.vector_ram(std::slice::from_ref(&client), 1).await;
         let pids = [shards[0].pid()];
         if !only_router {
-            let mut row = self
-                .measure(setup, label, &Target::Shard(client), None, &pids)
-                .await?;
+            let json = Target::ShardJson {
+                http: self.http.clone(),
+                addr: shards[0].addr.clone(),
+            };
+            let (target, row_label) = match setup {
+                Setup::Lone => (&json, format!("{label} (JSON)")),
+                _ => (&Target::Shard(client.clone()), label.to_string()),
+            };
+            let mut row = self.measure(setup, &row_label, target, None, &pids).await?;
             (row.ingest_per_s, row.settle_s, row.vector_ram_per_item) =
                 (Some(rate), Some(settle), vector_ram);
             self.rows.push(row);
+            if setup == Setup::Lone {
+                let compact = format!("{label} (compact encoding)");
+                let target = Target::Shard(client);
+                let mut row = self
+                    .measure(Setup::LoneCompact, &compact, &target, None, &pids)
+                    .await?;
+                row.vector_ram_per_item = vector_ram;
+                self.rows.push(row);
+            }
         }
         if with_router {
             let router = self.start_router(&layout, "--shards", &[shards[0].addr.clone()])?;

@@ -49,9 +49,15 @@ impl Bench {
         println!();
         if let (Some(lone), Some(r1)) = (find(Setup::Lone), find(Setup::Router1)) {
             println!(
-                "router + 1 shard / lone shard QPS: {:.2}",
+                "router + 1 shard / lone shard QPS: {:.2} (clients sending JSON to both)",
                 r1.qps / lone.qps
             );
+            if let Some(compact) = find(Setup::LoneCompact) {
+                println!(
+                    "router + 1 shard / lone shard in the compact encoding, QPS: {:.2}",
+                    r1.qps / compact.qps
+                );
+            }
             if let Some(cpu) = r1.cpu_router_ms {
                 println!(
                     "router CPU / shard CPU per query (router + 1 shard): {:.2}",

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use redrec_wire::auth::Secret;
 use roles::{EncoderArgs, RouterArgs, ShardArgs};
 
-use crate::{bench, bench_cluster, bench_ingest, cluster, demo, eval};
+use crate::{bench, bench_cluster, bench_fanout, bench_ingest, cluster, demo, eval};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +81,9 @@ pub enum BenchCommand {
     /// Retrieval at scale: a lone shard, routers over lone shards and Raft groups, and a
     /// Qdrant server, on the same data and load (QPS, latency, recall, memory, CPU).
     Cluster(bench_cluster::ClusterBenchArgs),
+    /// The tail of a wide fan-out: 32 groups, one replica slowed, hedging off and on, and
+    /// the exact merge against per-group k' below k.
+    Fanout(bench_fanout::FanoutBenchArgs),
 }
 
 #[derive(Subcommand)]
