@@ -66,6 +66,22 @@ fn bad_requests_get_json_4xx_answers() {
     assert_error(s, &b, 400, "invalid_body");
     let (s, b) = post(&rec, &ok(json!({"consistency": "eventual"})));
     assert_error(s, &b, 400, "invalid_body");
+    let (s, b) = post(&rec, &ok(json!({"merge": "mmr", "mmr_lambda": 1.5})));
+    assert_error(s, &b, 400, "invalid_mmr_lambda");
+    let (s, b) = post(&rec, &ok(json!({"merge": "max", "mmr_lambda": 0.5})));
+    assert_error(s, &b, 400, "invalid_mmr_lambda");
+    // The diversifying merges answer k distinct items.
+    for merge in ["quota", "mmr"] {
+        let (s, b) = post(&rec, &ok(json!({"merge": merge, "k": 12})));
+        assert_eq!(s, 200, "{b}");
+        let ids: std::collections::HashSet<&str> = b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 12, "{b}");
+    }
 
     // Search by vector: the caller's vectors are checked like any other input.
     let search = cluster.url("/v1/search");

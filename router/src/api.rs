@@ -79,6 +79,12 @@ pub enum MergeMode {
     Max,
     /// One list per query.
     PerQuery,
+    /// One list in which every query gets a share of k by its weight: the queries' lists
+    /// interleaved and deduplicated, so each of a user's interests shows.
+    Quota,
+    /// The max merge reranked by maximal marginal relevance over the item vectors
+    /// (`mmr_lambda`: 1 is pure relevance, lower trades it for items unlike those above).
+    Mmr,
 }
 
 fn default_k() -> usize {
@@ -112,6 +118,9 @@ pub struct RecommendRequest {
     pub exclude_seen: bool,
     #[serde(default)]
     pub merge: MergeMode,
+    /// With `merge: "mmr"`: weight of relevance against novelty, 0 to 1 (default 0.5).
+    #[serde(default)]
+    pub mmr_lambda: Option<f32>,
     /// `strong` reads every shard group on its leader after a ReadIndex round, so the
     /// answer reflects every write acknowledged before the request; `any` (the default)
     /// reads any caught-up replica.

@@ -1,16 +1,15 @@
 //! A recommendation, start to end: validate -> history vectors from their shards -> user
 //! tower -> query vectors to every shard -> merge -> top-k.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use redrec_encoder::{Manifest, UserHistory};
 
 use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse};
 use crate::error::RouterError;
-use crate::fanout::fan_out;
 use crate::merge;
-use crate::search::{check_ef, check_filter, search_groups, Depth};
+use crate::search::{check_ef, check_filter, item_vectors, search_groups, Depth};
 use crate::state::RouterState;
 use crate::user_cache::{CachedUser, UserCache};
 
@@ -49,6 +48,21 @@ fn plan(req: &RecommendRequest, m: &Manifest, max_k: usize) -> Result<Plan, Rout
     }
     check_filter(req.filter.as_ref())?;
     check_ef(req.ef)?;
+    match req.mmr_lambda {
+        Some(l) if !(0.0..=1.0).contains(&l) => {
+            return Err(RouterError::bad(
+                "invalid_mmr_lambda",
+                format!("mmr_lambda must be between 0 and 1, got {l}"),
+            ))
+        }
+        Some(_) if req.merge != MergeMode::Mmr => {
+            return Err(RouterError::bad(
+                "invalid_mmr_lambda",
+                "mmr_lambda goes with \"merge\": \"mmr\"",
+            ))
+        }
+        _ => {}
+    }
     let mut events = Vec::with_capacity(req.history.len());
     for (i, e) in req.history.iter().enumerate() {
         if e.item_id.is_empty() {
@@ -104,38 +118,9 @@ async fn history_vectors(
     plan: &mut Plan,
     deadline: Instant,
 ) -> Result<UserHistory, RouterError> {
-    let cluster = &*state.cluster.get();
-    let wanted = cluster.by_shard(
-        plan.events
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect::<BTreeSet<_>>(),
-        |id| id,
-    );
-    let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {
-        let ids = wanted[&i].clone();
-        async move {
-            group
-                .read(deadline, |c, left| {
-                    let ids = ids.clone();
-                    async move { c.get(ids, true, left).await }
-                })
-                .await
-        }
-    })
-    .await;
-    let mut vectors = HashMap::new();
-    let mut down = BTreeSet::new();
-    for (shard, r) in outcomes {
-        match r {
-            Ok(points) => {
-                vectors.extend(points.into_iter().filter_map(|p| Some((p.id, p.vector?))))
-            }
-            Err(_) => {
-                down.insert(shard);
-            }
-        }
-    }
+    let cluster = state.cluster.get();
+    let ids = plan.events.iter().map(|(id, _)| id.clone()).collect();
+    let (vectors, down) = item_vectors(state, ids, deadline).await;
     let mut history = UserHistory::default();
     for (id, scenario) in &plan.events {
         match vectors.get(id) {
@@ -162,6 +147,9 @@ async fn history_vectors(
     }
     Ok(history)
 }
+
+/// Relevance against novelty in an MMR merge, unless the request says.
+const DEFAULT_MMR_LAMBDA: f32 = 0.5;
 
 pub async fn recommend(
     state: &RouterState,
@@ -260,6 +248,31 @@ pub async fn recommend(
                 .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
             (Some(merge::max_over_queries(lists, req.k)), None)
         }
+        MergeMode::Quota => {
+            let lists = plan
+                .queries
+                .iter()
+                .zip(per_query)
+                .map(|((_, w), lists)| {
+                    let mut list = merge::single_query(lists, req.k);
+                    list.iter_mut().for_each(|r| r.score *= w);
+                    (*w, list)
+                })
+                .collect();
+            (Some(merge::quota(lists, req.k)), None)
+        }
+        MergeMode::Mmr => {
+            let lists = plan
+                .queries
+                .iter()
+                .zip(per_query)
+                .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+            let pool = merge::max_over_queries(lists, req.k.max(4 * req.k.min(merge::MMR_MAX)));
+            let ids = pool.iter().map(|r| r.id.clone()).collect();
+            let (vectors, _) = item_vectors(state, ids, deadline).await;
+            let lambda = req.mmr_lambda.unwrap_or(DEFAULT_MMR_LAMBDA);
+            (Some(merge::mmr(pool, &vectors, req.k, lambda)), None)
+        }
         MergeMode::PerQuery => {
             let lists = plan
                 .queries
@@ -325,6 +338,7 @@ mod tests {
             consistency: Default::default(),
             exclude_seen: true,
             merge: MergeMode::Max,
+            mmr_lambda: None,
         }
     }
 

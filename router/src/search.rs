@@ -245,6 +245,41 @@ impl Found {
     }
 }
 
+/// The vectors of items `ids`, read from the groups that own them; with the groups that
+/// could not answer (their items are missing from the map).
+pub async fn item_vectors(
+    state: &RouterState,
+    ids: BTreeSet<String>,
+    deadline: Instant,
+) -> (HashMap<String, Vec<f32>>, BTreeSet<usize>) {
+    let cluster = &*state.cluster.get();
+    let wanted = cluster.by_shard(ids, |id| id);
+    let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {
+        let ids: Vec<String> = wanted[&i].clone();
+        async move {
+            group
+                .read(deadline, |c, left| {
+                    let ids = ids.clone();
+                    async move { c.get(ids, true, left).await }
+                })
+                .await
+        }
+    })
+    .await;
+    let (mut vectors, mut down) = (HashMap::new(), BTreeSet::new());
+    for (group, r) in outcomes {
+        match r {
+            Ok(points) => {
+                vectors.extend(points.into_iter().filter_map(|p| Some((p.id, p.vector?))))
+            }
+            Err(_) => {
+                down.insert(group);
+            }
+        }
+    }
+    (vectors, down)
+}
+
 /// `POST /v1/search`: the catalogue searched with query vectors the caller brings (no
 /// user tower), an item scoring the max over them.
 pub async fn search(
