@@ -47,6 +47,38 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// How the towers' queries are merged (`max`, `quota`, `mmr`), comma-separated: a row
+    /// each.
+    #[arg(long, value_delimiter = ',', default_value = "max")]
+    merges: Vec<String>,
+    /// `mmr_lambda` of the `mmr` merge (the router's default when unset).
+    #[arg(long)]
+    mmr_lambda: Option<f32>,
+}
+
+/// The newest history events whose categories count as a user's interests.
+const INTERESTS_WINDOW: usize = 64;
+
+/// Items' categories, for the coverage of a user's interests in the top 10.
+struct Categories(HashMap<String, String>);
+
+impl Categories {
+    fn of_user(&self, u: &User) -> BTreeSet<String> {
+        u.history
+            .iter()
+            .rev()
+            .take(INTERESTS_WINDOW)
+            .filter_map(|e| self.0.get(&e.item_id).cloned())
+            .collect()
+    }
+
+    fn of_list(&self, ranked: &[String]) -> BTreeSet<String> {
+        ranked
+            .iter()
+            .take(10)
+            .filter_map(|id| self.0.get(id).cloned())
+            .collect()
+    }
 }
 
 const CUTOFFS: [usize; 3] = [10, 100, 1000];
@@ -58,10 +90,23 @@ struct Tally {
     hr: [f64; 3],
     ndcg: [f64; 3],
     mrr: f64,
+    mrr10: f64,
+    /// Share of the user's interests (categories of the newest history events) among the
+    /// top 10's categories; and how many categories the top 10 holds.
+    interests: f64,
+    categories: f64,
 }
 
 impl Tally {
-    fn add(&mut self, ranked: &[String], relevant: &BTreeSet<String>) {
+    fn add(&mut self, ranked: &[String], u: &User, cats: &Categories) {
+        let (interests, shown) = (cats.of_user(u), cats.of_list(ranked));
+        if !interests.is_empty() {
+            self.interests +=
+                interests.intersection(&shown).count() as f64 / interests.len() as f64;
+        }
+        self.categories += shown.len() as f64;
+        let relevant = relevant(u);
+        let relevant = &relevant;
         self.users += 1;
         let hits: Vec<usize> = ranked
             .iter()
@@ -82,6 +127,9 @@ impl Tally {
         }
         if let Some(&first) = hits.first() {
             self.mrr += 1.0 / first as f64;
+            if first <= 10 {
+                self.mrr10 += 1.0 / first as f64;
+            }
         }
     }
 
@@ -92,7 +140,10 @@ impl Tally {
             out.insert(format!("hr@{cut}"), json!(self.hr[c] / n));
             out.insert(format!("ndcg@{cut}"), json!(self.ndcg[c] / n));
         }
+        out.insert("mrr@10".into(), json!(self.mrr10 / n));
         out.insert("mrr".into(), json!(self.mrr / n));
+        out.insert("interests@10".into(), json!(self.interests / n));
+        out.insert("categories@10".into(), json!(self.categories / n));
         out
     }
 }
@@ -126,15 +177,32 @@ pub async fn run(a: EvalArgs) -> Result<()> {
     if users.is_empty() {
         bail!("no user in {} has a held-out window", a.data.display());
     }
+    for m in &a.merges {
+        if !["max", "quota", "mmr"].contains(&m.as_str()) {
+            bail!("--merges takes max, quota and mmr, not {m:?}");
+        }
+    }
+    let cats = Categories(
+        items
+            .iter()
+            .map(|i| (i.id.clone(), i.category.clone()))
+            .collect(),
+    );
     let mut models = serde_json::Map::new();
     models.insert(
         "popularity".into(),
-        Value::Object(popularity(&all_users, &users, a.k).report(a.k)),
+        Value::Object(popularity(&all_users, &users, a.k, &cats).report(a.k)),
     );
     for (i, dir) in a.models.iter().enumerate() {
         let name = model_name(dir);
-        let (tower, mean) = evaluate(&a, dir, &name, &items, &users, i == 0).await?;
-        models.insert(name, Value::Object(tower.report(a.k)));
+        let (towers, mean) = evaluate(&a, dir, &name, &items, &users, &cats, i == 0).await?;
+        for (merge, tower) in a.merges.iter().zip(towers) {
+            let row = match a.merges.len() {
+                1 => name.clone(),
+                _ => format!("{name} ({merge})"),
+            };
+            models.insert(row, Value::Object(tower.report(a.k)));
+        }
         if let Some(mean) = mean {
             models.insert("mean-of-history".into(), Value::Object(mean.report(a.k)));
         }
@@ -182,7 +250,7 @@ fn print_table(r: &Report) {
 
 /// Items ranked by how often they appear in every user's history; each user gets the
 /// top `k` of those not already in their history.
-fn popularity(all: &[User], users: &[User], k: usize) -> Tally {
+fn popularity(all: &[User], users: &[User], k: usize, cats: &Categories) -> Tally {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for u in all {
         for e in &u.history {
@@ -200,7 +268,7 @@ fn popularity(all: &[User], users: &[User], k: usize) -> Tally {
             .take(k)
             .map(|(id, _)| id.to_string())
             .collect();
-        tally.add(&list, &relevant(u));
+        tally.add(&list, u, cats);
     }
     tally
 }
@@ -239,8 +307,9 @@ async fn evaluate(
     name: &str,
     items: &[Item],
     users: &[User],
+    cats: &Categories,
     mean: bool,
-) -> Result<(Tally, Option<Tally>)> {
+) -> Result<(Vec<Tally>, Option<Tally>)> {
     let root = a.dir.join(name);
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
@@ -269,19 +338,28 @@ async fn evaluate(
         );
         demo::ingest(&http, &base, items).await?;
 
-        let tower = rank_users(&http, users, name, a.concurrency, |u| {
-            let body = json!({
-                "history": u.history, "scenario": a.scenario, "k": a.k, "exclude_seen": true,
-            });
-            (format!("{base}/v1/recommend"), body)
-        })
-        .await?;
+        let mut towers = Vec::new();
+        for merge in &a.merges {
+            let label = format!("{name} ({merge})");
+            let tally = rank_users(&http, users, &label, a.concurrency, cats, |u| {
+                let mut body = json!({
+                    "history": u.history, "scenario": a.scenario, "k": a.k,
+                    "exclude_seen": true, "merge": merge,
+                });
+                if let (Some(l), "mmr") = (a.mmr_lambda, merge.as_str()) {
+                    body["mmr_lambda"] = json!(l);
+                }
+                (format!("{base}/v1/recommend"), body)
+            })
+            .await?;
+            towers.push(tally);
+        }
         let mean = if mean {
-            Some(mean_of_history(a, &http, &base, users).await?)
+            Some(mean_of_history(a, &http, &base, users, cats).await?)
         } else {
             None
         };
-        anyhow::Ok((tower, mean))
+        anyhow::Ok((towers, mean))
     }
     .await;
     tokio::task::spawn_blocking(move || cluster.stop()).await?;
@@ -295,6 +373,7 @@ async fn mean_of_history(
     http: &reqwest::Client,
     base: &str,
     users: &[User],
+    cats: &Categories,
 ) -> Result<Tally> {
     let manifest: Value = http
         .get(format!("{base}/v1/cluster"))
@@ -333,7 +412,7 @@ async fn mean_of_history(
         .collect()
         .await;
     let vectors: HashMap<String, Vec<f32>> = fetched.into_iter().collect::<Result<_>>()?;
-    rank_users(http, users, "mean-of-history", a.concurrency, |u| {
+    rank_users(http, users, "mean-of-history", a.concurrency, cats, |u| {
         let recent: Vec<&Vec<f32>> = u
             .history
             .iter()
@@ -364,6 +443,7 @@ async fn rank_users(
     users: &[User],
     label: &str,
     concurrency: usize,
+    cats: &Categories,
     request: impl Fn(&User) -> (String, Value),
 ) -> Result<Tally> {
     let bar = ProgressBar::new(users.len() as u64).with_style(ProgressStyle::with_template(
@@ -386,7 +466,7 @@ async fn rank_users(
     bar.finish_and_clear();
     let mut tally = Tally::default();
     for (u, r) in users.iter().zip(results) {
-        tally.add(&r?, &relevant(u));
+        tally.add(&r?, u, cats);
     }
     Ok(tally)
 }
