@@ -56,7 +56,11 @@ async fn main() -> Result<()> {
                 Some(s) => s,
                 None => dataset::movielens::recbole_ml100k()?,
             };
-            let (items, users) = dataset::movielens::convert(&source, &a.out, a.window.max(1))?;
+            let split = match a.protocol {
+                cli::Protocol::LastWindow => dataset::movielens::Split::LastWindow(a.window),
+                cli::Protocol::Recbole => dataset::movielens::Split::LeaveOneOut,
+            };
+            let (items, users) = dataset::movielens::convert(&source, &a.out, split)?;
             println!(
                 "wrote {items} items and {users} users (MovieLens-100k from {}) to {}",
                 source.display(),

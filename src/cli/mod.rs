@@ -94,13 +94,23 @@ pub enum DatasetCommand {
     Movielens(MovielensArgs),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    LastWindow,
+    Recbole,
+}
+
 #[derive(Args)]
 pub struct MovielensArgs {
     #[arg(long)]
     pub out: PathBuf,
-    /// Each user's last N ratings are held out for evaluation.
+    /// Each user's last N ratings are held out for evaluation (`--protocol last-window`).
     #[arg(long, default_value_t = 10)]
     pub window: usize,
+    /// `last-window`, or `recbole`: RecBole's leave-one-out (the last rating by time is
+    /// the test item, the one before it validation; `OUT/train` is for training).
+    #[arg(long, value_enum, default_value_t = Protocol::LastWindow)]
+    pub protocol: Protocol,
     /// Directory holding ml-100k.item and ml-100k.inter (default: the recbole package's).
     #[arg(long)]
     pub source: Option<PathBuf>,

@@ -11,11 +11,10 @@ use super::{write_jsonl, Event, Item, Meta, User};
 /// set's layout: one scenario (`homefeed`), items as "title (year) genres", each user's
 /// ratings in time order with the last `window` held out. GroupLens' terms forbid
 /// redistributing the data: it is read from the installed package, never committed.
-pub fn convert(source: &Path, out: &Path, window: usize) -> Result<(usize, usize)> {
+pub fn convert(source: &Path, out: &Path, split: Split) -> Result<(usize, usize)> {
     let read = |name: &str| -> Result<Vec<Vec<String>>> {
         let path = source.join(name);
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        // Latin-1 titles: every byte is its own code point.
         let text: String = bytes.iter().map(|&b| b as char).collect();
         Ok(text
             .lines()
@@ -47,41 +46,80 @@ pub fn convert(source: &Path, out: &Path, window: usize) -> Result<(usize, usize
             .or_default()
             .push((ts, format!("ml{}", row[1])));
     }
+    let (window, keep) = match split {
+        Split::LastWindow(w) => (w.max(1), w.max(1) + 1),
+        // A test item, a validation item and something to learn from.
+        Split::LeaveOneOut => (1, 3),
+    };
+    let timeline = |mut events: Vec<(u64, String)>| {
+        match split {
+            // By time, then id: ties keep one order.
+            Split::LastWindow(_) => events.sort(),
+            // By time, ties in file order (a stable sort), as RecBole orders them.
+            Split::LeaveOneOut => events.sort_by_key(|(ts, _)| *ts),
+        }
+        events
+    };
+    let users: Vec<(u64, Vec<(u64, String)>)> = by_user
+        .into_iter()
+        .filter(|(_, events)| events.len() >= keep)
+        .map(|(user, events)| (user, timeline(events)))
+        .collect();
     let event = |(ts, item_id): (u64, String)| Event {
         item_id,
         scenario: "homefeed".into(),
         ts,
     };
-    let users: Vec<User> = by_user
-        .into_iter()
-        .filter(|(_, events)| events.len() > window)
-        .map(|(user, mut events)| {
-            events.sort(); // by time, then id: ties keep one order
-            let holdout = events.split_off(events.len() - window);
-            User {
-                user_id: format!("u{user}"),
-                history: events.into_iter().map(event).collect(),
-                holdout: holdout.into_iter().map(event).collect(),
-            }
-        })
-        .collect();
-    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_jsonl(&out.join("items.jsonl"), &items)?;
-    write_jsonl(&out.join("users.jsonl"), &users)?;
-    let meta = Meta {
-        generator: "redrec dataset movielens (MovieLens-100k from recbole)".into(),
-        seed: 0,
-        items: items.len(),
-        users: users.len(),
-        scenarios: vec!["homefeed".into()],
+    let items_len = items.len();
+    let write = |dir: &Path, users: Vec<User>| -> Result<usize> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_jsonl(&dir.join("items.jsonl"), &items)?;
+        write_jsonl(&dir.join("users.jsonl"), &users)?;
+        let meta = Meta {
+            generator: "redrec dataset movielens (MovieLens-100k from recbole)".into(),
+            seed: 0,
+            items: items_len,
+            users: users.len(),
+            scenarios: vec!["homefeed".into()],
+        };
+        fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+        Ok(users.len())
     };
-    fs::write(out.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
-    Ok((items.len(), users.len()))
+    // Each user's timeline without its last `cut` events, the next `window` held out.
+    let held_out = |cut: usize| -> Vec<User> {
+        users
+            .iter()
+            .map(|(user, events)| {
+                let mut events = events[..events.len() - cut].to_vec();
+                let holdout = events.split_off(events.len() - window);
+                User {
+                    user_id: format!("u{user}"),
+                    history: events.into_iter().map(event).collect(),
+                    holdout: holdout.into_iter().map(event).collect(),
+                }
+            })
+            .collect()
+    };
+    let n = write(out, held_out(0))?;
+    if split == Split::LeaveOneOut {
+        // What models learn from: the timelines without their test item, the validation
+        // item (the one before it) held out.
+        write(&out.join("train"), held_out(1))?;
+    }
+    Ok((items_len, n))
 }
 
-/// Where the installed `recbole` package keeps MovieLens-100k: `$REDREC_RECBOLE_DIR`, else
-/// asked of the Python in `.redrec/data-venv` (`scripts/setup.sh --movielens`), else of
-/// `python3`.
+/// How a user's ratings are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The last N ratings held out.
+    LastWindow(usize),
+    /// RecBole's leave-one-out: by timestamp (ties in file order), the last rating is the
+    /// test item, the one before it validation; `train/` holds the timelines without the
+    /// test item, for training.
+    LeaveOneOut,
+}
+
 pub fn recbole_ml100k() -> Result<std::path::PathBuf> {
     if let Some(dir) = std::env::var_os("REDREC_RECBOLE_DIR") {
         return Ok(dir.into());
@@ -129,7 +167,10 @@ mod tests {
         )
         .unwrap();
         let out = dir.path().join("out");
-        assert_eq!(convert(dir.path(), &out, 1).unwrap(), (3, 1));
+        assert_eq!(
+            convert(dir.path(), &out, Split::LastWindow(1)).unwrap(),
+            (3, 1)
+        );
         let items: Vec<Item> = read_jsonl(&out.join("items.jsonl")).unwrap();
         assert_eq!(items[1].text, "Beta (1991) comedy drama");
         let users: Vec<User> = read_jsonl(&out.join("users.jsonl")).unwrap();
@@ -138,5 +179,35 @@ mod tests {
         let ids = |e: &[Event]| e.iter().map(|e| e.item_id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&users[0].history), ["ml1", "ml2"]);
         assert_eq!(ids(&users[0].holdout), ["ml3"]);
+    }
+
+    #[test]
+    fn recbole_protocol_leaves_the_last_rating_out_ties_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("ml-100k.item"),
+            "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n\
+             1\tA\t1990\tDrama\n2\tB\t1991\tDrama\n3\tC\t1992\tAction\n4\tD\t1993\tAction\n",
+        )
+        .unwrap();
+        // User 7 rated 4 and 2 at the same second, 4 first in the file; user 8 too little.
+        fs::write(
+            dir.path().join("ml-100k.inter"),
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n\
+             7\t3\t4\t100\n7\t4\t5\t300\n7\t2\t3\t300\n7\t1\t3\t200\n8\t1\t2\t50\n8\t2\t2\t60\n",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        assert_eq!(
+            convert(dir.path(), &out, Split::LeaveOneOut).unwrap(),
+            (4, 1)
+        );
+        let ids = |e: &[Event]| e.iter().map(|e| e.item_id.clone()).collect::<Vec<_>>();
+        let test: Vec<User> = read_jsonl(&out.join("users.jsonl")).unwrap();
+        assert_eq!(ids(&test[0].history), ["ml3", "ml1", "ml4"]);
+        assert_eq!(ids(&test[0].holdout), ["ml2"]);
+        let train: Vec<User> = read_jsonl(&out.join("train/users.jsonl")).unwrap();
+        assert_eq!(ids(&train[0].history), ["ml3", "ml1"]);
+        assert_eq!(ids(&train[0].holdout), ["ml4"]);
     }
 }
