@@ -231,4 +231,17 @@ fn bad_requests_get_json_4xx_answers() {
     };
     assert_eq!(s, 200);
     assert!(metrics.contains("redrec_http_requests_total"), "{metrics}");
+    // Valid exposition text, latencies as histograms (per route and per group).
+    let types = check_exposition(&metrics);
+    for family in [
+        "redrec_http_request_duration_seconds",
+        "redrec_group_read_duration_seconds",
+        "redrec_recommend_coverage_ratio",
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some("histogram"),
+            "{family}"
+        );
+    }
 }

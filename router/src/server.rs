@@ -9,7 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redrec_wire::auth::{self, Access, Route, Scope};
 use redrec_wire::{with_fallbacks, Json, Path};
 
@@ -23,16 +23,26 @@ use crate::{ingest, recommend, search};
 
 type Reply<T> = Result<axum::Json<T>, RouterError>;
 
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+/// Buckets for shares (coverage).
+const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.99, 1.0];
+
 /// The process's Prometheus recorder (one per process, whatever number of routers).
 fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .unwrap_or_else(|e| {
-                tracing::warn!("metrics recorder already installed elsewhere: {e}");
-                PrometheusBuilder::new().build_recorder().handle()
-            })
+        // Histograms, not summaries: buckets aggregate across routers and over time.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_ratio".into()), RATIO_BUCKETS))
+            .expect("bucket lists are not empty");
+        builder.install_recorder().unwrap_or_else(|e| {
+            tracing::warn!("metrics recorder already installed elsewhere: {e}");
+            PrometheusBuilder::new().build_recorder().handle()
+        })
     })
 }
 

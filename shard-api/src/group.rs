@@ -173,6 +173,8 @@ impl Group {
                     Ok(v) => {
                         self.latency.record(took);
                         policy.all_groups.record(took);
+                        metrics::histogram!("redrec_group_read_duration_seconds",
+                            "group" => self.index.to_string()).record(took.as_secs_f64());
                         if hedged {
                             metrics::counter!("redrec_hedged_reads_won_total",
                                 "group" => self.index.to_string()).increment(1);

@@ -165,3 +165,107 @@ pub fn within<T>(limit: Duration, f: impl FnOnce() -> T) -> (T, Duration) {
     (out, took)
 }
 pub mod raft;
+
+/// Checks Prometheus' text exposition format strictly (what `promtool check metrics`
+/// checks of the format): every sample line is `name{labels} value`, a family's `# TYPE`
+/// comes before its samples and once, and every histogram has increasing `le` buckets
+/// ending in `+Inf` whose counts never fall and equal its `_count`. Returns the families
+/// by type.
+pub fn check_exposition(text: &str) -> std::collections::BTreeMap<String, String> {
+    use std::collections::BTreeMap;
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    // histogram family + labels other than le -> (le, count) in order, and its _count
+    let mut buckets: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(valid_name(name), "bad metric name in {line:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad type in {line:?}"
+            );
+            assert!(
+                types.insert(name.into(), kind.into()).is_none(),
+                "two TYPE lines for {name}"
+            );
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => {
+                let l = l
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed {line:?}"));
+                (n, l)
+            }
+            None => (series, ""),
+        };
+        assert!(valid_name(name), "bad metric name in {line:?}");
+        let mut le = None;
+        let mut others = Vec::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label in {line:?}"));
+            assert!(valid_name(k), "bad label name in {line:?}");
+            let v = v.trim_end_matches('"');
+            if k == "le" {
+                le = Some(v.to_string());
+            } else {
+                others.push(format!("{k}={v}"));
+            }
+        }
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{name}: sample before its # TYPE"));
+        if kind == "histogram" {
+            let key = (family.to_string(), others.join(","));
+            if name.ends_with("_bucket") {
+                let le = le.unwrap_or_else(|| panic!("bucket without le: {line:?}"));
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                buckets.entry(key).or_default().push((le, value));
+            } else if name.ends_with("_count") {
+                counts.insert(key, value);
+            }
+        }
+    }
+    for (key, b) in &buckets {
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{key:?}: {b:?}"
+        );
+        let last = b.last().unwrap();
+        assert!(last.0.is_infinite(), "{key:?} has no +Inf bucket");
+        assert_eq!(
+            Some(&last.1),
+            counts.get(key),
+            "{key:?}: +Inf bucket != _count"
+        );
+    }
+    types
+}
