@@ -118,7 +118,7 @@ pub struct RecommendRequest {
     pub exclude_seen: bool,
     #[serde(default)]
     pub merge: MergeMode,
-    /// With `merge: "mmr"`: weight of relevance against novelty, 0 to 1 (default 0.5).
+    /// With `merge: "mmr"`: weight of relevance against novelty, 0 to 1 (default 0.8).
     #[serde(default)]
     pub mmr_lambda: Option<f32>,
     /// `strong` reads every shard group on its leader after a ReadIndex round, so the

@@ -149,7 +149,7 @@ async fn history_vectors(
 }
 
 /// Relevance against novelty in an MMR merge, unless the request says.
-const DEFAULT_MMR_LAMBDA: f32 = 0.5;
+const DEFAULT_MMR_LAMBDA: f32 = 0.8;
 
 pub async fn recommend(
     state: &RouterState,
