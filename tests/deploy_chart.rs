@@ -83,12 +83,16 @@ fn chart_lints_and_renders_valid_objects() {
         let report = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{values:?}: {report}");
-        // The only object without a Kubernetes schema is the optional ServiceMonitor (a CRD).
+        // The only objects without a Kubernetes schema are the optional ServiceMonitor and
+        // PrometheusRule (the Prometheus Operator's CRDs).
         for line in report
             .lines()
             .filter(|l| l.contains("Couldn't find schema"))
         {
-            assert!(line.contains("ServiceMonitor"), "{line}");
+            assert!(
+                line.contains("ServiceMonitor") || line.contains("PrometheusRule"),
+                "{line}"
+            );
         }
         let kinds: Vec<&str> = rendered
             .lines()
@@ -117,6 +121,7 @@ fn chart_lints_and_renders_valid_objects() {
     assert!(!tls.contains("http://"), "plain http left in: {tls}");
     assert_eq!(tls.matches("REDREC_TLS_CERT").count(), 3);
     assert!(tls.contains("scheme: HTTPS"));
+    monitoring_uses_exported_metrics(&tls);
     // Collection settings and the memory budget reach the shard nodes, read settings the
     // routers.
     let large = render(&["helm/redrec/ci/large-catalogue-values.yaml"]);
@@ -131,6 +136,87 @@ fn chart_lints_and_renders_valid_objects() {
     }
 }
 
+/// The Grafana dashboard (a ConfigMap for Grafana's sidecar, valid JSON with panels) and
+/// the alert rules are rendered, and every redrec metric they query is one the code
+/// exports (a renamed metric would leave a panel or an alert silently empty).
+fn monitoring_uses_exported_metrics(rendered: &str) {
+    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(rendered)
+        .map(|d| Yaml::deserialize(d).unwrap())
+        .filter(|d| !d.is_null())
+        .collect();
+    let dashboard = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap");
+    let json: Value = serde_json::from_str(dashboard["data"]["redrec.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    let panels = json["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{json}");
+    let rules = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("the PrometheusRule");
+    let alerts: Vec<&str> = rules["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for want in [
+        "RedrecGroupWithoutLeader",
+        "RedrecReplicaLagging",
+        "RedrecCoverageBelowOne",
+        "RedrecEncoderOverloaded",
+        "RedrecMemoryNearBudget",
+    ] {
+        assert!(alerts.contains(&want), "{want} missing from {alerts:?}");
+    }
+    // Every metric name in the queries, and the sources they must appear in.
+    let queries = serde_yaml::to_string(rules).unwrap()
+        + &panels
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap())
+            .map(|t| t["expr"].as_str().unwrap().to_string() + "\n")
+            .collect::<String>();
+    let mut sources = String::new();
+    for dir in [
+        "router/src",
+        "shard-api/src",
+        "shard/src",
+        "encoder/src",
+        "wire/src",
+    ] {
+        let mut stack = vec![Path::new(ROOT).join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    sources += &std::fs::read_to_string(&p).unwrap();
+                }
+            }
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = queries
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("redrec_"))
+        .map(|w| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| w.strip_suffix(s))
+                .unwrap_or(w)
+        })
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            sources.contains(&format!("\"{name}\"")),
+            "{name} is queried but no code exports it"
+        );
+    }
+}
+
 /// A role's container as rendered: its args and its environment, with config maps and the
 /// downward API resolved as Kubernetes would for `pod`.
 struct Role {
@@ -141,7 +227,12 @@ struct Role {
 fn role(docs: &[Yaml], kind: &str, name: &str, pod: &str, ordinal: usize) -> Role {
     let config: HashMap<String, String> = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap")
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-config"))
+        })
         .and_then(|d| d["data"].as_mapping())
         .map(|m| {
             m.iter()

@@ -178,4 +178,29 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
     for g in cluster["shards"].as_array().unwrap() {
         assert!(g["ram_per_item"].as_f64() > Some(0.0), "{g}");
     }
+    // What the alerts read: each group has a leader, each replica is up and how far
+    // behind, each node's RAM; the exposition is valid.
+    let metrics = http()
+        .get(format!("{}/metrics", router.addr))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let types = check_exposition(&metrics);
+    for gauge in [
+        "redrec_group_has_leader",
+        "redrec_replica_up",
+        "redrec_replica_apply_lag_entries",
+        "redrec_node_ram_bytes",
+    ] {
+        assert_eq!(types.get(gauge).map(String::as_str), Some("gauge"), "{gauge}");
+    }
+    for g in 0..2 {
+        assert!(
+            metrics.contains(&format!("redrec_group_has_leader{{group=\"{g}\"}} 1")),
+            "{metrics}"
+        );
+    }
+    assert_eq!(metrics.matches("redrec_replica_up{").count(), 6, "{metrics}");
+    assert_eq!(metrics.matches("redrec_node_ram_bytes{").count(), 3, "{metrics}");
 }

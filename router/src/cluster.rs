@@ -83,6 +83,11 @@ impl ClusterView {
             .clone()
     }
 
+    /// The client every call to the nodes shares.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn meta_addrs(&self) -> &[String] {
         &self.meta
     }

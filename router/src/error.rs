@@ -62,7 +62,11 @@ impl IntoResponse for RouterError {
                 HttpError::new(StatusCode::INSUFFICIENT_STORAGE, MEMORY_BUDGET, m)
             }
             // Mapped as the encoder service maps them, in-process or remote alike.
-            Self::Encoder(e) => redrec_encoder::server::http_error(e),
+            Self::Encoder(e) => {
+                let e = redrec_encoder::server::http_error(e);
+                metrics::counter!("redrec_encoder_errors_total", "code" => e.code).increment(1);
+                e
+            }
         };
         e.into_response()
     }

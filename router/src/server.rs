@@ -91,7 +91,9 @@ async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
 
 async fn metrics_text(State(s): State<RouterState>) -> impl IntoResponse {
     // The shards' figures are gauges: taken now, for this scrape.
-    crate::survey::record(&crate::survey::shards(&s).await);
+    let (shards, nodes) = tokio::join!(crate::survey::shards(&s), crate::survey::nodes(&s));
+    crate::survey::record(&shards);
+    crate::survey::record_nodes(&nodes);
     (
         [(
             axum::http::header::CONTENT_TYPE,

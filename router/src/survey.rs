@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use redrec_shard_api::points::Memory;
 use redrec_shard_api::slots::SLOTS;
+use redrec_shard_api::status::NodeStatus;
 use redrec_shard_api::ShardClient;
 
 use crate::api::{ClusterResponse, MapSummary, ReplicaInfo, ShardStatus};
@@ -109,12 +110,56 @@ pub async fn cluster(s: &RouterState) -> ClusterResponse {
     }
 }
 
-/// Sets the per-group and per-replica gauges from a survey.
+/// Every node of the cluster map (none for a fixed cluster), each asked at once.
+pub async fn nodes(s: &RouterState) -> Vec<NodeStatus> {
+    let cluster = s.cluster.get();
+    let Some(map) = &cluster.map else {
+        return Vec::new();
+    };
+    let http = s.cluster.http();
+    let asks = map
+        .nodes
+        .values()
+        .map(|n| ShardClient::new(n.addr.clone(), http.clone()));
+    join_all(asks.map(|c| async move { c.node_status(ASK).await.ok() }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Sets the per-node gauges: RAM the node's replicas use, and its budget.
+pub fn record_nodes(nodes: &[NodeStatus]) {
+    for n in nodes {
+        let node = n.node.to_string();
+        metrics::gauge!("redrec_node_ram_bytes", "node" => node.clone()).set(n.memory.ram() as f64);
+        if let Some(budget) = n.budget {
+            metrics::gauge!("redrec_node_memory_budget_bytes", "node" => node).set(budget as f64);
+        }
+    }
+}
+
+/// Sets the per-group and per-replica gauges from a survey: points, whether the group
+/// has a leader, each replica's liveness and how far it is behind its leader, memory.
 pub fn record(shards: &[ShardStatus]) {
     for g in shards {
         let group = g.group.to_string();
         if let Some(points) = g.points {
             metrics::gauge!("redrec_group_points", "group" => group.clone()).set(points as f64);
+        }
+        if !g.replicas.is_empty() {
+            let leader = g.replicas.iter().find(|r| r.leader == Some(true));
+            metrics::gauge!("redrec_group_has_leader", "group" => group.clone())
+                .set(if leader.is_some() { 1.0 } else { 0.0 });
+            for r in &g.replicas {
+                let replica = r.addr.clone();
+                metrics::gauge!("redrec_replica_up", "group" => group.clone(), "replica" => replica.clone())
+                    .set(if r.up { 1.0 } else { 0.0 });
+                if let (Some(l), Some(a)) = (leader.and_then(|l| l.applied), r.applied) {
+                    metrics::gauge!("redrec_replica_apply_lag_entries", "group" => group.clone(), "replica" => replica)
+                        .set(l.saturating_sub(a) as f64);
+                }
+            }
         }
         // A lone shard is its own one replica.
         let lone;
