@@ -20,6 +20,7 @@ use crate::points::{
 };
 use crate::slots::{DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse};
 use crate::status::{Digest, GroupStatus, NodeStatus};
+use crate::users::{EventsRequest, Keyspace, UserHistory, UsersRequest, UsersResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardClientError {
@@ -198,9 +199,11 @@ impl ShardClient {
         self.call::<(), _>("/status", None, timeout).await
     }
 
-    /// A page of a replica's points, with vectors, optionally only those in `slots`.
+    /// A page of a replica's points (of `keyspace`), with vectors, optionally only those
+    /// in `slots`.
     pub async fn scroll(
         &self,
+        keyspace: Keyspace,
         cursor: Option<String>,
         limit: usize,
         slots: Option<Vec<u16>>,
@@ -210,8 +213,43 @@ impl ShardClient {
             cursor,
             limit,
             slots,
+            keyspace,
         };
         self.call("/scroll", Some(&req), timeout).await
+    }
+
+    /// Adds users' events (through the group's log; on the leader).
+    pub async fn add_events(
+        &self,
+        req: &EventsRequest,
+        timeout: Duration,
+    ) -> Result<usize, ShardClientError> {
+        let r: WriteResponse = self.call("/events", Some(req), timeout).await?;
+        Ok(r.written)
+    }
+
+    /// The stored histories of users `ids` (those that have one).
+    pub async fn histories(
+        &self,
+        ids: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<UserHistory>, ShardClientError> {
+        let r: UsersResponse = self
+            .call("/users/get", Some(&UsersRequest { ids }), timeout)
+            .await?;
+        Ok(r.users)
+    }
+
+    /// Removes everything stored about users `ids`; how many had a history.
+    pub async fn forget_users(
+        &self,
+        ids: Vec<String>,
+        timeout: Duration,
+    ) -> Result<usize, ShardClientError> {
+        let r: WriteResponse = self
+            .call("/users/delete", Some(&UsersRequest { ids }), timeout)
+            .await?;
+        Ok(r.written)
     }
 
     /// Sets the state of `slots` in the group (through its log; on the leader).

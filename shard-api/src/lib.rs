@@ -15,6 +15,7 @@ pub mod points;
 pub mod reads;
 pub mod slots;
 pub mod status;
+pub mod users;
 
 pub use client::{ShardClient, ShardClientError};
 pub use group::Group;

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::users::Keyspace;
+
 pub type Payload = Map<String, Value>;
 
 /// The payload key under which a point keeps its item id (Qdrant's point ids are UUIDs);
@@ -154,6 +156,10 @@ pub struct ScrollRequest {
     /// before the last).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<Vec<u16>>,
+    /// Items (default) or users' histories (as points: the user id, a placeholder vector,
+    /// the events in the payload).
+    #[serde(default, skip_serializing_if = "Keyspace::is_items")]
+    pub keyspace: Keyspace,
 }
 
 fn default_page() -> usize {

@@ -135,6 +135,9 @@ pub struct MigrateRequest {
     pub upsert: Vec<crate::points::Point>,
     #[serde(default)]
     pub delete: Vec<String>,
+    /// Which store the copies are for.
+    #[serde(default, skip_serializing_if = "crate::users::Keyspace::is_items")]
+    pub keyspace: crate::users::Keyspace,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ pub mod raft;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod users;
 
 pub use redrec_shard_api::slots;
 pub use serve::{serve, ShardConfig};

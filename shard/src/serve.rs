@@ -63,13 +63,15 @@ pub struct NodeSettings {
 pub async fn serve(cfg: ShardConfig) -> Result<()> {
     let Some(settings) = cfg.node else {
         let (data, dim, collection) = (cfg.data.clone(), cfg.dim, cfg.collection.clone());
-        let store = tokio::task::spawn_blocking(move || {
-            EdgeStore::open(&data, dim, &collection)
-                .with_context(|| format!("opening {}", data.display()))
+        let (store, users) = tokio::task::spawn_blocking(move || {
+            let store = EdgeStore::open(&data, dim, &collection)
+                .with_context(|| format!("opening {}", data.display()))?;
+            let users = crate::users::open(&data.join("users"))?;
+            anyhow::Ok((store, users))
         })
         .await??;
         let guard = Guard::new(None, cfg.cluster_token.as_ref());
-        let app = crate::server::lone(Arc::new(store), cfg.budget, &guard);
+        let app = crate::server::lone(Arc::new(store), Arc::new(users), cfg.budget, &guard);
         redrec_wire::serve("shard", cfg.listen, app, cfg.options).await?;
         return Ok(());
     };

@@ -18,6 +18,7 @@ use raft::eraftpb::{Entry, EntryType, Snapshot};
 use redrec_shard_api::codes::{SLOT_MOVING, WRONG_SLOT};
 use redrec_shard_api::points::{Point, StoredPoint};
 use redrec_shard_api::slots::{slot_of, SlotGuard, SlotState};
+use redrec_shard_api::users::{Keyspace, UserEvent};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::SnapshotSource;
@@ -43,12 +44,21 @@ pub enum Command {
     Migrate {
         upsert: Vec<Point>,
         delete: Vec<String>,
+        #[serde(default)]
+        keyspace: Keyspace,
     },
     /// The end of a move out: the slots become `Absent` and their points are deleted.
     DropSlots {
         version: u64,
         slots: Vec<u16>,
     },
+    /// Users' events, each user keeping its newest `keep`.
+    Events {
+        keep: usize,
+        events: Vec<UserEvent>,
+    },
+    /// Everything stored about these users goes.
+    ForgetUsers(Vec<String>),
 }
 
 impl Command {
@@ -98,6 +108,8 @@ struct Persisted {
 pub struct StateMachine {
     group: u64,
     store: Arc<dyn VectorStore>,
+    /// Users' histories (`dir/users`).
+    users: Arc<dyn VectorStore>,
     /// Where a snapshot's points come from.
     source: Arc<dyn SnapshotSource>,
     path: PathBuf,
@@ -123,9 +135,12 @@ impl StateMachine {
     ) -> Result<Self, MachineError> {
         let path = dir.join("applied.json");
         let persisted: Persisted = load_json(&path)?;
+        let users = crate::users::open(&dir.join("users"))
+            .map_err(|e| MachineError::State(format!("users' store: {e:#}")))?;
         Ok(Self {
             group,
             store,
+            users: Arc::new(users),
             source,
             path,
             applied: persisted.applied,
@@ -135,6 +150,17 @@ impl StateMachine {
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
         &self.store
+    }
+
+    pub fn users(&self) -> &Arc<dyn VectorStore> {
+        &self.users
+    }
+
+    fn keyspace(&self, keyspace: Keyspace) -> &Arc<dyn VectorStore> {
+        match keyspace {
+            Keyspace::Items => &self.store,
+            Keyspace::Users => &self.users,
+        }
     }
 
     /// The slots this group serves, as of the applied index.
@@ -182,7 +208,12 @@ impl StateMachine {
     }
 
     /// Applies a slot move's copies to the slots still `Incoming` here.
-    fn migrate(&self, upsert: Vec<Point>, delete: Vec<String>) -> Result<usize, MachineError> {
+    fn migrate(
+        &self,
+        upsert: Vec<Point>,
+        delete: Vec<String>,
+        keyspace: Keyspace,
+    ) -> Result<usize, MachineError> {
         let (upsert, delete): (Vec<Point>, Vec<String>) = {
             let guard = self.guard();
             let incoming = |id: &str| guard.of(id) == SlotState::Incoming;
@@ -191,38 +222,41 @@ impl StateMachine {
                 delete.into_iter().filter(|id| incoming(id)).collect(),
             )
         };
+        let store = self.keyspace(keyspace);
         let mut n = 0;
         if !upsert.is_empty() {
-            n += self.store.upsert(upsert)?;
+            n += store.upsert(upsert)?;
         }
         if !delete.is_empty() {
-            n += self.store.delete(&delete)?;
+            n += store.delete(&delete)?;
         }
         Ok(n)
     }
 
-    /// Marks `slots` absent and deletes their points.
+    /// Marks `slots` absent and deletes their points and users.
     fn drop_slots(&self, version: u64, slots: &[u16]) -> Result<usize, MachineError> {
         self.guard_mut().set(version, slots, SlotState::Absent);
         let wanted: HashSet<usize> = slots.iter().map(|&s| s as usize).collect();
-        let mut ids = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.store.scroll(cursor.as_deref(), 4096)?;
-            ids.extend(
-                page.points
-                    .into_iter()
-                    .filter(|p| wanted.contains(&slot_of(&p.id)))
-                    .map(|p| p.id),
-            );
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
         let mut n = 0;
-        for chunk in ids.chunks(4096) {
-            n += self.store.delete(chunk)?;
+        for store in [&self.store, &self.users] {
+            let mut ids = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store.scroll(cursor.as_deref(), 4096)?;
+                ids.extend(
+                    page.points
+                        .into_iter()
+                        .filter(|p| wanted.contains(&slot_of(&p.id)))
+                        .map(|p| p.id),
+                );
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            for chunk in ids.chunks(4096) {
+                n += store.delete(chunk)?;
+            }
         }
         Ok(n)
     }
@@ -241,9 +275,26 @@ impl StateMachine {
                 self.guard_mut().set(version, &slots, state);
                 Applied::Write(slots.len())
             }
-            Command::Migrate { upsert, delete } => match check_points(&upsert, self.store.dim()) {
+            Command::Migrate {
+                upsert,
+                delete,
+                keyspace,
+            } => match check_points(&upsert, self.keyspace(keyspace).dim()) {
                 Err(e) => Applied::Rejected(e.to_string()),
-                Ok(()) => Applied::Write(self.migrate(upsert, delete)?),
+                Ok(()) => Applied::Write(self.migrate(upsert, delete, keyspace)?),
+            },
+            Command::Events { keep, events } => {
+                match self.refuse(events.iter().map(|e| e.user_id.as_str())) {
+                    Some(refused) => refused,
+                    None => match crate::users::add(self.users.as_ref(), events, keep) {
+                        Err(StoreError::BadRequest(m)) => Applied::Rejected(m),
+                        r => Applied::Write(r?),
+                    },
+                }
+            }
+            Command::ForgetUsers(ids) => match self.refuse(ids.iter().map(String::as_str)) {
+                Some(refused) => refused,
+                None => Applied::Write(self.users.delete(&ids)?),
             },
             Command::DropSlots { version, slots } => {
                 Applied::Write(self.drop_slots(version, &slots)?)
@@ -332,35 +383,40 @@ impl Machine for StateMachine {
         };
         self.begin_restore()?;
         *self.guard_mut() = slots;
-        let store = self.store.clone();
         let points = std::cell::Cell::new(0usize);
-        let mut sink = |page: Vec<StoredPoint>| -> Result<(), String> {
-            let page: Vec<Point> = page
-                .into_iter()
-                .filter_map(|p| {
-                    Some(Point {
-                        vector: p.vector?,
-                        id: p.id,
-                        payload: p.payload,
-                    })
-                })
-                .collect();
-            points.set(points.get() + page.len());
-            store.upsert(page).map(|_| ()).map_err(|e| e.to_string())
-        };
         let mut attempt = 0;
-        loop {
-            match self.source.pull(self.group, leader, &mut sink) {
-                Ok(()) => break,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!("snapshot pull failed ({e}); retrying");
-                    self.store.clear()?;
-                    points.set(0);
-                    std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+        'pull: loop {
+            for keyspace in [Keyspace::Items, Keyspace::Users] {
+                let store = self.keyspace(keyspace).clone();
+                let mut sink = |page: Vec<StoredPoint>| -> Result<(), String> {
+                    let page: Vec<Point> = page
+                        .into_iter()
+                        .filter_map(|p| {
+                            Some(Point {
+                                vector: p.vector?,
+                                id: p.id,
+                                payload: p.payload,
+                            })
+                        })
+                        .collect();
+                    points.set(points.get() + page.len());
+                    store.upsert(page).map(|_| ()).map_err(|e| e.to_string())
+                };
+                match self.source.pull(self.group, leader, keyspace, &mut sink) {
+                    Ok(()) => continue,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::warn!("snapshot pull failed ({e}); retrying");
+                        self.store.clear()?;
+                        self.users.clear()?;
+                        points.set(0);
+                        std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+                        continue 'pull;
+                    }
+                    Err(e) => return Err(MachineError::Snapshot(e)),
                 }
-                Err(e) => return Err(MachineError::Snapshot(e)),
             }
+            break;
         }
         self.finish_restore(AppliedState {
             index: meta.index,
@@ -412,6 +468,7 @@ impl StateMachine {
             .map_err(io)?;
         sync_dir(&marker).map_err(io)?;
         self.store.clear()?;
+        self.users.clear()?;
         Ok(())
     }
 
@@ -430,6 +487,7 @@ impl StateMachine {
     /// Empties a replica whose restore was cut short (its log is emptied by the caller).
     pub fn reset(&mut self) -> Result<(), MachineError> {
         self.store.clear()?;
+        self.users.clear()?;
         *self.guard_mut() = SlotGuard::default();
         self.finish_restore(AppliedState::default())
     }
@@ -446,109 +504,5 @@ impl StateMachine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::group::snapshot::NoSource;
-    use crate::store::edge::EdgeStore;
-
-    fn entry(index: u64, cmd: Option<Command>) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            data: cmd.map(|c| c.encode()).unwrap_or_default().into(),
-            ..Default::default()
-        }
-    }
-
-    fn point(id: &str, x: f32) -> Point {
-        let mut vector = vec![0.0; 4];
-        vector[0] = x;
-        Point {
-            id: id.into(),
-            vector,
-            payload: Default::default(),
-        }
-    }
-
-    #[test]
-    fn applies_in_order_once_and_resumes_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let store: Arc<dyn VectorStore> = Arc::new(
-                EdgeStore::open(&dir.path().join("shard"), 4, &Default::default()).unwrap(),
-            );
-            StateMachine::open(1, store, Arc::new(NoSource), dir.path()).unwrap()
-        };
-        let entries = vec![
-            entry(1, None),
-            entry(
-                2,
-                Some(Command::Upsert(vec![point("a", 1.0), point("b", 2.0)])),
-            ),
-            entry(3, Some(Command::Delete(vec!["a".into()]))),
-            entry(4, Some(Command::Upsert(vec![point("c", f32::NAN)]))),
-        ];
-        {
-            let mut m = open();
-            let out = m.apply(&entries[..3]).unwrap();
-            assert_eq!(
-                out,
-                vec![
-                    (1, Applied::Noop),
-                    (2, Applied::Write(2)),
-                    (3, Applied::Write(1))
-                ]
-            );
-            assert_eq!(m.applied().index, 3);
-        }
-        let mut m = open();
-        assert_eq!(m.applied().index, 3);
-        // Entries already applied are skipped; the bad one is rejected, not fatal.
-        let out = m.apply(&entries).unwrap();
-        assert_eq!(out.len(), 1);
-        assert!(matches!(out[0], (4, Applied::Rejected(_))), "{out:?}");
-        let ids: Vec<String> = m
-            .store()
-            .get(&["a".into(), "b".into()], false)
-            .unwrap()
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
-        assert_eq!(ids, vec!["b".to_string()]);
-    }
-
-    #[test]
-    fn runs_of_upserts_apply_as_one_write_and_keep_log_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn VectorStore> =
-            Arc::new(EdgeStore::open(&dir.path().join("shard"), 4, &Default::default()).unwrap());
-        let mut m = StateMachine::open(1, store, Arc::new(NoSource), dir.path()).unwrap();
-        let entries = vec![
-            entry(
-                1,
-                Some(Command::Upsert(vec![point("a", 1.0), point("b", 1.0)])),
-            ),
-            entry(2, Some(Command::Upsert(vec![point("c", 1.0)]))),
-            // The same id again: must land after entry 1's, not be merged with it.
-            entry(3, Some(Command::Upsert(vec![point("a", 2.0)]))),
-            entry(4, Some(Command::Upsert(vec![point("", 1.0)]))),
-            entry(5, Some(Command::Delete(vec!["b".into()]))),
-            entry(6, Some(Command::Upsert(vec![point("b", 3.0)]))),
-        ];
-        let out = m.apply(&entries).unwrap();
-        let kinds: Vec<_> = out.iter().map(|(i, a)| (*i, a.clone())).collect();
-        assert_eq!(kinds[0], (1, Applied::Write(2)));
-        assert_eq!(kinds[1], (2, Applied::Write(1)));
-        assert_eq!(kinds[2], (3, Applied::Write(1)));
-        assert!(matches!(kinds[3], (4, Applied::Rejected(_))));
-        assert_eq!(kinds[4], (5, Applied::Write(1)));
-        assert_eq!(kinds[5], (6, Applied::Write(1)));
-        let got = m
-            .store()
-            .get(&["a".into(), "b".into(), "c".into()], true)
-            .unwrap();
-        let first: Vec<f32> = got.iter().map(|p| p.vector.as_ref().unwrap()[0]).collect();
-        assert_eq!(first, vec![2.0, 3.0, 1.0]);
-        assert_eq!(m.applied().index, 6);
-    }
-}
+#[path = "machine_tests.rs"]
+mod tests;

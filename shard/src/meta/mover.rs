@@ -28,6 +28,7 @@ use redrec_shard_api::map::{ClusterMap, MetaCommand, MovePhase, SlotMove};
 use redrec_shard_api::points::{point_uuid, Point, StoredPoint};
 use redrec_shard_api::slots::{MigrateRequest, SlotState};
 use redrec_shard_api::status::NodeStatus;
+use redrec_shard_api::users::Keyspace;
 use redrec_shard_api::{Group, ShardClient, ShardClientError};
 
 /// What the mover needs of the node it runs on, and nothing more: the meta replica's
@@ -249,12 +250,19 @@ impl<C: MetaConsensus> Mover<'_, C> {
             set_slots(&b, v, &m.slots, SlotState::Incoming)
                 .await
                 .map_err(err_b)?;
-            let copied = copy(&a, &b, &m.slots).await.map_err(err_a)?;
+            // Items, then users' histories, of the moving slots.
+            let mut copied = 0;
+            for keyspace in [Keyspace::Items, Keyspace::Users] {
+                copied += copy(&a, &b, &m.slots, keyspace).await.map_err(err_a)?;
+            }
             set_slots(&a, v, &m.slots, SlotState::Fenced)
                 .await
                 .map_err(err_a)?;
             let fenced = Instant::now();
-            let caught_up = reconcile(&a, &b, m).await?;
+            let mut caught_up = 0;
+            for keyspace in [Keyspace::Items, Keyspace::Users] {
+                caught_up += reconcile(&a, &b, m, keyspace).await?;
+            }
             self.propose(MetaCommand::FlipMove { id: m.id }).await?;
             tracing::info!(
                 id = m.id,
@@ -332,6 +340,7 @@ async fn set_slots(
 /// applied the last slot change).
 struct Pages<'a> {
     group: &'a Group,
+    keyspace: Keyspace,
     slots: Vec<u16>,
     buf: VecDeque<StoredPoint>,
     cursor: Option<String>,
@@ -340,9 +349,10 @@ struct Pages<'a> {
 }
 
 impl<'a> Pages<'a> {
-    fn new(group: &'a Group, slots: &[u16]) -> Self {
+    fn new(group: &'a Group, slots: &[u16], keyspace: Keyspace) -> Self {
         Self {
             group,
+            keyspace,
             slots: slots.to_vec(),
             buf: VecDeque::new(),
             cursor: None,
@@ -354,11 +364,12 @@ impl<'a> Pages<'a> {
     async fn fill(&mut self) -> Result<(), ShardClientError> {
         while self.buf.is_empty() && !self.done {
             let (cursor, slots) = (self.cursor.clone(), self.slots.clone());
+            let keyspace = self.keyspace;
             let page = self
                 .group
                 .leader_call(deadline(), |c, left| {
                     let (cursor, slots) = (cursor.clone(), slots.clone());
-                    async move { c.scroll(cursor, PAGE, Some(slots), left).await }
+                    async move { c.scroll(keyspace, cursor, PAGE, Some(slots), left).await }
                 })
                 .await?;
             self.buf.extend(page.points);
@@ -410,9 +421,14 @@ async fn migrate(b: &Group, req: MigrateRequest) -> Result<usize, ShardClientErr
     .await
 }
 
-/// Step 2: every point A holds in the slots, into B.
-async fn copy(a: &Group, b: &Group, slots: &[u16]) -> Result<usize, ShardClientError> {
-    let mut pages = Pages::new(a, slots);
+/// Step 2: every point (of `keyspace`) A holds in the slots, into B.
+async fn copy(
+    a: &Group,
+    b: &Group,
+    slots: &[u16],
+    keyspace: Keyspace,
+) -> Result<usize, ShardClientError> {
+    let mut pages = Pages::new(a, slots, keyspace);
     let mut copied = 0;
     loop {
         let page = pages.next_page().await?;
@@ -426,18 +442,31 @@ async fn copy(a: &Group, b: &Group, slots: &[u16]) -> Result<usize, ShardClientE
             MigrateRequest {
                 upsert,
                 delete: vec![],
+                keyspace,
             },
         )
         .await?;
     }
 }
 
-/// Step 4: B made equal to the fenced A, comparing both in point-id order; returns how
-/// many points had to be written or deleted.
-async fn reconcile(a: &Group, b: &Group, m: &SlotMove) -> Result<usize, StepError> {
+/// Step 4: B made equal to the fenced A (in `keyspace`), comparing both in point-id
+/// order; returns how many points had to be written or deleted.
+async fn reconcile(
+    a: &Group,
+    b: &Group,
+    m: &SlotMove,
+    keyspace: Keyspace,
+) -> Result<usize, StepError> {
     let (err_a, err_b) = (on(m.from), on(m.to));
-    let (mut pa, mut pb) = (Pages::new(a, &m.slots), Pages::new(b, &m.slots));
-    let mut batch = MigrateRequest::default();
+    let (mut pa, mut pb) = (
+        Pages::new(a, &m.slots, keyspace),
+        Pages::new(b, &m.slots, keyspace),
+    );
+    let fresh = || MigrateRequest {
+        keyspace,
+        ..Default::default()
+    };
+    let mut batch = fresh();
     let mut changed = 0;
     loop {
         let ka = pa.peek().await.map_err(err_a)?.map(|p| point_uuid(&p.id));
@@ -469,7 +498,7 @@ async fn reconcile(a: &Group, b: &Group, m: &SlotMove) -> Result<usize, StepErro
         }
         if batch.upsert.len() + batch.delete.len() >= PAGE {
             changed += batch.upsert.len() + batch.delete.len();
-            migrate(b, std::mem::take(&mut batch))
+            migrate(b, std::mem::replace(&mut batch, fresh()))
                 .await
                 .map_err(err_b)?;
         }

@@ -195,6 +195,7 @@ impl Node {
             }
             let kind = Kind::Shard {
                 store: machine.store().clone(),
+                users: machine.users().clone(),
                 slots: machine.slots(),
             };
             let machine: Box<dyn Machine> = Box::new(machine);

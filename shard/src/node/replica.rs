@@ -18,6 +18,8 @@ pub enum Kind {
     /// A shard group's replica: its Qdrant shard and the slots it serves.
     Shard {
         store: Arc<dyn VectorStore>,
+        /// Users' histories.
+        users: Arc<dyn VectorStore>,
         slots: Arc<RwLock<SlotGuard>>,
     },
     /// The meta group's replica: the cluster map.
@@ -54,6 +56,14 @@ impl Hosted {
     pub fn store(&self) -> Option<&Arc<dyn VectorStore>> {
         match &self.kind {
             Kind::Shard { store, .. } => Some(store),
+            Kind::Meta { .. } => None,
+        }
+    }
+
+    /// A shard replica's store of users' histories.
+    pub fn users(&self) -> Option<&Arc<dyn VectorStore>> {
+        match &self.kind {
+            Kind::Shard { users, .. } => Some(users),
             Kind::Meta { .. } => None,
         }
     }

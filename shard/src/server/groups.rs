@@ -12,7 +12,7 @@ use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use redrec_shard_api::codes::{
-    GROUP_OPENING, NOT_A_SHARD_GROUP, NOT_READY, NO_QUORUM, UNKNOWN_GROUP,
+    GROUP_OPENING, INVALID_REQUEST, NOT_A_SHARD_GROUP, NOT_READY, NO_QUORUM, UNKNOWN_GROUP,
 };
 use redrec_shard_api::points::{
     Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Page, ScrollRequest,
@@ -22,6 +22,7 @@ use redrec_shard_api::slots::{
     slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
 };
 use redrec_shard_api::status::{Digest, GroupStatus};
+use redrec_shard_api::users::{EventsRequest, Keyspace, UsersRequest, UsersResponse};
 use redrec_wire::auth::{self, Route};
 use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::{HttpError, Json, Path};
@@ -170,9 +171,19 @@ async fn migrate(
     Path(g): Path<u64>,
     Json(r): Json<MigrateRequest>,
 ) -> Reply<WriteResponse> {
-    check_points(&r.upsert, shard(&node, g)?.1.dim())?;
-    let (upsert, delete) = (r.upsert, r.delete);
-    write(&node, g, Command::Migrate { upsert, delete }).await
+    let (group, store) = shard(&node, g)?;
+    let dim = match r.keyspace {
+        Keyspace::Items => store.dim(),
+        Keyspace::Users => group.users().map_or(1, |u| u.dim()),
+    };
+    check_points(&r.upsert, dim)?;
+    let (upsert, delete, keyspace) = (r.upsert, r.delete, r.keyspace);
+    let cmd = Command::Migrate {
+        upsert,
+        delete,
+        keyspace,
+    };
+    write(&node, g, cmd).await
 }
 
 async fn get_points(
@@ -244,7 +255,12 @@ async fn scroll(
 ) -> Reply<Page> {
     let limit = r.limit.clamp(1, 4096);
     let wanted: Option<HashSet<usize>> = r.slots.map(|s| s.into_iter().map(usize::from).collect());
-    blocking(shard(&node, g)?.1, move |st| {
+    let (group, items) = shard(&node, g)?;
+    let store = match r.keyspace {
+        Keyspace::Items => items,
+        Keyspace::Users => users_of(&group, g)?,
+    };
+    blocking(store, move |st| {
         let mut page = st.scroll(r.cursor.as_deref(), limit)?;
         if let Some(wanted) = wanted {
             page.points.retain(|p| wanted.contains(&slot_of(&p.id)));
@@ -267,6 +283,56 @@ async fn digest_of(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Dige
     .await
 }
 
+fn users_of(group: &Hosted, g: u64) -> Result<Arc<dyn VectorStore>, ApiError> {
+    group.users().cloned().ok_or_else(|| {
+        HttpError::bad_request(
+            NOT_A_SHARD_GROUP,
+            format!("group {g} holds the cluster map, not users"),
+        )
+        .into()
+    })
+}
+
+/// Adds users' events through the group's log (acknowledged once committed and applied).
+async fn add_events(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<EventsRequest>,
+) -> Reply<WriteResponse> {
+    shard(&node, g)?;
+    crate::users::check(&r.events, r.keep)
+        .map_err(|m| HttpError::bad_request(INVALID_REQUEST, m))?;
+    if r.events.is_empty() {
+        return Ok(axum::Json(WriteResponse { written: 0 }));
+    }
+    let (keep, events) = (r.keep, r.events);
+    write(&node, g, Command::Events { keep, events }).await
+}
+
+/// Users' stored histories, from a caught-up replica.
+async fn histories(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<UsersRequest>,
+) -> Reply<UsersResponse> {
+    let (group, _) = readable(&node, g)?;
+    let users = users_of(&group, g)?;
+    blocking(users, move |st| {
+        crate::users::histories(st, &r.ids).map(|users| UsersResponse { users })
+    })
+    .await
+}
+
+/// Removes users' histories through the group's log.
+async fn forget_users(
+    State(node): State<Shared>,
+    Path(g): Path<u64>,
+    Json(r): Json<UsersRequest>,
+) -> Reply<WriteResponse> {
+    shard(&node, g)?;
+    write(&node, g, Command::ForgetUsers(r.ids)).await
+}
+
 /// The group routes of a node's API (internal: the cluster credential).
 pub fn routes() -> Vec<Route<Shared>> {
     auth::internal(vec![
@@ -281,5 +347,12 @@ pub fn routes() -> Vec<Route<Shared>> {
         (Method::POST, "/v1/groups/{g}/slots", post(set_slots)),
         (Method::POST, "/v1/groups/{g}/slots/drop", post(drop_slots)),
         (Method::POST, "/v1/groups/{g}/migrate", post(migrate)),
+        (Method::POST, "/v1/groups/{g}/events", post(add_events)),
+        (Method::POST, "/v1/groups/{g}/users/get", post(histories)),
+        (
+            Method::POST,
+            "/v1/groups/{g}/users/delete",
+            post(forget_users),
+        ),
     ])
 }

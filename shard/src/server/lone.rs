@@ -9,6 +9,8 @@ use redrec_shard_api::points::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, SearchRequest, SearchResponse, Stats,
     UpsertRequest, UpsertResponse,
 };
+use redrec_shard_api::slots::WriteResponse;
+use redrec_shard_api::users::{EventsRequest, UsersRequest, UsersResponse};
 use redrec_wire::auth::{self, Route};
 use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::Json;
@@ -18,10 +20,11 @@ use super::error::{blocking, within_budget, ApiError, Reply};
 use crate::budget::MemoryBudget;
 use crate::store::VectorStore;
 
-/// A lone shard: its store and the memory budget it keeps within.
+/// A lone shard: its store, its users' histories and the memory budget it keeps within.
 #[derive(Clone)]
 pub struct Lone {
     pub store: Arc<dyn VectorStore>,
+    pub users: Arc<dyn VectorStore>,
     pub budget: MemoryBudget,
 }
 
@@ -63,6 +66,30 @@ async fn search(
     Ok(Encoded(SearchAnswer::new(answer, format), format))
 }
 
+async fn add_events(State(s): State<Shared>, Json(r): Json<EventsRequest>) -> Reply<WriteResponse> {
+    blocking(s.users, move |st| {
+        crate::users::add(st, r.events, r.keep).map(|written| WriteResponse { written })
+    })
+    .await
+}
+
+async fn histories(State(s): State<Shared>, Json(r): Json<UsersRequest>) -> Reply<UsersResponse> {
+    blocking(s.users, move |st| {
+        crate::users::histories(st, &r.ids).map(|users| UsersResponse { users })
+    })
+    .await
+}
+
+async fn forget_users(
+    State(s): State<Shared>,
+    Json(r): Json<UsersRequest>,
+) -> Reply<WriteResponse> {
+    blocking(s.users, move |st| {
+        st.delete(&r.ids).map(|written| WriteResponse { written })
+    })
+    .await
+}
+
 async fn stats(State(s): State<Shared>) -> Reply<Stats> {
     blocking(s.store, |st| st.stats()).await
 }
@@ -79,6 +106,9 @@ pub fn routes() -> Vec<Route<Shared>> {
         (Method::POST, "/v1/points/get", post(get_points)),
         (Method::POST, "/v1/search", post(search)),
         (Method::GET, "/v1/stats", get(stats)),
+        (Method::POST, "/v1/events", post(add_events)),
+        (Method::POST, "/v1/users/get", post(histories)),
+        (Method::POST, "/v1/users/delete", post(forget_users)),
     ]);
     routes.extend(auth::probes(get(ok)));
     routes

@@ -27,11 +27,21 @@ pub use admin::routes as admin_routes;
 pub use groups::routes as group_routes;
 pub use lone::routes as lone_routes;
 
-/// The API of a lone shard over `store` within `budget`, checked by `guard`.
-pub fn lone(store: Arc<dyn VectorStore>, budget: MemoryBudget, guard: &Guard) -> Router {
+/// The API of a lone shard over `store` (and `users`' histories) within `budget`, checked
+/// by `guard`.
+pub fn lone(
+    store: Arc<dyn VectorStore>,
+    users: Arc<dyn VectorStore>,
+    budget: MemoryBudget,
+    guard: &Guard,
+) -> Router {
     let api = auth::build(lone::routes(), guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(lone::Lone { store, budget });
+        .with_state(lone::Lone {
+            store,
+            users,
+            budget,
+        });
     with_fallbacks(api)
 }
 
