@@ -364,6 +364,19 @@ fn adding_two_groups_under_traffic_rebalances_online_and_loses_nothing() {
     let base = bulk_ingest(&ingest, "base", 50_000);
     eprintln!("ingested 50,000 items in {:?}", started.elapsed());
 
+    // Users' histories live in slots too: they must follow their slots' moves.
+    let users: Vec<String> = (0..300).map(|u| format!("user-{u}")).collect();
+    let events: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"user_id": u, "item_id": base[i], "scenario": "search", "ts": i}))
+        .collect();
+    let (s, b) = post(
+        &format!("{}/v1/events", router.addr),
+        &json!({ "events": events }),
+    );
+    assert_eq!(s, 200, "{b}");
+
     let writer = Writer::start(ingest.clone(), "live");
     let reader = Reader::start(format!("{}/v1/recommend", router.addr), base.clone());
     eventually(Duration::from_secs(30), "traffic before scaling", || {
@@ -401,6 +414,11 @@ fn adding_two_groups_under_traffic_rebalances_online_and_loses_nothing() {
         counts.values().all(|&n| (255..=257).contains(&n)),
         "{counts:?}"
     );
+    for (i, u) in users.iter().enumerate() {
+        let (s, h) = get(&format!("{}/v1/users/{u}/history", router.addr));
+        assert_eq!(s, 200, "{u}: {h}");
+        assert_eq!(h["events"][0]["item_id"], base[i].as_str(), "{u}: {h}");
+    }
     let mut acked = base;
     acked.extend(live);
     c.assert_exactly_once(&acked);

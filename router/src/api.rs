@@ -101,6 +101,9 @@ pub struct RecommendRequest {
     /// Optional: keys the cache of query vectors together with the history.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Events oldest to newest. With `user_id`, appended to the user's stored history
+    /// (`POST /v1/events`); may then be empty.
+    #[serde(default)]
     pub history: Vec<HistoryEvent>,
     /// The scenario recommended for; picks the query mixing.
     pub scenario: String,
@@ -284,4 +287,43 @@ pub struct MapSummary {
     #[schema(value_type = Vec<Object>)]
     pub moves: Vec<redrec_shard_api::map::SlotMove>,
     pub nodes: usize,
+}
+
+/// One event of a user: they touched an item in a scenario at `ts` (seconds since the
+/// epoch). The same (user, item, ts) twice is stored once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserEventIn {
+    pub user_id: String,
+    pub item_id: String,
+    pub scenario: String,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    pub events: Vec<UserEventIn>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventsResponse {
+    pub received: usize,
+    /// Events not stored before (the others were already there).
+    pub stored: usize,
+    pub took_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoredEventOut {
+    pub item_id: String,
+    pub scenario: String,
+    pub ts: i64,
+}
+
+/// A user's stored history, oldest first: the newest `max_history` events.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserHistoryResponse {
+    pub user_id: String,
+    pub events: Vec<StoredEventOut>,
 }

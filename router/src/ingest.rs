@@ -2,12 +2,13 @@
 //! upserted on the shard that owns each item's slot.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redrec_shard_api::codes::MEMORY_BUDGET;
 use redrec_shard_api::points::ID_KEY;
 use redrec_shard_api::points::{check_vector, Point};
-use redrec_shard_api::ShardClientError;
+use redrec_shard_api::{ShardClient, ShardClientError};
 
 use crate::api::{
     DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse, Payload,
@@ -51,7 +52,7 @@ fn check_batch<'a>(
     Ok(())
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("id is empty".into());
     }
@@ -62,24 +63,49 @@ fn check_id(id: &str) -> Result<(), String> {
 }
 
 /// Upserts on every owning shard; succeeds only when every shard confirmed its part.
-/// Items whose slot is moving, or that reached a group no longer owning them (a stale
-/// map), are sent again where the refreshed map says, until the write deadline.
 pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, RouterError> {
     let n = points.len();
+    write_by_slot(
+        state,
+        points,
+        |p| p.id.as_str(),
+        "items",
+        |c, part, left| async move { c.upsert(part, left).await },
+    )
+    .await?;
+    metrics::counter!("redrec_items_upserted_total").increment(n as u64);
+    Ok(n)
+}
+
+/// Writes `values` on the groups owning their keys' slots, each group's share at once on
+/// its leader through `call`; succeeds only when every group confirmed its part, and
+/// returns what they report, added up. Values whose slot is moving, or that reached a
+/// group no longer owning them (a stale map), are sent again where the refreshed map
+/// says, until the write deadline. `what` names the values in errors.
+pub async fn write_by_slot<T, F, Fut>(
+    state: &RouterState,
+    values: Vec<T>,
+    key: fn(&T) -> &str,
+    what: &str,
+    call: F,
+) -> Result<usize, RouterError>
+where
+    T: Clone,
+    F: Fn(ShardClient, Vec<T>, Duration) -> Fut,
+    Fut: Future<Output = Result<usize, ShardClientError>>,
+{
     let deadline = Instant::now() + state.cfg.write_timeout;
-    let mut pending = points;
+    let mut pending = values;
     let mut backoff = Duration::from_millis(10);
+    let mut written = 0;
     loop {
         let cluster = state.cluster.get();
-        let groups = cluster.by_shard(pending, |p| p.id.as_str());
+        let groups = cluster.by_shard(pending, key);
         let outcomes = fan_out(&cluster, groups.keys().copied(), deadline, |i, group| {
-            let part = groups[&i].clone();
+            let (part, call) = (groups[&i].clone(), &call);
             async move {
                 group
-                    .leader_call(deadline, |c, left| {
-                        let part = part.clone();
-                        async move { c.upsert(part, left).await }
-                    })
+                    .leader_call(deadline, |c, left| call(c, part.clone(), left))
                     .await
             }
         })
@@ -88,12 +114,12 @@ pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, Ro
         let mut again = Vec::new();
         for (i, r) in outcomes {
             match r {
-                Ok(_) => {}
+                Ok(n) => written += n,
                 Err(e) if e.wrong_slot().is_some() => again.extend(groups[&i].iter().cloned()),
                 Err(e) if e.is_client_error() => return Err(e.into()),
                 Err(ShardClientError::Rejected { code, message, .. }) if code == MEMORY_BUDGET => {
                     return Err(RouterError::OverBudget(format!(
-                        "shard {i}: {message}; the other shards' items may have been written"
+                        "shard {i}: {message}; the other shards' {what} may have been written"
                     )))
                 }
                 Err(e) => failed.push(format!("shard {i}: {e}")),
@@ -101,18 +127,17 @@ pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, Ro
         }
         if !failed.is_empty() {
             return Err(RouterError::ShardsUnavailable(format!(
-                "the write was not confirmed by every shard ({}); some items may have been written, retrying is safe",
+                "the write was not confirmed by every shard ({}); some {what} may have been written, retrying is safe",
                 failed.join("; ")
             )));
         }
         if again.is_empty() {
-            metrics::counter!("redrec_items_upserted_total").increment(n as u64);
-            return Ok(n);
+            return Ok(written);
         }
         if Instant::now() + backoff >= deadline {
-            return Err(RouterError::ShardsUnavailable(
-                "some items' slots kept moving past the write deadline; retrying is safe".into(),
-            ));
+            return Err(RouterError::ShardsUnavailable(format!(
+                "some {what}' slots kept moving past the write deadline; retrying is safe"
+            )));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(200));

@@ -16,6 +16,7 @@ pub mod server;
 pub mod state;
 pub mod survey;
 pub mod user_cache;
+pub mod users;
 
 pub use redrec_shard_api::slots;
 

@@ -15,8 +15,9 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, Ref, Required, ResponseBuil
 use utoipa::OpenApi as _;
 
 use crate::api::{
-    ClusterResponse, DeleteResponse, IngestResponse, IngestTextsRequest, IngestVectorsRequest,
-    ItemResponse, RecommendRequest, RecommendResponse, SearchVectorsRequest, SearchVectorsResponse,
+    ClusterResponse, DeleteResponse, EventsRequest, EventsResponse, IngestResponse,
+    IngestTextsRequest, IngestVectorsRequest, ItemResponse, RecommendRequest, RecommendResponse,
+    SearchVectorsRequest, SearchVectorsResponse, UserHistoryResponse,
 };
 
 #[derive(utoipa::OpenApi)]
@@ -31,6 +32,9 @@ use crate::api::{
     ItemResponse,
     DeleteResponse,
     ClusterResponse,
+    EventsRequest,
+    EventsResponse,
+    UserHistoryResponse,
 )))]
 struct Schemas;
 
@@ -92,6 +96,27 @@ fn operations() -> Vec<Op> {
             Method::DELETE,
             "/v1/items/{id}",
             "Delete an item",
+            None,
+            Some("DeleteResponse"),
+        ),
+        op(
+            Method::POST,
+            "/v1/events",
+            "Store users' events (the newest max_history per user are kept)",
+            Some("EventsRequest"),
+            Some("EventsResponse"),
+        ),
+        op(
+            Method::GET,
+            "/v1/users/{id}/history",
+            "A user's stored history",
+            None,
+            Some("UserHistoryResponse"),
+        ),
+        op(
+            Method::DELETE,
+            "/v1/users/{id}",
+            "Remove everything stored about a user",
             None,
             Some("DeleteResponse"),
         ),

@@ -153,11 +153,18 @@ const DEFAULT_MMR_LAMBDA: f32 = 0.8;
 
 pub async fn recommend(
     state: &RouterState,
-    req: RecommendRequest,
+    mut req: RecommendRequest,
 ) -> Result<RecommendResponse, RouterError> {
     let started = Instant::now();
     let deadline = started + state.cfg.deadline;
     let m = state.encoder.manifest();
+    // A known user's stored events come first, then the request's.
+    if let Some(user) = &req.user_id {
+        crate::ingest::check_id(user).map_err(|m| RouterError::bad("invalid_user_id", m))?;
+        let stored =
+            crate::users::stored_history(state, user, started + state.cfg.deadline / 4).await?;
+        req.history = crate::users::merged(stored, &req.history);
+    }
     if req.history.len() > state.cfg.max_history_events {
         return Err(RouterError::bad(
             "history_too_long",

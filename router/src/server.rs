@@ -14,12 +14,12 @@ use redrec_wire::auth::{self, Access, Route, Scope};
 use redrec_wire::{with_fallbacks, Json, Path};
 
 use crate::api::{
-    ClusterResponse, DeleteResponse, IngestTextsRequest, IngestVectorsRequest, ItemResponse,
-    RecommendRequest, SearchVectorsRequest,
+    ClusterResponse, DeleteResponse, EventsRequest, IngestTextsRequest, IngestVectorsRequest,
+    ItemResponse, RecommendRequest, SearchVectorsRequest, UserHistoryResponse,
 };
 use crate::error::RouterError;
 use crate::state::RouterState;
-use crate::{ingest, recommend, search};
+use crate::{ingest, recommend, search, users};
 
 type Reply<T> = Result<axum::Json<T>, RouterError>;
 
@@ -85,6 +85,20 @@ async fn delete_item(
     ingest::delete_item(&s, id).await.map(axum::Json)
 }
 
+async fn user_history(
+    State(s): State<RouterState>,
+    Path(id): Path<String>,
+) -> Reply<UserHistoryResponse> {
+    users::history(&s, id).await.map(axum::Json)
+}
+
+async fn forget_user(
+    State(s): State<RouterState>,
+    Path(id): Path<String>,
+) -> Reply<DeleteResponse> {
+    users::forget(&s, id).await.map(axum::Json)
+}
+
 async fn cluster(State(s): State<RouterState>) -> axum::Json<ClusterResponse> {
     axum::Json(crate::survey::cluster(&s).await)
 }
@@ -133,6 +147,7 @@ pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
     let search = json_post!(search::search, SearchVectorsRequest);
     let texts = json_post!(ingest::ingest_texts, IngestTextsRequest);
     let vectors = json_post!(ingest::ingest_vectors, IngestVectorsRequest);
+    let events = json_post!(users::add_events, EventsRequest);
     let mut routes = vec![
         Route::new(M::POST, "/v1/recommend", read, recommend),
         Route::new(M::POST, "/v1/search", read, search),
@@ -140,6 +155,9 @@ pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
         Route::new(M::POST, "/v1/items/vectors", write, vectors),
         Route::new(M::GET, "/v1/items/{id}", read, get(get_item)),
         Route::new(M::DELETE, "/v1/items/{id}", write, delete(delete_item)),
+        Route::new(M::POST, "/v1/events", write, events),
+        Route::new(M::GET, "/v1/users/{id}/history", read, get(user_history)),
+        Route::new(M::DELETE, "/v1/users/{id}", write, delete(forget_user)),
         Route::new(M::GET, "/v1/cluster", admin, get(cluster)),
         Route::new(M::GET, "/metrics", metrics, get(metrics_text)),
         Route::new(M::GET, "/openapi.json", Access::Open, get(openapi_json)),

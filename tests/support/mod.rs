@@ -96,6 +96,12 @@ pub fn post_raw(
     (status, resp.json().unwrap_or(Value::Null))
 }
 
+pub fn http_delete(url: &str) -> (u16, Value) {
+    let r = http().delete(url).send().expect("delete");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
 pub fn get(url: &str) -> (u16, Value) {
     let resp = http().get(url).send().expect("request");
     let status = resp.status().as_u16();
