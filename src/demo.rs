@@ -79,24 +79,46 @@ async fn example(
     user: &User,
     titles: &std::collections::HashMap<&str, &str>,
 ) -> Result<()> {
-    let history: Vec<Value> = user
+    // The user's recent events go to the cluster, which keeps them; a recommend by user
+    // id then reads them from there.
+    let events: Vec<Value> = user
         .history
         .iter()
         .rev()
         .take(8)
         .rev()
-        .map(|e| json!({"item_id": e.item_id, "scenario": e.scenario, "ts": e.ts}))
+        .map(|e| {
+            json!({"user_id": user.user_id, "item_id": e.item_id, "scenario": e.scenario, "ts": e.ts})
+        })
         .collect();
-    let request = json!({"history": history, "scenario": "homefeed", "k": 10, "exclude_seen": true, "merge": "max"});
-    println!("\nTry it:\n\ncurl -s {base}/v1/recommend -H 'content-type: application/json' -d '{request}'\n");
-    let answer: Value = http
-        .post(format!("{base}/v1/recommend"))
-        .json(&request)
+    let events = json!({ "events": events });
+    http.post(format!("{base}/v1/events"))
+        .json(&events)
         .send()
         .await?
-        .error_for_status()?
-        .json()
-        .await?;
+        .error_for_status()?;
+    let request = json!({"user_id": user.user_id, "scenario": "homefeed", "k": 10});
+    println!(
+        "\nTry it:\n\ncurl -s {base}/v1/events -H 'content-type: application/json' -d '{events}'\n\
+         curl -s {base}/v1/recommend -H 'content-type: application/json' -d '{request}'\n"
+    );
+    let recommend = |merge: &'static str| {
+        let mut body = request.clone();
+        body["merge"] = json!(merge);
+        async move {
+            let answer: Value = http
+                .post(format!("{base}/v1/recommend"))
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(answer)
+        }
+    };
+    let answer = recommend("max").await?;
+    let quota = recommend("quota").await?;
     println!("User {} recently saw:", user.user_id);
     for e in user.history.iter().rev().take(8).rev() {
         println!(
@@ -109,14 +131,19 @@ async fn example(
         "Recommended for homefeed (took {} ms, {}/{} shards):",
         answer["took_ms"], answer["coverage"]["answered"], answer["coverage"]["shards"]
     );
-    for it in answer["items"].as_array().into_iter().flatten() {
-        println!(
-            "  {:.3}  {}  [{}]",
-            it["score"].as_f64().unwrap_or(0.0),
-            it["payload"]["title"].as_str().unwrap_or("?"),
-            it["payload"]["category"].as_str().unwrap_or("?")
-        );
-    }
+    let show = |answer: &Value| {
+        for it in answer["items"].as_array().into_iter().flatten() {
+            println!(
+                "  {:.3}  {}  [{}]",
+                it["score"].as_f64().unwrap_or(0.0),
+                it["payload"]["title"].as_str().unwrap_or("?"),
+                it["payload"]["category"].as_str().unwrap_or("?")
+            );
+        }
+    };
+    show(&answer);
+    println!("With \"merge\": \"quota\" (a share of the list for each of the user's interests):");
+    show(&quota);
     Ok(())
 }
 

@@ -193,7 +193,11 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
         "redrec_replica_apply_lag_entries",
         "redrec_node_ram_bytes",
     ] {
-        assert_eq!(types.get(gauge).map(String::as_str), Some("gauge"), "{gauge}");
+        assert_eq!(
+            types.get(gauge).map(String::as_str),
+            Some("gauge"),
+            "{gauge}"
+        );
     }
     for g in 0..2 {
         assert!(
@@ -201,6 +205,14 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
             "{metrics}"
         );
     }
-    assert_eq!(metrics.matches("redrec_replica_up{").count(), 6, "{metrics}");
-    assert_eq!(metrics.matches("redrec_node_ram_bytes{").count(), 3, "{metrics}");
+    assert_eq!(
+        metrics.matches("redrec_replica_up{").count(),
+        6,
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics.matches("redrec_node_ram_bytes{").count(),
+        3,
+        "{metrics}"
+    );
 }
