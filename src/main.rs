@@ -24,10 +24,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // REDREC_LOG_SPANS=1: a line per span as it closes (its trace id and timings).
+    let spans = match std::env::var("REDREC_LOG_SPANS").as_deref() {
+        Ok("1") | Ok("true") => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        _ => tracing_subscriber::fmt::format::FmtSpan::NONE,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_span_events(spans)
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

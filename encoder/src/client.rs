@@ -67,9 +67,8 @@ impl EncoderClient {
         let timeout = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .map_or(self.timeout, |left| left.min(self.timeout));
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.addr))
+        let req = self.http.post(format!("{}{path}", self.addr));
+        let resp = redrec_wire::trace::inject(req)
             .timeout(timeout)
             .json(body)
             .send()

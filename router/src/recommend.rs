@@ -2,7 +2,9 @@
 //! tower -> query vectors to every shard -> merge -> top-k.
 
 use std::collections::BTreeSet;
+
 use std::time::Instant;
+use tracing::Instrument;
 
 use redrec_encoder::{Manifest, UserHistory};
 
@@ -193,12 +195,14 @@ pub async fn recommend(
             metrics::counter!("redrec_user_cache_total", "result" => "miss").increment(1);
             // The lookup may use half the deadline: a hung shard must not leave the
             // search no time.
-            let history =
-                history_vectors(state, &mut plan, started + state.cfg.deadline / 2).await?;
+            let history = history_vectors(state, &mut plan, started + state.cfg.deadline / 2)
+                .instrument(tracing::info_span!(target: "redrec::trace", "history lookup"))
+                .await?;
             // The user tower may run until three quarters of it: the search needs the rest.
             let queries = state
                 .encoder
                 .encode_users(vec![history], Some(started + state.cfg.deadline * 3 / 4))
+                .instrument(tracing::info_span!(target: "redrec::trace", "user tower"))
                 .await?
                 .pop()
                 .unwrap_or_default();
@@ -246,61 +250,70 @@ pub async fn recommend(
     )
     .await?;
     let per_query = std::mem::take(&mut found.per_query);
-    let (mut items, mut per_query) = match req.merge {
-        MergeMode::Max => {
-            let lists = plan
-                .queries
-                .iter()
-                .zip(per_query)
-                .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
-            (Some(merge::max_over_queries(lists, req.k)), None)
+    let merging = tracing::info_span!(target: "redrec::trace", "merge", merge = ?req.merge);
+    let merged = async {
+        match req.merge {
+            MergeMode::Max => {
+                let lists = plan
+                    .queries
+                    .iter()
+                    .zip(per_query)
+                    .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+                (Some(merge::max_over_queries(lists, req.k)), None)
+            }
+            MergeMode::Quota => {
+                let lists = plan
+                    .queries
+                    .iter()
+                    .zip(per_query)
+                    .map(|((_, w), lists)| {
+                        let mut list = merge::single_query(lists, req.k);
+                        list.iter_mut().for_each(|r| r.score *= w);
+                        (*w, list)
+                    })
+                    .collect();
+                (Some(merge::quota(lists, req.k)), None)
+            }
+            MergeMode::Mmr => {
+                let lists = plan
+                    .queries
+                    .iter()
+                    .zip(per_query)
+                    .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+                let pool = merge::max_over_queries(lists, req.k.max(4 * req.k.min(merge::MMR_MAX)));
+                let ids = pool.iter().map(|r| r.id.clone()).collect();
+                let (vectors, _) = item_vectors(state, ids, deadline).await;
+                let lambda = req.mmr_lambda.unwrap_or(DEFAULT_MMR_LAMBDA);
+                (Some(merge::mmr(pool, &vectors, req.k, lambda)), None)
+            }
+            MergeMode::PerQuery => {
+                let lists = plan
+                    .queries
+                    .iter()
+                    .zip(per_query)
+                    .map(|((q, w), lists)| QueryList {
+                        query: m.query_names.get(*q).cloned().unwrap_or_default(),
+                        weight: *w,
+                        items: merge::single_query(lists, req.k),
+                    })
+                    .collect();
+                (None, Some(lists))
+            }
         }
-        MergeMode::Quota => {
-            let lists = plan
-                .queries
-                .iter()
-                .zip(per_query)
-                .map(|((_, w), lists)| {
-                    let mut list = merge::single_query(lists, req.k);
-                    list.iter_mut().for_each(|r| r.score *= w);
-                    (*w, list)
-                })
-                .collect();
-            (Some(merge::quota(lists, req.k)), None)
-        }
-        MergeMode::Mmr => {
-            let lists = plan
-                .queries
-                .iter()
-                .zip(per_query)
-                .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
-            let pool = merge::max_over_queries(lists, req.k.max(4 * req.k.min(merge::MMR_MAX)));
-            let ids = pool.iter().map(|r| r.id.clone()).collect();
-            let (vectors, _) = item_vectors(state, ids, deadline).await;
-            let lambda = req.mmr_lambda.unwrap_or(DEFAULT_MMR_LAMBDA);
-            (Some(merge::mmr(pool, &vectors, req.k, lambda)), None)
-        }
-        MergeMode::PerQuery => {
-            let lists = plan
-                .queries
-                .iter()
-                .zip(per_query)
-                .map(|((q, w), lists)| QueryList {
-                    query: m.query_names.get(*q).cloned().unwrap_or_default(),
-                    weight: *w,
-                    items: merge::single_query(lists, req.k),
-                })
-                .collect();
-            (None, Some(lists))
-        }
-    };
+    }
+    .instrument(merging.clone())
+    .await;
+    let (mut items, mut per_query) = merged;
     let winners = items.iter_mut().flatten().chain(
         per_query
             .iter_mut()
             .flatten()
             .flat_map(|l: &mut QueryList| l.items.iter_mut()),
     );
-    found.fill_payloads(state, winners, deadline).await;
+    found
+        .fill_payloads(state, winners, deadline)
+        .instrument(merging)
+        .await;
     Ok(RecommendResponse {
         items,
         per_query,

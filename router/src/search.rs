@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use redrec_shard_api::collection::MAX_EF;
 use redrec_shard_api::points::{check_vector, Consistency, Hit, Payload, SearchRequest};
 use redrec_shard_api::ShardClient;
@@ -135,6 +137,7 @@ pub async fn search_groups(
             consistency,
             with_payload,
         };
+        let span = tracing::info_span!(target: "redrec::trace", "group search", group = i);
         async move {
             let call = |c: ShardClient, left| {
                 let request = &request;
@@ -145,6 +148,7 @@ pub async fn search_groups(
                 Consistency::Any => group.read(deadline, call).await,
             }
         }
+        .instrument(span)
     })
     .await;
     if let Some(e) = client_error(&outcomes) {

@@ -341,6 +341,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
             .body(compact::encode(b).map_err(|e| unavailable(&e))?),
         (None, _) => http.get(url),
     };
+    let req = redrec_wire::trace::inject(req);
     let resp = req
         .timeout(timeout)
         .send()

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Retry-After) rather than queued.
     #[arg(long, env = "REDREC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// Requests slower than this log a warning with their trace id.
+    #[arg(long, env = "REDREC_SLOW_REQUEST_MS", default_value_t = 1000)]
+    pub slow_request_ms: u64,
     /// Serve TLS with this certificate chain (PEM; with --tls-key).
     #[arg(long, env = "REDREC_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -58,6 +61,7 @@ impl ServeArgs {
             body_read: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_concurrent: self.max_concurrent_requests.max(1),
             tls,
+            slow_request: Duration::from_millis(self.slow_request_ms),
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod compact;
 pub mod error;
 pub mod tls;
+pub mod trace;
 
 pub use error::{ErrorBody, ErrorDetail, HttpError};
 
@@ -122,6 +123,8 @@ pub struct ServeOptions {
     pub max_concurrent: usize,
     /// Serve TLS with this configuration (and announce `https://`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Requests slower than this log a warning with their trace id.
+    pub slow_request: Duration,
 }
 
 impl Default for ServeOptions {
@@ -131,6 +134,7 @@ impl Default for ServeOptions {
             body_read: Duration::from_secs(30),
             max_concurrent: 1024,
             tls: None,
+            slow_request: Duration::from_secs(1),
         }
     }
 }
@@ -228,7 +232,11 @@ pub async fn serve_on(
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             options.body_read,
         ))
-        .layer(axum::middleware::from_fn_with_state(slots, admit));
+        .layer(axum::middleware::from_fn_with_state(slots, admit))
+        .layer(axum::middleware::from_fn_with_state(
+            options.slow_request,
+            trace::traced,
+        ));
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
