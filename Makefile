@@ -8,7 +8,7 @@ demo: setup
 	cargo run -- demo
 
 test: setup
-	scripts/setup.sh --deploy --api
+	scripts/setup.sh --deploy --api --ui
 	cargo test --workspace
 
 lint:

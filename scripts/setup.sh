@@ -17,6 +17,9 @@
 #                              and PyPI's kubernetes-validate in .redrec/deploy-venv
 #   scripts/setup.sh --api     also PyPI's schemathesis in .redrec/api-venv: tests/api_schema.rs
 #                              runs it against the OpenAPI document of a local cluster
+#   scripts/setup.sh --ui      also Debian's chromium (apt, when run as root and missing):
+#                              tests/ui.rs loads the dashboard in it; without it the test
+#                              says it skipped
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gpu=0
@@ -24,6 +27,7 @@ bench=0
 deploy=0
 movielens=0
 api=0
+ui=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
@@ -31,7 +35,8 @@ for arg in "$@"; do
     --deploy) deploy=1 ;;
     --movielens) movielens=1 ;;
     --api) api=1 ;;
-    *) echo "unknown option $arg (--gpu, --bench, --deploy, --movielens, --api)" >&2; exit 2 ;;
+    --ui) ui=1 ;;
+    *) echo "unknown option $arg (--gpu, --bench, --deploy, --movielens, --api, --ui)" >&2; exit 2 ;;
   esac
 done
 if [ "$gpu" = 1 ]; then
@@ -119,4 +124,21 @@ fi
 if [ "$api" = 1 ]; then
   pip_venv .redrec/api-venv "schemathesis==${REDREC_SCHEMATHESIS_VERSION:-4.32.5}"
   echo "schemathesis ready: .redrec/api-venv/bin/schemathesis"
+fi
+
+if [ "$ui" = 1 ]; then
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
+    echo "chromium ready: $(command -v chromium || command -v chromium-browser)"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # Bounded: a mirror that does not answer leaves the browser test skipped, not CI hung.
+    if DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
+      { timeout 300 apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; then
+      echo "chromium installed: $(command -v chromium)"
+    else
+      echo "warning: could not install chromium; tests/ui.rs will skip" >&2
+    fi
+  else
+    echo "warning: no chromium and no root apt-get to install it; tests/ui.rs will skip" >&2
+  fi
 fi

@@ -137,6 +137,7 @@ fn operations() -> Vec<Op> {
         op(Method::GET, "/healthz", "Liveness", None, None),
         op(Method::GET, "/readyz", "Readiness", None, None),
         op(Method::GET, "/openapi.json", "This document", None, None),
+        op(Method::GET, "/ui", "The dashboard (HTML)", None, None),
     ]
 }
 

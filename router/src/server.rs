@@ -130,6 +130,11 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
+/// The dashboard: one static page (`ui/index.html`) that reads the API it is served by.
+async fn ui() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui/index.html"))
+}
+
 async fn ok() -> &'static str {
     "ok"
 }
@@ -161,6 +166,8 @@ pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
         Route::new(M::GET, "/v1/cluster", admin, get(cluster)),
         Route::new(M::GET, "/metrics", metrics, get(metrics_text)),
         Route::new(M::GET, "/openapi.json", Access::Open, get(openapi_json)),
+        // The page is public; what it reads asks for the key typed into it.
+        Route::new(M::GET, "/ui", Access::Open, get(ui)),
     ];
     routes.extend(auth::probes(get(ok)));
     routes
