@@ -35,6 +35,9 @@ pub enum ClusterCommand {
     /// Change the collection settings (named ones only): searches use them at once, every
     /// group rebuilds its segments under them at its next optimisation.
     Settings(SettingsArgs),
+    /// A router's view of the cluster, refreshed in the terminal: groups, leaders, lag,
+    /// requests per second and p99 per route, hedges, partial answers, encoder errors.
+    Top(crate::cluster_top::TopArgs),
 }
 
 #[derive(Args)]
@@ -146,6 +149,7 @@ pub struct MemberArgs {
 pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
     match cmd {
         ClusterCommand::Status(a) => status(a, &http).await,
+        ClusterCommand::Top(a) => crate::cluster_top::top(a, http).await,
         ClusterCommand::AddNode(a) => {
             let cmd = MetaCommand::AddNode {
                 id: a.node,

@@ -8,6 +8,7 @@ mod bench_ingest;
 mod bench_load;
 mod cli;
 mod cluster;
+mod cluster_top;
 mod demo;
 mod eval;
 

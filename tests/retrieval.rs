@@ -215,4 +215,30 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
         3,
         "{metrics}"
     );
+
+    // The same figures in the terminal: every group with its leader, the routes' rates.
+    let out = Command::new(BIN)
+        .args(["cluster", "top", "--router", &router.addr, "--once"])
+        .args(["--interval-s", "0.5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let groups: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("0 ") || l.starts_with("1 "))
+        .collect();
+    assert_eq!(groups.len(), 2, "{text}");
+    let points: u64 = groups
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(points, 3000, "{text}");
+    assert!(groups.iter().all(|l| l.matches('*').count() == 1), "{text}");
+    assert!(text.contains("/v1/search"), "{text}");
+    assert!(text.contains("hedged reads"), "{text}");
 }
