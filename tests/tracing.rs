@@ -77,4 +77,33 @@ fn a_recommend_leaves_spans_from_every_tier_under_one_trace_id() {
         })
         .sum();
     assert_eq!(searched, 2, "one search per shard carries the trace");
+
+    // Every tier serves its own metrics: the encoder's queue and run times per tower, the
+    // shards' request latencies.
+    let metrics = |addr: &str| {
+        let text = http()
+            .get(format!("{addr}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        check_exposition(&text)
+    };
+    let encoder = metrics(&cluster.encoder.addr);
+    for family in ["redrec_encoder_queue_seconds", "redrec_encoder_run_seconds"] {
+        assert_eq!(
+            encoder.get(family).map(String::as_str),
+            Some("histogram"),
+            "{family}"
+        );
+    }
+    for shard in &cluster.shards {
+        let types = metrics(&shard.addr);
+        assert_eq!(
+            types
+                .get("redrec_http_request_duration_seconds")
+                .map(String::as_str),
+            Some("histogram")
+        );
+    }
 }

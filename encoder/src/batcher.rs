@@ -132,7 +132,7 @@ impl<R: Row, O: Send + 'static> Batcher<R, O> {
                 let run = run.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-batch-{i}"))
-                    .spawn(move || work(i, &shared, &*run))
+                    .spawn(move || work(name, i, &shared, &*run))
                     .expect("spawning a batch worker")
             })
             .collect();
@@ -213,8 +213,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn work<R: Row, O: Send + 'static>(worker: usize, shared: &Shared<R, O>, run: &RunFn<R, O>) {
+/// The label of a batch's size in the timing histograms.
+fn size_class(rows: usize) -> &'static str {
+    match rows {
+        0..=1 => "1",
+        2..=4 => "2-4",
+        5..=16 => "5-16",
+        17..=64 => "17-64",
+        _ => "65+",
+    }
+}
+
+fn work<R: Row, O: Send + 'static>(
+    tower: &'static str,
+    worker: usize,
+    shared: &Shared<R, O>,
+    run: &RunFn<R, O>,
+) {
     while let Some(jobs) = next_batch(shared) {
+        let taken = Instant::now();
+        for j in &jobs {
+            metrics::histogram!("redrec_encoder_queue_seconds", "tower" => tower)
+                .record(taken.saturating_duration_since(j.enqueued).as_secs_f64());
+        }
         let sizes: Vec<usize> = jobs.iter().map(|j| j.rows.len()).collect();
         let mut replies = Vec::with_capacity(jobs.len());
         let mut rows = Vec::with_capacity(sizes.iter().sum());
@@ -222,7 +243,14 @@ fn work<R: Row, O: Send + 'static>(worker: usize, shared: &Shared<R, O>, run: &R
             rows.extend(job.rows);
             replies.push(job.reply);
         }
-        match run(worker, &rows) {
+        let ran = run(worker, &rows);
+        metrics::histogram!(
+            "redrec_encoder_run_seconds",
+            "tower" => tower,
+            "batch" => size_class(rows.len())
+        )
+        .record(taken.elapsed().as_secs_f64());
+        match ran {
             Ok(outputs) if outputs.len() == rows.len() => {
                 let mut outputs = outputs.into_iter();
                 for (reply, n) in replies.into_iter().zip(sizes) {

@@ -157,6 +157,7 @@ pub fn routes() -> Vec<Route<Arc<Towers>>> {
         (Method::GET, "/v1/stats", get(stats)),
     ]);
     routes.extend(auth::probes(get(ok)));
+    routes.push(redrec_wire::metrics::route());
     routes
 }
 
@@ -165,5 +166,5 @@ pub fn router(towers: Arc<Towers>, guard: &Guard) -> Router {
     let api = auth::build(routes(), guard)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(towers);
-    with_fallbacks(api)
+    with_fallbacks(api).layer(axum::middleware::from_fn(redrec_wire::metrics::record))
 }

@@ -1,15 +1,13 @@
 //! The public HTTP API: routes, cluster status, request metrics.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Method;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redrec_wire::auth::{self, Access, Route, Scope};
 use redrec_wire::{with_fallbacks, Json, Path};
 
@@ -22,46 +20,6 @@ use crate::state::RouterState;
 use crate::{ingest, recommend, search, users};
 
 type Reply<T> = Result<axum::Json<T>, RouterError>;
-
-/// Latency buckets, in seconds: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
-/// Buckets for shares (coverage).
-const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.99, 1.0];
-
-/// The process's Prometheus recorder (one per process, whatever number of routers).
-fn metrics_handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        // Histograms, not summaries: buckets aggregate across routers and over time.
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_ratio".into()), RATIO_BUCKETS))
-            .expect("bucket lists are not empty");
-        builder.install_recorder().unwrap_or_else(|e| {
-            tracing::warn!("metrics recorder already installed elsewhere: {e}");
-            PrometheusBuilder::new().build_recorder().handle()
-        })
-    })
-}
-
-async fn record(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("redrec_http_requests_total", "path" => path.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("redrec_http_request_duration_seconds", "path" => path)
-        .record(started.elapsed().as_secs_f64());
-    resp
-}
 
 /// A handler for `POST` of a JSON body, answered by `$f(&state, body)` as JSON.
 macro_rules! json_post {
@@ -113,7 +71,7 @@ async fn metrics_text(State(s): State<RouterState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        metrics_handle().render(),
+        redrec_wire::metrics::handle().render(),
     )
 }
 
@@ -174,11 +132,11 @@ pub fn routes(open_metrics: bool) -> Vec<Route<RouterState>> {
 }
 
 pub fn app(state: RouterState) -> Router {
-    metrics_handle();
+    redrec_wire::metrics::handle();
     let limit = state.cfg.max_body_bytes;
     let guard = &state.cfg.guard;
     let api = auth::build(routes(state.cfg.open_metrics), guard)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state.clone());
-    with_fallbacks(api).layer(middleware::from_fn(record))
+    with_fallbacks(api).layer(middleware::from_fn(redrec_wire::metrics::record))
 }

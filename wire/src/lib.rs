@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod compact;
 pub mod error;
+pub mod metrics;
 pub mod tls;
 pub mod trace;
 
@@ -170,7 +171,7 @@ async fn admit(
     match slots.try_acquire() {
         Ok(_permit) => next.run(req).await,
         Err(_) => {
-            metrics::counter!("redrec_requests_shed_total").increment(1);
+            ::metrics::counter!("redrec_requests_shed_total").increment(1);
             HttpError::overloaded(
                 "overloaded",
                 "too many requests in flight; retry shortly",

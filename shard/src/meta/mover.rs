@@ -223,6 +223,7 @@ impl<C: MetaConsensus> Mover<'_, C> {
         .await
         .map_err(on(m.to))?;
         self.propose(MetaCommand::AbortMove { id: m.id }).await?;
+        metrics::counter!("redrec_slot_moves_total", "outcome" => "aborted").increment(1);
         tracing::error!(id = m.id, from = m.from, to = m.to, "move given up: {why}");
         Ok(())
     }
@@ -287,6 +288,8 @@ impl<C: MetaConsensus> Mover<'_, C> {
             .await
             .map_err(err_a)?;
         self.propose(MetaCommand::EndMove { id: m.id }).await?;
+        metrics::counter!("redrec_slot_moves_total", "outcome" => "done").increment(1);
+        metrics::counter!("redrec_slots_moved_total").increment(m.slots.len() as u64);
         tracing::info!(
             id = m.id,
             dropped,

@@ -271,6 +271,8 @@ impl<M: Machine> Loop<M> {
         let term = self.node.raft.term;
         match f(&mut self.node, id.to_le_bytes().to_vec()) {
             Ok(()) => {
+                metrics::counter!("redrec_raft_proposals_total", "group" => self.group.to_string())
+                    .increment(1);
                 self.pending.insert(id, (term, reply));
             }
             Err(e) => {
@@ -286,6 +288,7 @@ impl<M: Machine> Loop<M> {
         }
         let mut rd = self.node.ready();
         if !rd.messages().is_empty() {
+            self.count_snapshots(rd.messages());
             self.transport.send(self.group, rd.take_messages());
         }
         if !rd.snapshot().is_empty() {
@@ -313,6 +316,7 @@ impl<M: Machine> Loop<M> {
         store.commit(w, true)?;
         self.apply(rd.take_committed_entries())?;
         if !rd.persisted_messages().is_empty() {
+            self.count_snapshots(rd.persisted_messages());
             self.transport
                 .send(self.group, rd.take_persisted_messages());
         }
@@ -352,6 +356,8 @@ impl<M: Machine> Loop<M> {
             .restoring = true;
         let started = Instant::now();
         let items = self.machine.restore(snapshot, from)?;
+        metrics::counter!("redrec_raft_snapshots_restored_total", "group" => self.group.to_string())
+            .increment(1);
         let store = self.node.mut_store();
         let mut w = LogWrite::default();
         store.apply_snapshot(&mut w, snapshot)?;
@@ -463,6 +469,18 @@ impl<M: Machine> Loop<M> {
         Ok(())
     }
 
+    /// Snapshots this replica sends (to followers too far behind for the log).
+    fn count_snapshots(&self, messages: &[Message]) {
+        let n = messages
+            .iter()
+            .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+            .count();
+        if n > 0 {
+            metrics::counter!("redrec_raft_snapshots_sent_total", "group" => self.group.to_string())
+                .increment(n as u64);
+        }
+    }
+
     fn publish(&mut self) {
         // A replica that lost leadership cannot know whether its proposals commit.
         if self.node.raft.state != StateRole::Leader && !self.pending.is_empty() {
@@ -483,7 +501,14 @@ impl<M: Machine> Loop<M> {
             restoring: false,
             halted: false,
         };
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        let group = self.group.to_string();
+        metrics::gauge!("redrec_raft_unapplied_entries", "group" => group.clone())
+            .set(status.commit.saturating_sub(status.applied) as f64);
+        let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.leader.is_some() && status.leader != current.leader {
+            metrics::counter!("redrec_raft_leader_changes_total", "group" => group).increment(1);
+        }
+        *current = status;
     }
 
     fn fail_all(&mut self, why: &str) {

@@ -35,14 +35,16 @@ pub fn lone(
     budget: MemoryBudget,
     guard: &Guard,
 ) -> Router {
-    let api = auth::build(lone::routes(), guard)
+    let mut routes = lone::routes();
+    routes.push(redrec_wire::metrics::route());
+    let api = auth::build(routes, guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(lone::Lone {
             store,
             users,
             budget,
         });
-    with_fallbacks(api)
+    with_fallbacks(api).layer(axum::middleware::from_fn(redrec_wire::metrics::record))
 }
 
 /// The API of a shard node: the same point and search calls under `/v1/groups/{g}/…`
@@ -51,9 +53,12 @@ pub fn lone(
 /// membership administration, and the Raft transport.
 /// Every route is checked by `guard`.
 pub fn node(node: Arc<Node>, guard: &Guard) -> Router {
+    let mut admin = admin::routes();
+    admin.push(redrec_wire::metrics::route());
     let api = auth::build(groups::routes(), guard)
-        .merge(auth::build(admin::routes(), guard))
+        .merge(auth::build(admin, guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node.clone());
     with_fallbacks(api.merge(transport::router(node.inbox.clone(), guard)))
+        .layer(axum::middleware::from_fn(redrec_wire::metrics::record))
 }
