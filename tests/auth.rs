@@ -112,7 +112,7 @@ fn every_route_wants_its_credential_and_the_tiers_carry_theirs() {
         .filter(|r| r.2 == Access::Open)
         .map(|r| r.1.as_str())
         .collect();
-    assert_eq!(opened, ["/openapi.json", "/healthz", "/readyz"]);
+    assert_eq!(opened, ["/openapi.json", "/ui", "/healthz", "/readyz"]);
     let base = &router.addr;
     for (method, path, access) in &public {
         let what = format!("{method} {path}");
