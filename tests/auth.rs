@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use axum::http::Method;
 use redrec_wire::auth::{Access, Route, Scope};
 use serde_json::{json, Value};
@@ -165,11 +167,17 @@ fn every_route_wants_its_credential_and_the_tiers_carry_theirs() {
     let (s, b) = post(WRITE, "/v1/items", json!({ "items": items }));
     assert_eq!(s, 200, "{b}");
     let history = json!([{"item_id": "t1", "scenario": "search"}]);
-    let (s, b) = post(
-        READ,
-        "/v1/recommend",
-        json!({"history": history, "scenario": "homefeed", "k": 5}),
-    );
+    // Reads go to any caught-up replica: a follower may apply the items a moment after
+    // the leader acknowledged them.
+    let (mut s, mut b) = (0, Value::Null);
+    support::raft::eventually(Duration::from_secs(10), "the items are readable", || {
+        (s, b) = post(
+            READ,
+            "/v1/recommend",
+            json!({"history": history, "scenario": "homefeed", "k": 5}),
+        );
+        s == 200
+    });
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["items"].as_array().unwrap().len(), 5, "{b}");
     // A read key cannot write.
