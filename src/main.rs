@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_top;
 mod demo;
 mod eval;
+mod telemetry;
 
 use anyhow::Result;
 use clap::Parser;
@@ -25,20 +26,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // REDREC_LOG_SPANS=1: a line per span as it closes (its trace id and timings).
-    let spans = match std::env::var("REDREC_LOG_SPANS").as_deref() {
-        Ok("1") | Ok("true") => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
-        _ => tracing_subscriber::fmt::format::FmtSpan::NONE,
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_span_events(spans)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let role = match &cli.command {
+        Command::Router(_) => "router",
+        Command::Encoder(_) => "encoder",
+        Command::Shard(_) => "shard",
+        _ => "tool",
+    };
+    let _telemetry = telemetry::init(role)?;
     let (token, ca) = (cli.cluster_token(), cli.tls_ca.clone());
     match cli.command {
         Command::Demo(a) => demo::run(a).await,

@@ -121,6 +121,8 @@ fn chart_lints_and_renders_valid_objects() {
     assert!(!tls.contains("http://"), "plain http left in: {tls}");
     assert_eq!(tls.matches("REDREC_TLS_CERT").count(), 3);
     assert!(tls.contains("scheme: HTTPS"));
+    assert!(tls.contains("REDREC_OTLP_ENDPOINT: \"https://otel-collector.monitoring:4318\""));
+    assert!(tls.contains("REDREC_TRACE_SAMPLE: \"0.1\""));
     monitoring_uses_exported_metrics(&tls);
     // Collection settings and the memory budget reach the shard nodes, read settings the
     // routers.

@@ -4,7 +4,8 @@
 //! id), so a recommend's lines in the router's, the encoder's and every shard node's logs
 //! share one id. Answers carry `traceparent` back. A request slower than the server's
 //! threshold logs a warning with its trace id. Spans are logged when they close if the
-//! process runs with `REDREC_LOG_SPANS=1` (see the binary's logging set-up).
+//! process runs with `REDREC_LOG_SPANS=1`, and exported over OTLP with
+//! `REDREC_OTLP_ENDPOINT` (see the binary's telemetry set-up), in the caller's trace.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -85,30 +88,75 @@ pub fn current() -> Option<Context> {
     CURRENT.try_with(|c| *c).ok()
 }
 
-/// `req`, carrying the current trace on to the next tier.
+/// `req`, carrying the current trace on to the next tier: as a child of the innermost
+/// span when spans are exported (so the next tier's span has an exported parent), else of
+/// a fresh span id.
 pub fn inject(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match current() {
-        Some(c) => req.header(TRACEPARENT, c.child().header()),
-        None => req,
-    }
+    let Some(c) = current() else {
+        return req;
+    };
+    let exported = tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone();
+    let next = match exported.is_valid() {
+        true => Context {
+            span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
+            ..c
+        },
+        false => c.child(),
+    };
+    req.header(TRACEPARENT, next.header())
+}
+
+/// The OpenTelemetry form of a caller's position in a trace.
+fn remote(c: &Context) -> opentelemetry::Context {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let flags = if c.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_bytes(c.trace_id.to_be_bytes()),
+        SpanId::from_bytes(c.span_id.to_be_bytes()),
+        flags,
+        true,
+        TraceState::default(),
+    ))
 }
 
 /// Middleware: runs the request in its trace (see the module), and warns of requests
 /// slower than `slow`.
 pub async fn traced(State(slow): State<Duration>, req: Request, next: Next) -> Response {
-    let ctx = req
+    let parent = req
         .headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(Context::parse)
-        .map_or_else(Context::root, |parent| parent.child());
+        .and_then(Context::parse);
     let span = tracing::info_span!(
         target: "redrec::trace",
         "request",
-        trace_id = %ctx.trace_hex(),
+        trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.uri().path(),
     );
+    // Exported spans (OTLP) join the caller's trace; this span's ids are then theirs.
+    if let Some(p) = &parent {
+        let _ = span.set_parent(remote(p));
+    }
+    let exported = span.context().span().span_context().clone();
+    let ctx = match (exported.is_valid(), parent) {
+        (true, _) => Context {
+            trace_id: u128::from_be_bytes(exported.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
+            sampled: exported.is_sampled(),
+        },
+        (false, Some(p)) => p.child(),
+        (false, None) => Context::root(),
+    };
+    span.record("trace_id", tracing::field::display(ctx.trace_hex()));
     let started = Instant::now();
     let mut resp = CURRENT
         .scope(ctx, next.run(req).instrument(span.clone()))
