@@ -76,13 +76,9 @@ async fn counter(http: &reqwest::Client, router: &Proc, name: &str) -> Result<f6
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    Ok(crate::cluster_top::samples(&text, name)
+        .iter()
+        .map(|(_, v)| v)
         .sum())
 }
 

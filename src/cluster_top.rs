@@ -27,10 +27,10 @@ pub struct TopArgs {
     once: bool,
 }
 
-type Labels = BTreeMap<String, String>;
+pub type Labels = BTreeMap<String, String>;
 
 /// The samples of `name` in Prometheus text, with their labels.
-fn samples(text: &str, name: &str) -> Vec<(Labels, f64)> {
+pub fn samples(text: &str, name: &str) -> Vec<(Labels, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -190,7 +190,10 @@ fn render(a: &TopArgs, cluster: &Value, now: &Scrape, before: &Scrape) -> String
     let _ = writeln!(out, "\n{:<28} {:>9} {:>9}", "route", "req/s", "p99 ms");
     for (route, n) in &now.requests {
         let b = before.requests.get(route).copied().unwrap_or(0.0);
-        let p = p99(&now.buckets[route], before.buckets.get(route))
+        let p = now
+            .buckets
+            .get(route)
+            .and_then(|b| p99(b, before.buckets.get(route)))
             .filter(|_| secs > 0.0)
             .map_or("-".into(), |p| format!("{p:.1}"));
         let _ = writeln!(out, "{route:<28} {:>9} {p:>9}", rate(*n, b));

@@ -19,19 +19,7 @@ fn vector(i: usize) -> Vec<f32> {
 
 /// A counter's value (summed over its labels) on `/metrics` at `addr`.
 fn counter(addr: &str, name: &str) -> f64 {
-    let text = http()
-        .get(format!("{addr}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&metrics_text(addr), name)
 }
 
 fn timed(url: &str, body: &Value) -> ((u16, Value), Duration) {

@@ -180,12 +180,7 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
     }
     // What the alerts read: each group has a leader, each replica is up and how far
     // behind, each node's RAM; the exposition is valid.
-    let metrics = http()
-        .get(format!("{}/metrics", router.addr))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&router.addr);
     let types = check_exposition(&metrics);
     for gauge in [
         "redrec_group_has_leader",

@@ -80,15 +80,7 @@ fn a_recommend_leaves_spans_from_every_tier_under_one_trace_id() {
 
     // Every tier serves its own metrics: the encoder's queue and run times per tower, the
     // shards' request latencies.
-    let metrics = |addr: &str| {
-        let text = http()
-            .get(format!("{addr}/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        check_exposition(&text)
-    };
+    let metrics = |addr: &str| check_exposition(&metrics_text(addr));
     let encoder = metrics(&cluster.encoder.addr);
     for family in ["redrec_encoder_queue_seconds", "redrec_encoder_run_seconds"] {
         assert_eq!(

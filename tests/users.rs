@@ -220,17 +220,9 @@ fn a_replica_restored_from_a_snapshot_gets_the_users_histories() {
     // The nodes' own metrics say so: proposals and a snapshot sent by the leader, one
     // restored by the replica that was behind.
     let metric = |i: usize, name: &str| -> f64 {
-        let text = http()
-            .get(format!("{}/metrics", c.addr(i)))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = metrics_text(&c.addr(i));
         check_exposition(&text);
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&text, name)
     };
     assert!(metric(leader, "redrec_raft_proposals_total") >= 20.0);
     assert!(metric(leader, "redrec_raft_snapshots_sent_total") >= 1.0);

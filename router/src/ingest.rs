@@ -24,15 +24,7 @@ fn check_batch<'a>(
     items: impl ExactSizeIterator<Item = (&'a str, &'a Payload)>,
 ) -> Result<(), RouterError> {
     let n = items.len();
-    if n == 0 {
-        return Err(RouterError::bad("empty_batch", "items is empty"));
-    }
-    if n > state.cfg.max_items_per_request {
-        return Err(RouterError::TooLarge(format!(
-            "{n} items in one request; at most {} (split the batch)",
-            state.cfg.max_items_per_request
-        )));
-    }
+    check_batch_len(state, n, "items")?;
     let mut ids = HashSet::with_capacity(n);
     for (i, (id, payload)) in items.enumerate() {
         check_id(id).map_err(|m| RouterError::bad("invalid_id", format!("items[{i}]: {m}")))?;
@@ -48,6 +40,20 @@ fn check_batch<'a>(
                 format!("items[{i}]: payload key {ID_KEY:?} is reserved"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A batch of `n` `what` (items, events): not empty, within `--max-items`.
+pub fn check_batch_len(state: &RouterState, n: usize, what: &str) -> Result<(), RouterError> {
+    if n == 0 {
+        return Err(RouterError::bad("empty_batch", format!("{what} is empty")));
+    }
+    if n > state.cfg.max_items_per_request {
+        return Err(RouterError::TooLarge(format!(
+            "{n} {what} in one request; at most {} (split the batch)",
+            state.cfg.max_items_per_request
+        )));
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use redrec_encoder::{Manifest, UserHistory};
+use redrec_shard_api::points::Hit;
 
 use crate::api::{HistoryReport, MergeMode, QueryList, RecommendRequest, RecommendResponse};
 use crate::error::RouterError;
@@ -150,6 +151,17 @@ async fn history_vectors(
     Ok(history)
 }
 
+/// Every group's list of every query, with its query's weight.
+fn weighted<'a>(
+    queries: &'a [(usize, f32)],
+    per_query: Vec<Vec<Vec<Hit>>>,
+) -> impl Iterator<Item = (f32, Vec<Hit>)> + 'a {
+    queries
+        .iter()
+        .zip(per_query)
+        .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)))
+}
+
 /// Relevance against novelty in an MMR merge, unless the request says.
 const DEFAULT_MMR_LAMBDA: f32 = 0.8;
 
@@ -254,11 +266,7 @@ pub async fn recommend(
     let merged = async {
         match req.merge {
             MergeMode::Max => {
-                let lists = plan
-                    .queries
-                    .iter()
-                    .zip(per_query)
-                    .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+                let lists = weighted(&plan.queries, per_query);
                 (Some(merge::max_over_queries(lists, req.k)), None)
             }
             MergeMode::Quota => {
@@ -275,11 +283,7 @@ pub async fn recommend(
                 (Some(merge::quota(lists, req.k)), None)
             }
             MergeMode::Mmr => {
-                let lists = plan
-                    .queries
-                    .iter()
-                    .zip(per_query)
-                    .flat_map(|((_, w), lists)| lists.into_iter().map(move |l| (*w, l)));
+                let lists = weighted(&plan.queries, per_query);
                 let pool = merge::max_over_queries(lists, req.k.max(4 * req.k.min(merge::MMR_MAX)));
                 let ids = pool.iter().map(|r| r.id.clone()).collect();
                 let (vectors, _) = item_vectors(state, ids, deadline).await;

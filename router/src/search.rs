@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use redrec_shard_api::collection::MAX_EF;
-use redrec_shard_api::points::{check_vector, Consistency, Hit, Payload, SearchRequest};
+use redrec_shard_api::points::{check_vector, Consistency, Hit, SearchRequest, StoredPoint};
 use redrec_shard_api::ShardClient;
 
 use crate::api::{Coverage, Recommendation, SearchVectorsRequest, SearchVectorsResponse};
@@ -78,12 +78,12 @@ pub fn check_ef(ef: Option<usize>) -> Result<(), RouterError> {
 /// group holding a winner). Below it, payloads come with the hits.
 const INLINE_PAYLOADS_UP_TO: usize = 8;
 
-/// What every group found: per query, the lists of the groups that answered; who did; and,
-/// when the hits came without payloads, which group each item came from.
+/// What every group found: per query, the lists of the groups that answered; who did; and
+/// whether the hits came with their payloads.
 pub struct Found {
     pub per_query: Vec<Vec<Vec<Hit>>>,
     pub coverage: Coverage,
-    origins: Option<HashMap<String, usize>>,
+    with_payload: bool,
 }
 
 /// Results per group for a top-`k` over `groups` groups: `k` (an exact merge), or with
@@ -168,19 +168,13 @@ pub async fn search_groups(
         )));
     }
     let mut per_query: Vec<Vec<Vec<Hit>>> = vec![Vec::new(); n];
-    let mut origins = (!with_payload).then(HashMap::new);
     // A group working from a newer map than this router's may hold an excluded item
     // this router did not send it: leave it out here too.
     let excluded: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-    for (i, r) in outcomes {
+    for (_, r) in outcomes {
         if let Ok(resp) = r {
             for (q, mut hits) in resp.results.into_iter().enumerate().take(n) {
                 hits.retain(|h| !excluded.contains(h.id.as_str()));
-                if let Some(o) = origins.as_mut() {
-                    for h in &hits {
-                        o.entry(h.id.clone()).or_insert(i);
-                    }
-                }
                 per_query[q].push(hits);
             }
         }
@@ -188,65 +182,72 @@ pub async fn search_groups(
     Ok(Found {
         per_query,
         coverage,
-        origins,
+        with_payload,
     })
 }
 
 impl Found {
     /// Fills in the payloads of `items` (merged from these lists) when the hits came
-    /// without them: one read of each group that found a winner. A group that cannot
-    /// answer leaves its items without payloads, said in `coverage.failed`.
+    /// without them: one read of each group owning a winner. A group that cannot answer
+    /// leaves its items without payloads, said in `coverage.failed`.
     pub async fn fill_payloads<'a>(
         &mut self,
         state: &RouterState,
         items: impl IntoIterator<Item = &'a mut Recommendation>,
         deadline: Instant,
     ) {
-        let Some(origins) = &self.origins else {
+        if self.with_payload {
             return;
-        };
-        let mut wanted: BTreeMap<usize, Vec<&'a mut Recommendation>> = BTreeMap::new();
+        }
+        let items: Vec<&'a mut Recommendation> = items.into_iter().collect();
+        let ids = items.iter().map(|r| r.id.clone()).collect();
+        let (found, failed) = fetch_points(state, ids, false, deadline).await;
+        // An item may be in several lists (per-query merges): each copy gets its payload.
         for item in items {
-            if let Some(&g) = origins.get(&item.id) {
-                wanted.entry(g).or_default().push(item);
+            if let Some(p) = found.get(&item.id) {
+                item.payload = p.payload.clone();
             }
         }
-        let cluster = &*state.cluster.get();
-        let ids: BTreeMap<usize, Vec<String>> = wanted
-            .iter()
-            .map(|(g, items)| {
-                let ids: BTreeSet<&String> = items.iter().map(|r| &r.id).collect();
-                (*g, ids.into_iter().cloned().collect())
-            })
-            .collect();
-        let outcomes = fan_out(cluster, ids.keys().copied(), deadline, |i, group| {
-            let ids = ids[&i].clone();
-            async move {
-                group
-                    .read(deadline, |c, left| {
-                        let ids = ids.clone();
-                        async move { c.get(ids, false, left).await }
-                    })
-                    .await
-            }
-        })
-        .await;
-        for (g, r) in outcomes {
-            match r {
-                Ok(points) => {
-                    let found: HashMap<String, Payload> =
-                        points.into_iter().map(|p| (p.id, p.payload)).collect();
-                    for item in wanted.remove(&g).unwrap_or_default() {
-                        item.payload = found.get(&item.id).cloned().unwrap_or_default();
-                    }
-                }
-                Err(e) => self
-                    .coverage
-                    .failed
-                    .push(format!("payloads from shard {g}: {e}")),
+        self.coverage.failed.extend(
+            failed
+                .into_iter()
+                .map(|(g, e)| format!("payloads from shard {g}: {e}")),
+        );
+    }
+}
+
+/// Points `ids` (with vectors or not), each read from the group owning its slot; with the
+/// groups that could not answer, and why.
+async fn fetch_points(
+    state: &RouterState,
+    ids: BTreeSet<String>,
+    with_vector: bool,
+    deadline: Instant,
+) -> (HashMap<String, StoredPoint>, BTreeMap<usize, String>) {
+    let cluster = &*state.cluster.get();
+    let wanted = cluster.by_shard(ids, |id| id);
+    let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {
+        let ids: Vec<String> = wanted[&i].clone();
+        async move {
+            group
+                .read(deadline, |c, left| {
+                    let ids = ids.clone();
+                    async move { c.get(ids, with_vector, left).await }
+                })
+                .await
+        }
+    })
+    .await;
+    let (mut points, mut failed) = (HashMap::new(), BTreeMap::new());
+    for (group, r) in outcomes {
+        match r {
+            Ok(found) => points.extend(found.into_iter().map(|p| (p.id.clone(), p))),
+            Err(e) => {
+                failed.insert(group, e.to_string());
             }
         }
     }
+    (points, failed)
 }
 
 /// The vectors of items `ids`, read from the groups that own them; with the groups that
@@ -256,32 +257,12 @@ pub async fn item_vectors(
     ids: BTreeSet<String>,
     deadline: Instant,
 ) -> (HashMap<String, Vec<f32>>, BTreeSet<usize>) {
-    let cluster = &*state.cluster.get();
-    let wanted = cluster.by_shard(ids, |id| id);
-    let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {
-        let ids: Vec<String> = wanted[&i].clone();
-        async move {
-            group
-                .read(deadline, |c, left| {
-                    let ids = ids.clone();
-                    async move { c.get(ids, true, left).await }
-                })
-                .await
-        }
-    })
-    .await;
-    let (mut vectors, mut down) = (HashMap::new(), BTreeSet::new());
-    for (group, r) in outcomes {
-        match r {
-            Ok(points) => {
-                vectors.extend(points.into_iter().filter_map(|p| Some((p.id, p.vector?))))
-            }
-            Err(_) => {
-                down.insert(group);
-            }
-        }
-    }
-    (vectors, down)
+    let (points, failed) = fetch_points(state, ids, true, deadline).await;
+    let vectors = points
+        .into_iter()
+        .filter_map(|(id, p)| Some((id, p.vector?)))
+        .collect();
+    (vectors, failed.into_keys().collect())
 }
 
 /// `POST /v1/search`: the catalogue searched with query vectors the caller brings (no

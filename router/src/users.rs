@@ -13,7 +13,7 @@ use crate::api::{
     UserHistoryResponse,
 };
 use crate::error::RouterError;
-use crate::ingest::{check_id, write_by_slot};
+use crate::ingest::{check_batch_len, check_id, write_by_slot};
 use crate::state::RouterState;
 
 /// `POST /v1/events`.
@@ -23,15 +23,7 @@ pub async fn add_events(
 ) -> Result<EventsResponse, RouterError> {
     let started = Instant::now();
     let n = req.events.len();
-    if n == 0 {
-        return Err(RouterError::bad("empty_batch", "events is empty"));
-    }
-    if n > state.cfg.max_items_per_request {
-        return Err(RouterError::TooLarge(format!(
-            "{n} events in one request; at most {} (split the batch)",
-            state.cfg.max_items_per_request
-        )));
-    }
+    check_batch_len(state, n, "events")?;
     let m = state.encoder.manifest();
     let mut events = Vec::with_capacity(n);
     for (i, e) in req.events.into_iter().enumerate() {

@@ -36,13 +36,12 @@ impl Group {
     }
 
     pub fn with_policy(index: usize, replicas: Vec<ShardClient>, policy: Arc<ReadPolicy>) -> Self {
-        let quantile = policy.hedge.as_ref().map_or(0.95, |h| h.quantile);
         Self {
             index,
             outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
             replicas,
             leader: AtomicUsize::new(0),
-            latency: Latency::new(quantile),
+            latency: Latency::new(),
             policy,
         }
     }

@@ -28,20 +28,18 @@ pub struct ReadPolicy {
 
 #[derive(Debug)]
 pub struct Hedge {
-    /// A fixed delay before the second read; `None`: the group's recent latency at
-    /// `quantile`, at least `min` and at most twice the same quantile over all groups.
+    /// A fixed delay before the second read; `None`: the group's recent p95, at least
+    /// `min` and at most twice the p95 over all groups.
     pub delay: Option<Duration>,
-    pub quantile: f64,
     pub min: Duration,
     budget: Budget,
 }
 
 impl Hedge {
     /// Hedges after `delay` (or the adaptive delay), at most `share` of reads extra.
-    pub fn new(delay: Option<Duration>, quantile: f64, share: f64) -> Self {
+    pub fn new(delay: Option<Duration>, share: f64) -> Self {
         Self {
             delay,
-            quantile,
             min: Duration::from_millis(1),
             budget: Budget::new(share),
         }
@@ -75,7 +73,7 @@ impl Default for ReadPolicy {
         Self {
             attempt_timeout: Duration::MAX,
             hedge: None,
-            all_groups: Latency::new(0.95),
+            all_groups: Latency::new(),
         }
     }
 }
@@ -114,19 +112,26 @@ impl Budget {
     }
 }
 
-/// Recent read latency: a window of answered reads, and its quantile when last full.
+/// The latency quantile hedging waits for.
+const QUANTILE: f64 = 0.95;
+
+/// Recent read latency: a window of answered reads, and its p95 when last full.
 #[derive(Debug)]
 pub struct Latency {
-    quantile: f64,
     window: Mutex<Histogram<u64>>,
-    /// The quantile of the last full window, in microseconds (0: none yet).
+    /// The p95 of the last full window, in microseconds (0: none yet).
     last_us: AtomicU64,
 }
 
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Latency {
-    pub fn new(quantile: f64) -> Self {
+    pub fn new() -> Self {
         Self {
-            quantile,
             // 1 µs to 60 s, two significant digits.
             window: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("bounds")),
             last_us: AtomicU64::new(0),
@@ -139,7 +144,7 @@ impl Latency {
         let _ = w.record(us);
         if w.len() >= WINDOW {
             self.last_us
-                .store(w.value_at_quantile(self.quantile), Ordering::Relaxed);
+                .store(w.value_at_quantile(QUANTILE), Ordering::Relaxed);
             w.reset();
         }
     }
@@ -215,8 +220,8 @@ mod tests {
 
     #[test]
     fn the_delay_follows_the_group_bounded_by_all_groups() {
-        let (group, all) = (Latency::new(0.95), Latency::new(0.95));
-        let hedge = Hedge::new(None, 0.95, 0.05);
+        let (group, all) = (Latency::new(), Latency::new());
+        let hedge = Hedge::new(None, 0.05);
         assert_eq!(hedge.delay(&group, &all), None, "no window yet");
         for i in 0..WINDOW {
             group.record(Duration::from_millis(if i % 10 == 0 { 200 } else { 4 }));
@@ -228,7 +233,7 @@ mod tests {
             d >= Duration::from_millis(9) && d <= Duration::from_millis(11),
             "{d:?}"
         );
-        let fixed = Hedge::new(Some(Duration::from_millis(30)), 0.95, 0.05);
+        let fixed = Hedge::new(Some(Duration::from_millis(30)), 0.05);
         assert_eq!(fixed.delay(&group, &all), Some(Duration::from_millis(30)));
     }
 }

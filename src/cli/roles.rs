@@ -241,14 +241,13 @@ impl ReadArgs {
         }
         let hedge = match self.hedge.trim() {
             "off" => None,
-            "auto" => Some(Hedge::new(None, 0.95, self.hedge_budget)),
+            "auto" => Some(Hedge::new(None, self.hedge_budget)),
             ms => {
                 let ms: u64 = ms
                     .parse()
                     .map_err(|_| anyhow!("--hedge is off, auto or a delay in ms, not {ms:?}"))?;
                 Some(Hedge::new(
                     Some(Duration::from_millis(ms)),
-                    0.95,
                     self.hedge_budget,
                 ))
             }

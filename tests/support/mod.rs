@@ -172,6 +172,27 @@ pub fn within<T>(limit: Duration, f: impl FnOnce() -> T) -> (T, Duration) {
 }
 pub mod raft;
 
+/// The `/metrics` text of the server at `addr`.
+pub fn metrics_text(addr: &str) -> String {
+    http()
+        .get(format!("{addr}/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("metrics text")
+}
+
+/// The samples of metric `name` in exposition `text`, added up over their labels.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Checks Prometheus' text exposition format strictly (what `promtool check metrics`
 /// checks of the format): every sample line is `name{labels} value`, a family's `# TYPE`
 /// comes before its samples and once, and every histogram has increasing `le` buckets
