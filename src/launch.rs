@@ -322,18 +322,37 @@ impl Layout {
             .map(|s| s.addr.clone())
             .collect::<Vec<_>>()
             .join(",");
+        let mut router_args = vec![flag, list.as_str()];
+        router_args.extend_from_slice(router);
+        self.front(shards, encoder, listen, &router_args)
+    }
+
+    /// An encoder and a router keeping items in the Qdrant collection at `qdrant` (gRPC),
+    /// `router` flags added (the collection's shards, replication, …).
+    pub fn on_qdrant(
+        &self,
+        qdrant: &str,
+        encoder: &[&str],
+        listen: &str,
+        router: &[&str],
+    ) -> Result<Local> {
+        let mut router_args = vec!["--qdrant-url", qdrant];
+        router_args.extend_from_slice(router);
+        self.front(Vec::new(), encoder, listen, &router_args)
+    }
+
+    /// An encoder and a router in front of `shards`.
+    fn front(
+        &self,
+        shards: Vec<Proc>,
+        encoder: &[&str],
+        listen: &str,
+        router: &[&str],
+    ) -> Result<Local> {
         let mut args = vec!["encoder", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(encoder);
         let encoder = self.start("encoder", &args)?;
-        let mut args = vec![
-            "router",
-            "--listen",
-            listen,
-            "--encoder",
-            &encoder.addr,
-            flag,
-            &list,
-        ];
+        let mut args = vec!["router", "--listen", listen, "--encoder", &encoder.addr];
         args.extend_from_slice(router);
         let router = self.start("router", &args)?;
         Ok(Local {

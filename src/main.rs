@@ -44,7 +44,7 @@ async fn main() -> Result<()> {
         }
         Command::Router(a) => {
             let (options, cfg) = (a.serve.options()?, a.config(token, ca)?);
-            redrec_router::serve(a.listen, a.towers(), a.topology(), cfg, options).await
+            redrec_router::serve(a.listen, a.towers(), a.topology()?, cfg, options).await
         }
         Command::Bench(BenchCommand::Encoder(a)) => bench::encoder(a).await,
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,

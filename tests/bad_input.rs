@@ -19,7 +19,19 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
 
 #[test]
 fn bad_requests_get_json_4xx_answers() {
-    let cluster = Cluster::start(2, &["--max-body-bytes", "200000", "--max-k", "500"]);
+    bad_requests(Backend::Embedded);
+}
+
+#[test]
+fn bad_requests_get_json_4xx_answers_on_qdrant() {
+    bad_requests(Backend::Qdrant);
+}
+
+fn bad_requests(backend: Backend) {
+    let args = ["--max-body-bytes", "200000", "--max-k", "500"];
+    let Some(cluster) = Cluster::on(backend, 2, &args) else {
+        return;
+    };
     let data = synth(cluster.dir.path(), 800, 3, 5);
     ingest(&cluster, &data.items);
     let rec = cluster.url("/v1/recommend");
@@ -123,6 +135,10 @@ fn bad_requests_get_json_4xx_answers() {
     // A history longer than the tower reads keeps the newest events and says so.
     let (_, cluster_info) = get(&cluster.url("/v1/cluster"));
     let max_history = cluster_info["max_history"].as_u64().unwrap() as usize;
+    assert!(
+        cluster.serves_from(backend, &cluster_info),
+        "{cluster_info}"
+    );
     let long: Vec<Value> = data
         .items
         .iter()

@@ -1,5 +1,6 @@
-//! Three shard processes, an encoder and a router: recommendations must equal an exact
-//! brute-force max-over-queries top-k over the same stored item vectors.
+//! Three shard processes (or a Qdrant server with a 3-shard collection), an encoder and a
+//! router: recommendations must equal an exact brute-force max-over-queries top-k over the
+//! same stored item vectors, on both storage backends.
 
 mod support;
 
@@ -24,13 +25,35 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn recommend_top10_equals_brute_force_over_three_shards() {
-    let cluster = Cluster::start(3, &[]);
+    top10_equals_brute_force(Backend::Embedded);
+}
+
+#[test]
+fn recommend_top10_equals_brute_force_on_qdrant() {
+    top10_equals_brute_force(Backend::Qdrant);
+}
+
+#[test]
+fn per_query_merge_and_filters_hold_across_shards() {
+    per_query_merge_and_filters(Backend::Embedded);
+}
+
+#[test]
+fn per_query_merge_and_filters_hold_on_qdrant() {
+    per_query_merge_and_filters(Backend::Qdrant);
+}
+
+fn top10_equals_brute_force(backend: Backend) {
+    let Some(cluster) = Cluster::on(backend, 3, &[]) else {
+        return;
+    };
     let data = synth(cluster.dir.path(), 3_000, 30, 11);
     ingest(&cluster, &data.items);
 
     // Every item stored once, on the shard its slot names; the vectors the shards hold.
     let (status, info) = get(&cluster.url("/v1/cluster"));
     assert_eq!(status, 200);
+    assert!(cluster.serves_from(backend, &info), "{info}");
     let points: u64 = info["shards"]
         .as_array()
         .unwrap()
@@ -133,9 +156,10 @@ fn recommend_top10_equals_brute_force_over_three_shards() {
     );
 }
 
-#[test]
-fn per_query_merge_and_filters_hold_across_shards() {
-    let cluster = Cluster::start(3, &[]);
+fn per_query_merge_and_filters(backend: Backend) {
+    let Some(cluster) = Cluster::on(backend, 3, &[]) else {
+        return;
+    };
     let data = synth(cluster.dir.path(), 1_500, 5, 12);
     ingest(&cluster, &data.items);
     let history = recent_history(&data.users[0], 20);

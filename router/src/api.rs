@@ -268,6 +268,10 @@ pub struct ClusterResponse {
     pub queries: Vec<String>,
     pub max_history: usize,
     pub slots: usize,
+    /// Where items are kept: `embedded` (redrec's shard groups), or `qdrant URL collection
+    /// NAME` (a Qdrant server or cluster; `shards` are then its shards, a replica per peer).
+    #[serde(default)]
+    pub backend: String,
     /// Points in every group (each counted once).
     pub points: usize,
     /// The groups' bytes, added up (one replica each).

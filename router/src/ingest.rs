@@ -71,6 +71,11 @@ pub fn check_id(id: &str) -> Result<(), String> {
 /// Upserts on every owning shard; succeeds only when every shard confirmed its part.
 pub async fn upsert(state: &RouterState, points: Vec<Point>) -> Result<usize, RouterError> {
     let n = points.len();
+    if let Some(q) = &state.qdrant {
+        q.items.upsert(points, state.cfg.write_timeout).await?;
+        metrics::counter!("redrec_items_upserted_total").increment(n as u64);
+        return Ok(n);
+    }
     write_by_slot(
         state,
         points,
@@ -220,6 +225,21 @@ pub async fn ingest_vectors(
 
 pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
+    if let Some(q) = &state.qdrant {
+        let point = q
+            .items
+            .get(vec![id.clone()], true, state.cfg.deadline)
+            .await?;
+        return match point.into_iter().next() {
+            Some(p) => Ok(ItemResponse {
+                id: p.id,
+                vector: p.vector.unwrap_or_default(),
+                payload: p.payload,
+                shard: 0,
+            }),
+            None => Err(RouterError::NotFound(format!("no item {id:?}"))),
+        };
+    }
     let cluster = state.cluster.get();
     let group = cluster.group_of(&id);
     let shard = group.index;
@@ -247,6 +267,12 @@ pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteRespon
     let deadline = Instant::now() + state.cfg.write_timeout;
     let mut backoff = Duration::from_millis(10);
     let deleted = loop {
+        if let Some(q) = &state.qdrant {
+            break q
+                .items
+                .delete(vec![id.clone()], state.cfg.write_timeout)
+                .await?;
+        }
         let r = state
             .cluster
             .get()

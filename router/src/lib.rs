@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod merge;
 pub mod openapi;
+pub mod qdrant;
 pub mod recommend;
 pub mod search;
 pub mod serve;

@@ -120,6 +120,24 @@ pub async fn search_groups(
     consistency: Consistency,
     deadline: Instant,
 ) -> Result<Found, RouterError> {
+    if let Some(q) = &state.qdrant {
+        let request = SearchRequest {
+            queries,
+            k: depth.k,
+            filter,
+            exclude: exclude.to_vec(),
+            ef: depth.ef,
+            consistency,
+            with_payload: true,
+        };
+        let (per_query, coverage) = q.search(&request, deadline).await?;
+        record_coverage(&coverage);
+        return Ok(Found {
+            per_query,
+            coverage,
+            with_payload: true,
+        });
+    }
     let cluster = &*state.cluster.get();
     let n = queries.len();
     let g = cluster.groups.len();
@@ -159,8 +177,7 @@ pub async fn search_groups(
         return Err(RouterError::bad("invalid_request", message));
     }
     let coverage = coverage(g, &outcomes);
-    metrics::histogram!("redrec_recommend_coverage_ratio")
-        .record(coverage.answered as f64 / coverage.shards.max(1) as f64);
+    record_coverage(&coverage);
     if coverage.answered == 0 {
         return Err(RouterError::ShardsUnavailable(format!(
             "no shard answered: {}",
@@ -184,6 +201,11 @@ pub async fn search_groups(
         coverage,
         with_payload,
     })
+}
+
+fn record_coverage(c: &Coverage) {
+    metrics::histogram!("redrec_recommend_coverage_ratio")
+        .record(c.answered as f64 / c.shards.max(1) as f64);
 }
 
 impl Found {
@@ -224,6 +246,11 @@ async fn fetch_points(
     with_vector: bool,
     deadline: Instant,
 ) -> (HashMap<String, StoredPoint>, BTreeMap<usize, String>) {
+    if let Some(q) = &state.qdrant {
+        return q
+            .fetch(ids.into_iter().collect(), with_vector, deadline)
+            .await;
+    }
     let cluster = &*state.cluster.get();
     let wanted = cluster.by_shard(ids, |id| id);
     let outcomes = fan_out(cluster, wanted.keys().copied(), deadline, |i, group| {

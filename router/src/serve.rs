@@ -12,7 +12,9 @@ use redrec_wire::ServeOptions;
 
 use crate::cluster::{Cluster, ClusterView};
 use crate::config::RouterConfig;
+use crate::qdrant::QdrantBackend;
 use crate::state::RouterInner;
+use redrec_qdrant::{QdrantItems, QdrantSettings};
 
 /// Where the router finds the towers.
 pub enum Towers {
@@ -30,6 +32,8 @@ pub enum Topology {
     Groups(Vec<Vec<String>>),
     /// The cluster map of the meta group whose members listen here, followed as it moves.
     Meta(Vec<String>),
+    /// A collection on a Qdrant server or cluster (its vector size set from the towers).
+    Qdrant(Box<QdrantSettings>),
 }
 
 /// Serves the public API until SIGINT or SIGTERM.
@@ -49,7 +53,19 @@ pub async fn serve(
         ),
         Towers::Local(t) => EncoderHandle::Local(t.start().await?),
     };
+    let mut qdrant = None;
     let cluster = match topology {
+        Topology::Qdrant(mut settings) => {
+            settings.dim = encoder.manifest().dim;
+            let items = QdrantItems::open(*settings)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            qdrant = Some(QdrantBackend::start(items).await);
+            Arc::new(ClusterView::fixed(
+                Cluster::fixed(&[], http.clone(), &cfg.reads),
+                http,
+            ))
+        }
         Topology::Meta(meta) => {
             let view = ClusterView::from_meta(
                 meta,
@@ -77,7 +93,9 @@ pub async fn serve(
             ))
         }
     };
-    let state = Arc::new(RouterInner::new(encoder, cluster, cfg));
+    let mut inner = RouterInner::new(encoder, cluster, cfg);
+    inner.qdrant = qdrant;
+    let state = Arc::new(inner);
     redrec_wire::serve("router", listen, crate::server::app(state), options).await?;
     Ok(())
 }

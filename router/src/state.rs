@@ -7,6 +7,7 @@ use redrec_encoder::EncoderHandle;
 
 use crate::cluster::ClusterView;
 use crate::config::RouterConfig;
+use crate::qdrant::QdrantBackend;
 use crate::user_cache::UserCache;
 
 pub struct RouterInner {
@@ -14,6 +15,9 @@ pub struct RouterInner {
     pub cluster: Arc<ClusterView>,
     pub cfg: RouterConfig,
     pub users: UserCache,
+    /// Items on a Qdrant server or cluster instead of shard groups (`cluster` then has
+    /// no groups).
+    pub qdrant: Option<Arc<QdrantBackend>>,
 }
 
 impl RouterInner {
@@ -23,6 +27,7 @@ impl RouterInner {
             encoder,
             cluster,
             cfg,
+            qdrant: None,
         }
     }
 }

@@ -83,7 +83,13 @@ pub async fn shards(s: &RouterState) -> Vec<ShardStatus> {
 
 /// `GET /v1/cluster`.
 pub async fn cluster(s: &RouterState) -> ClusterResponse {
-    let shards = shards(s).await;
+    let (qdrant_points, shards) = match &s.qdrant {
+        Some(q) => {
+            let (points, shards) = q.shards().await;
+            (Some(points), shards)
+        }
+        None => (None, shards(s).await),
+    };
     record(&shards);
     let m = s.encoder.manifest();
     let cluster = s.cluster.get();
@@ -98,7 +104,15 @@ pub async fn cluster(s: &RouterState) -> ClusterResponse {
         queries: m.query_names.clone(),
         max_history: m.max_history,
         slots: SLOTS,
-        points: shards.iter().filter_map(|g| g.points).sum(),
+        points: qdrant_points.unwrap_or_else(|| shards.iter().filter_map(|g| g.points).sum()),
+        backend: match &s.qdrant {
+            Some(q) => format!(
+                "qdrant {} collection {}",
+                q.items.addr(),
+                q.items.settings().collection
+            ),
+            None => "embedded".into(),
+        },
         memory,
         shards,
         map: cluster.map.as_ref().map(|m| MapSummary {

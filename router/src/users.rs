@@ -59,17 +59,23 @@ pub async fn add_events(
     }
     // Each user keeps what the user tower reads.
     let keep = m.max_history;
-    let written = write_by_slot(
-        state,
-        events,
-        |e| e.user_id.as_str(),
-        "events",
-        |c, part, left| {
-            let req = stored::EventsRequest { keep, events: part };
-            async move { c.add_events(&req, left).await }
-        },
-    )
-    .await?;
+    let written = if let Some(q) = &state.qdrant {
+        q.items
+            .add_events(events, keep, state.cfg.write_timeout)
+            .await?
+    } else {
+        write_by_slot(
+            state,
+            events,
+            |e| e.user_id.as_str(),
+            "events",
+            |c, part, left| {
+                let req = stored::EventsRequest { keep, events: part };
+                async move { c.add_events(&req, left).await }
+            },
+        )
+        .await?
+    };
     metrics::counter!("redrec_events_stored_total").increment(written as u64);
     Ok(EventsResponse {
         received: n,
@@ -85,6 +91,15 @@ pub async fn stored_history(
     user_id: &str,
     deadline: Instant,
 ) -> Result<Vec<StoredEvent>, RouterError> {
+    if let Some(q) = &state.qdrant {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let found = q.items.histories(vec![user_id.to_string()], left).await?;
+        return Ok(found
+            .into_iter()
+            .next()
+            .map(|h| h.events)
+            .unwrap_or_default());
+    }
     let group = state.cluster.get().group_of(user_id).clone();
     let found = group
         .leader_call(deadline, |c, left| {
@@ -124,14 +139,20 @@ pub async fn history(state: &RouterState, id: String) -> Result<UserHistoryRespo
 /// `DELETE /v1/users/{id}`: the user's history, gone from every replica once answered.
 pub async fn forget(state: &RouterState, id: String) -> Result<DeleteResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
-    let deleted = write_by_slot(
-        state,
-        vec![id.clone()],
-        |id| id.as_str(),
-        "users",
-        |c, part, left| async move { c.forget_users(part, left).await },
-    )
-    .await?;
+    let deleted = if let Some(q) = &state.qdrant {
+        q.items
+            .forget_users(vec![id.clone()], state.cfg.write_timeout)
+            .await?
+    } else {
+        write_by_slot(
+            state,
+            vec![id.clone()],
+            |id| id.as_str(),
+            "users",
+            |c, part, left| async move { c.forget_users(part, left).await },
+        )
+        .await?
+    };
     if deleted == 0 {
         return Err(RouterError::NotFound(format!(
             "no stored history for user {id:?}"

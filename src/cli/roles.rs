@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use redrec_encoder::{BatchConfig, Device, EncoderConfig, TowersConfig};
+use redrec_qdrant::QdrantSettings;
 use redrec_router::{RouterConfig, Topology, Towers};
 use redrec_shard::budget::MemoryBudget;
 use redrec_shard::serve::NodeSettings;
@@ -337,6 +338,108 @@ pub struct EncoderArgs {
     pub serve: ServeArgs,
 }
 
+/// Items on a Qdrant server or cluster instead of redrec's shard groups.
+#[derive(Args)]
+pub struct QdrantArgs {
+    /// The gRPC address of a Qdrant server or cluster (http://host:6334): Qdrant shards,
+    /// replicates and searches; the router runs the towers, merge and API.
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_URL",
+        conflicts_with_all = ["shards", "group", "meta"]
+    )]
+    pub qdrant_url: Option<String>,
+    /// The items' collection (users' events go to `<name>_users`).
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_COLLECTION",
+        default_value = "redrec",
+        requires = "qdrant_url"
+    )]
+    pub qdrant_collection: String,
+    /// Qdrant's API key.
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_API_KEY",
+        hide_env_values = true,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_api_key: Option<String>,
+    /// Shards of a collection this router creates.
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_SHARDS",
+        default_value_t = 1,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_shards: u32,
+    /// Replicas of each shard of a collection this router creates.
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_REPLICATION",
+        default_value_t = 1,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_replication: u32,
+    /// Replicas that must acknowledge a write (of a collection this router creates).
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_WRITE_CONSISTENCY",
+        default_value_t = 1,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_write_consistency: u32,
+    /// Longest one call to Qdrant may take (a recommend's own deadline still bounds it).
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_TIMEOUT_MS",
+        default_value_t = 5000,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_timeout_ms: u64,
+    /// The collection's HNSW, quantization and on-disk settings (only with --qdrant-url;
+    /// embedded groups take them on `redrec shard`).
+    #[command(flatten)]
+    pub collection: CollectionArgs,
+}
+
+impl QdrantArgs {
+    /// The Qdrant collection's settings, or `None` for embedded groups (where setting
+    /// the collection flags on the router is refused: they would do nothing).
+    pub fn settings(&self) -> Result<Option<QdrantSettings>> {
+        let collection = self.collection.collection()?;
+        let Some(url) = &self.qdrant_url else {
+            if collection != Collection::default() {
+                bail!(
+                    "collection settings (--quantization, --hnsw-m, …) on the router apply \
+                     to a Qdrant collection (--qdrant-url); shards take their own"
+                );
+            }
+            return Ok(None);
+        };
+        for (flag, n) in [
+            ("--qdrant-shards", self.qdrant_shards),
+            ("--qdrant-replication", self.qdrant_replication),
+            ("--qdrant-write-consistency", self.qdrant_write_consistency),
+        ] {
+            if n == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        Ok(Some(QdrantSettings {
+            url: url.clone(),
+            collection: self.qdrant_collection.clone(),
+            api_key: self.qdrant_api_key.clone().filter(|k| !k.is_empty()),
+            dim: 0,
+            collection_settings: collection,
+            shard_number: self.qdrant_shards,
+            replication_factor: self.qdrant_replication,
+            write_consistency_factor: self.qdrant_write_consistency,
+            timeout: Duration::from_millis(self.qdrant_timeout_ms.max(1)),
+        }))
+    }
+}
+
 #[derive(Args)]
 pub struct RouterArgs {
     #[arg(long, env = "REDREC_LISTEN", default_value = "127.0.0.1:8080")]
@@ -346,7 +449,7 @@ pub struct RouterArgs {
         long,
         env = "REDREC_SHARDS",
         value_delimiter = ',',
-        required_unless_present_any = ["group", "meta"]
+        required_unless_present_any = ["group", "meta", "qdrant_url"]
     )]
     pub shards: Vec<String>,
     /// A Raft-replicated shard group: the addresses of the nodes hosting its replicas,
@@ -368,6 +471,8 @@ pub struct RouterArgs {
         conflicts_with_all = ["shards", "group"]
     )]
     pub meta: Vec<String>,
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
     /// Encoder address; without it the towers run in this process.
     #[arg(long, env = "REDREC_ENCODER")]
     pub encoder: Option<String>,
@@ -460,8 +565,10 @@ impl RouterArgs {
         }
     }
 
-    pub fn topology(&self) -> Topology {
-        if !self.meta.is_empty() {
+    pub fn topology(&self) -> Result<Topology> {
+        Ok(if let Some(q) = self.qdrant.settings()? {
+            Topology::Qdrant(Box::new(q))
+        } else if !self.meta.is_empty() {
             Topology::Meta(self.meta.clone())
         } else if self.group.is_empty() {
             Topology::Lone(self.shards.clone())
@@ -477,7 +584,7 @@ impl RouterArgs {
                     })
                     .collect(),
             )
-        }
+        })
     }
 
     /// The router's settings; a key file or list that does not parse is an error.

@@ -41,12 +41,37 @@ pub fn layout(dir: &Path) -> Layout {
     }
 }
 
-/// Shards, an encoder and a router, all separate processes.
+/// Shards (or a Qdrant server), an encoder and a router, all separate processes.
 pub struct Cluster {
     pub router: Proc,
     pub encoder: Proc,
     pub shards: Vec<Proc>,
+    /// The Qdrant server holding the items, for a router on the Qdrant backend.
+    pub qdrant: Option<QdrantServer>,
     pub dir: tempfile::TempDir,
+}
+
+pub use redrec::qdrant_server::{self, QdrantServer};
+
+/// Which storage a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// redrec's own shards (embedded Qdrant engine).
+    Embedded,
+    /// A Qdrant server, through `--qdrant-url`.
+    Qdrant,
+}
+
+/// The Qdrant binary, or `None` with a line saying the test is skipped (a machine
+/// without `../shared/qdrant`).
+pub fn qdrant_binary(test: &str) -> Option<std::path::PathBuf> {
+    let bin = qdrant_server::binary();
+    if bin.is_none() {
+        eprintln!(
+            "SKIPPED {test}: no Qdrant server binary (../shared/qdrant/qdrant or $REDREC_QDRANT_BIN)"
+        );
+    }
+    bin
 }
 
 impl Cluster {
@@ -59,12 +84,50 @@ impl Cluster {
             router: local.router,
             encoder: local.encoder,
             shards: local.shards,
+            qdrant: None,
             dir,
         }
     }
 
+    /// `shards` lone shards, or on [`Backend::Qdrant`] a Qdrant server with a
+    /// `shards`-shard collection; `None` (skipped, said on stderr) where the Qdrant binary
+    /// is absent.
+    pub fn on(backend: Backend, shards: usize, router_args: &[&str]) -> Option<Cluster> {
+        if backend == Backend::Embedded {
+            return Some(Self::start(shards, router_args));
+        }
+        let bin = qdrant_binary("the Qdrant backend's run")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let qdrant = QdrantServer::start(&bin, &dir.path().join("qdrant"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let n = shards.to_string();
+        let mut args = vec!["--qdrant-shards", n.as_str()];
+        args.extend_from_slice(router_args);
+        let local = layout(dir.path())
+            .on_qdrant(&qdrant.grpc, &["--sessions", "1"], "127.0.0.1:0", &args)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Some(Cluster {
+            router: local.router,
+            encoder: local.encoder,
+            shards: local.shards,
+            qdrant: Some(qdrant),
+            dir,
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.router.addr, path)
+    }
+
+    /// Whether `/v1/cluster`'s answer `info` names `backend` (and, on Qdrant, this
+    /// cluster's server).
+    pub fn serves_from(&self, backend: Backend, info: &Value) -> bool {
+        let said = info["backend"].as_str().unwrap_or_default();
+        match (backend, &self.qdrant) {
+            (Backend::Embedded, _) => said == "embedded",
+            (Backend::Qdrant, Some(q)) => said.starts_with(&format!("qdrant {} ", q.grpc)),
+            (Backend::Qdrant, None) => false,
+        }
     }
 }
 
