@@ -54,6 +54,20 @@ pub struct EvalArgs {
     /// `mmr_lambda` of the `mmr` merge (the router's default when unset).
     #[arg(long)]
     mmr_lambda: Option<f32>,
+    /// Where the items are kept, comma-separated for a row each: `embedded` (3 lone
+    /// shards) or `qdrant` (a Qdrant server with a 3-shard collection).
+    #[arg(long, value_delimiter = ',', default_value = "embedded")]
+    backends: Vec<Storage>,
+    /// The Qdrant server binary (default: `../shared/qdrant/qdrant` where present).
+    #[arg(long, env = "REDREC_QDRANT_BIN")]
+    qdrant_bin: Option<PathBuf>,
+}
+
+/// Where an evaluated cluster keeps its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    Embedded,
+    Qdrant,
 }
 
 /// The newest history events whose categories count as a user's interests.
@@ -194,17 +208,24 @@ pub async fn run(a: EvalArgs) -> Result<()> {
         Value::Object(popularity(&all_users, &users, a.k, &cats).report(a.k)),
     );
     for (i, dir) in a.models.iter().enumerate() {
-        let name = model_name(dir);
-        let (towers, mean) = evaluate(&a, dir, &name, &items, &users, &cats, i == 0).await?;
-        for (merge, tower) in a.merges.iter().zip(towers) {
-            let row = match a.merges.len() {
-                1 => name.clone(),
-                _ => format!("{name} ({merge})"),
+        for (j, &storage) in a.backends.iter().enumerate() {
+            let name = match storage {
+                Storage::Embedded => model_name(dir),
+                Storage::Qdrant => format!("{} on qdrant", model_name(dir)),
             };
-            models.insert(row, Value::Object(tower.report(a.k)));
-        }
-        if let Some(mean) = mean {
-            models.insert("mean-of-history".into(), Value::Object(mean.report(a.k)));
+            let first = i == 0 && j == 0;
+            let (towers, mean) =
+                evaluate(&a, dir, &name, storage, &items, &users, &cats, first).await?;
+            for (merge, tower) in a.merges.iter().zip(towers) {
+                let row = match a.merges.len() {
+                    1 => name.clone(),
+                    _ => format!("{name} ({merge})"),
+                };
+                models.insert(row, Value::Object(tower.report(a.k)));
+            }
+            if let Some(mean) = mean {
+                models.insert("mean-of-history".into(), Value::Object(mean.report(a.k)));
+            }
         }
     }
     let report = Report {
@@ -298,26 +319,41 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> 
     Ok(v)
 }
 
-/// Starts a cluster on `dir`'s towers, ingests the catalogue through its item tower, and
-/// ranks every user's next items with the user tower (and, with `mean`, with the mean of
-/// the history's item vectors).
+/// Starts a cluster on `dir`'s towers (3 lone shards, or a Qdrant server with 3 shards),
+/// ingests the catalogue through its item tower, and ranks every user's next items with
+/// the user tower (and, with `mean`, with the mean of the history's item vectors).
+#[allow(clippy::too_many_arguments)]
 async fn evaluate(
     a: &EvalArgs,
     models: &std::path::Path,
     name: &str,
+    storage: Storage,
     items: &[Item],
     users: &[User],
     cats: &Categories,
     mean: bool,
 ) -> Result<(Vec<Tally>, Option<Tally>)> {
-    let root = a.dir.join(name);
+    let root = a.dir.join(name.replace(' ', "-"));
+    let qdrant_bin = match storage {
+        Storage::Embedded => None,
+        Storage::Qdrant => Some(
+            a.qdrant_bin
+                .clone()
+                .or_else(redrec::qdrant_server::binary)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--backends qdrant needs --qdrant-bin (no ../shared/qdrant/qdrant)"
+                    )
+                })?,
+        ),
+    };
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
     }
     let layout = Layout::of_current_exe(&root)?;
     let (m, max_k) = (models.to_string_lossy().into_owned(), a.k.to_string());
-    let cluster = tokio::task::spawn_blocking(move || {
-        let router = [
+    let (cluster, qdrant) = tokio::task::spawn_blocking(move || {
+        let mut router = vec![
             "--user-cache",
             "0",
             "--max-k",
@@ -325,15 +361,24 @@ async fn evaluate(
             "--deadline-ms",
             "30000",
         ];
-        layout.cluster(3, 1, &["--models", &m], "127.0.0.1:0", &router)
+        let towers = ["--models", m.as_str()];
+        match qdrant_bin {
+            None => Ok((layout.cluster(3, 1, &towers, "127.0.0.1:0", &router)?, None)),
+            Some(bin) => {
+                let q =
+                    redrec::qdrant_server::QdrantServer::start(&bin, &layout.dir.join("qdrant"))?;
+                router.extend(["--qdrant-shards", "3"]);
+                let local = layout.on_qdrant(&q.grpc, &towers, "127.0.0.1:0", &router)?;
+                anyhow::Ok((local, Some(q)))
+            }
+        }
     })
     .await??;
-    let (base, shards) = (cluster.router.addr.clone(), cluster.shards.len());
+    let base = cluster.router.addr.clone();
     let result = async {
         let http = reqwest::Client::new();
         eprintln!(
-            "{name}: cluster up ({} shards); ingesting {} items",
-            shards,
+            "{name}: cluster up ({storage:?}, 3 shards); ingesting {} items",
             items.len()
         );
         demo::ingest(&http, &base, items).await?;
@@ -362,7 +407,11 @@ async fn evaluate(
         anyhow::Ok((towers, mean))
     }
     .await;
-    tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        drop(qdrant);
+    })
+    .await?;
     result
 }
 

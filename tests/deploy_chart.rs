@@ -63,6 +63,7 @@ fn chart_lints_and_renders_valid_objects() {
         &["helm/redrec/ci/gpu-values.yaml"][..],
         &["helm/redrec/ci/tls-values.yaml"][..],
         &["helm/redrec/ci/large-catalogue-values.yaml"][..],
+        &["helm/redrec/ci/qdrant-values.yaml"][..],
     ] {
         let mut lint = vec!["lint", "helm/redrec", "--strict"];
         for v in values {
@@ -98,8 +99,9 @@ fn chart_lints_and_renders_valid_objects() {
             .lines()
             .filter_map(|l| l.strip_prefix("kind: "))
             .collect();
+        let on_qdrant = values.contains(&"helm/redrec/ci/qdrant-values.yaml");
+        assert_eq!(kinds.contains(&"StatefulSet"), !on_qdrant, "{kinds:?}");
         for kind in [
-            "StatefulSet",
             "Deployment",
             "Service",
             "PodDisruptionBudget",
@@ -217,6 +219,94 @@ fn monitoring_uses_exported_metrics(rendered: &str) {
             "{name} is queried but no code exports it"
         );
     }
+}
+
+/// `storage.backend: qdrant`: no shard nodes; the router the chart renders, run with its
+/// rendered environment against a real Qdrant server, creates the collection with the
+/// chart's settings and serves recommends; its Qdrant key comes from the named Secret.
+#[test]
+fn qdrant_values_render_a_router_on_qdrant() {
+    let rendered = render(&["helm/redrec/ci/qdrant-values.yaml"]);
+    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| Yaml::deserialize(d).unwrap())
+        .filter(|d: &Yaml| !d.is_null())
+        .collect();
+    assert!(!docs.iter().any(|d| d["kind"] == "StatefulSet"));
+    let full = format!("{RELEASE}-redrec");
+    let router = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == format!("{full}-router"))
+        .unwrap();
+    let env = &router["spec"]["template"]["spec"]["containers"][0]["env"];
+    let key = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "REDREC_QDRANT_API_KEY")
+        .expect("the Qdrant key's variable");
+    assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "qdrant-api-key");
+    let Some(bin) = qdrant_binary("running the chart's router on Qdrant") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let qdrant = QdrantServer::start(&bin, &dir.path().join("qdrant")).unwrap();
+    // The chart's configuration, with in-cluster names pointed at this machine, keys off.
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == format!("{full}-config"))
+        .unwrap();
+    let encoder_port = free_port();
+    let router_port = free_port();
+    let mut env: Vec<(String, String)> = config["data"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_str().unwrap();
+            let v = match k.as_str().unwrap() {
+                "REDREC_QDRANT_URL" => {
+                    assert_eq!(v, "http://qdrant.qdrant.svc:6334");
+                    qdrant.grpc.clone()
+                }
+                "REDREC_ENCODER" => format!("http://127.0.0.1:{encoder_port}"),
+                _ => v.to_string(),
+            };
+            (k.as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    assert!(!env.iter().any(|(k, _)| k == "REDREC_META"), "{env:?}");
+    let encoder_listen = format!("127.0.0.1:{encoder_port}");
+    let encoder = Proc::spawn_with_env(
+        "encoder",
+        &["encoder", "--listen", &encoder_listen],
+        &env,
+        dir.path(),
+    );
+    env.push(("REDREC_LISTEN".into(), format!("127.0.0.1:{router_port}")));
+    let router = Proc::spawn_with_env("router", &["router"], &env, dir.path());
+    let base = router.addr.clone();
+    let data = synth(dir.path(), 300, 3, 5);
+    let body = json!({"items": data.items.iter().map(|it| json!({
+        "id": it["id"], "text": it["text"], "payload": {"category": it["category"]},
+    })).collect::<Vec<_>>()});
+    let (status, resp) = post(&format!("{base}/v1/items"), &body);
+    assert_eq!(status, 200, "{resp}");
+    let req =
+        json!({"history": recent_history(&data.users[0], 10), "scenario": "homefeed", "k": 5});
+    let (status, answer) = post(&format!("{base}/v1/recommend"), &req);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["coverage"], json!({"shards": 3, "answered": 3}));
+    // The collection has the chart's settings: 3 shards, 2 replicas, int8.
+    let (_, info) = get(&format!("{}/collections/redrec", qdrant.http));
+    let config = &info["result"]["config"];
+    assert_eq!(config["params"]["shard_number"], 3, "{info}");
+    assert_eq!(config["params"]["replication_factor"], 2, "{info}");
+    assert!(
+        config["quantization_config"]["scalar"].is_object()
+            || config["params"]["vectors"]["quantization_config"]["scalar"].is_object(),
+        "{info}"
+    );
+    drop((router, encoder));
 }
 
 /// A role's container as rendered: its args and its environment, with config maps and the

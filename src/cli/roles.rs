@@ -397,26 +397,54 @@ pub struct QdrantArgs {
         requires = "qdrant_url"
     )]
     pub qdrant_timeout_ms: u64,
-    /// The collection's HNSW, quantization and on-disk settings (only with --qdrant-url;
-    /// embedded groups take them on `redrec shard`).
-    #[command(flatten)]
-    pub collection: CollectionArgs,
+    /// A collection this router creates: `none` or `int8` (scalar, rescored).
+    #[arg(
+        long,
+        env = "REDREC_QDRANT_QUANTIZATION",
+        default_value = "none",
+        requires = "qdrant_url"
+    )]
+    pub qdrant_quantization: Quantization,
+    /// A collection this router creates keeps original vectors on disk.
+    #[arg(long, env = "REDREC_QDRANT_VECTORS_ON_DISK", requires = "qdrant_url")]
+    pub qdrant_vectors_on_disk: bool,
+    /// HNSW graph degree of a collection this router creates.
+    #[arg(long, env = "REDREC_QDRANT_HNSW_M", default_value_t = Collection::default().hnsw_m, requires = "qdrant_url")]
+    pub qdrant_hnsw_m: usize,
+    /// HNSW build beam of a collection this router creates.
+    #[arg(long, env = "REDREC_QDRANT_HNSW_EF_CONSTRUCT", default_value_t = Collection::default().hnsw_ef_construct, requires = "qdrant_url")]
+    pub qdrant_hnsw_ef_construct: usize,
+    /// HNSW beam of a search that names none.
+    #[arg(long, env = "REDREC_QDRANT_EF", default_value_t = Collection::default().ef, requires = "qdrant_url")]
+    pub qdrant_ef: usize,
+    /// Candidates per result an int8 search rescores with the originals.
+    #[arg(long, env = "REDREC_QDRANT_OVERSAMPLING", default_value_t = Collection::default().oversampling, requires = "qdrant_url")]
+    pub qdrant_oversampling: f64,
+    /// KiB of unindexed vectors a segment takes before Qdrant builds its index.
+    #[arg(long, env = "REDREC_QDRANT_INDEXING_THRESHOLD_KB", default_value_t = Collection::default().indexing_threshold_kb, requires = "qdrant_url")]
+    pub qdrant_indexing_threshold_kb: usize,
 }
 
 impl QdrantArgs {
-    /// The Qdrant collection's settings, or `None` for embedded groups (where setting
-    /// the collection flags on the router is refused: they would do nothing).
+    /// The Qdrant collection's settings, or `None` for embedded groups.
     pub fn settings(&self) -> Result<Option<QdrantSettings>> {
-        let collection = self.collection.collection()?;
         let Some(url) = &self.qdrant_url else {
-            if collection != Collection::default() {
-                bail!(
-                    "collection settings (--quantization, --hnsw-m, …) on the router apply \
-                     to a Qdrant collection (--qdrant-url); shards take their own"
-                );
-            }
             return Ok(None);
         };
+        let collection = Collection {
+            // The towers are trained for the dot product.
+            distance: Distance::Dot,
+            quantization: self.qdrant_quantization,
+            hnsw_m: self.qdrant_hnsw_m,
+            hnsw_ef_construct: self.qdrant_hnsw_ef_construct,
+            ef: self.qdrant_ef,
+            on_disk: self.qdrant_vectors_on_disk,
+            oversampling: self.qdrant_oversampling,
+            indexing_threshold_kb: self.qdrant_indexing_threshold_kb,
+        };
+        collection
+            .check()
+            .map_err(|e| anyhow!("the Qdrant collection: {e}"))?;
         for (flag, n) in [
             ("--qdrant-shards", self.qdrant_shards),
             ("--qdrant-replication", self.qdrant_replication),
