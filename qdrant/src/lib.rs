@@ -262,9 +262,10 @@ impl QdrantItems {
         } else {
             WithPayloadSelector::from(vec![ID_KEY])
         };
-        let read_consistency = (req.consistency == Consistency::Strong).then(|| ReadConsistency {
-            value: Some(Consistent::Type(ReadConsistencyType::All as i32)),
-        });
+        let read_consistency =
+            (req.consistency == Consistency::Strong).then_some(ReadConsistency {
+                value: Some(Consistent::Type(ReadConsistencyType::All as i32)),
+            });
         let searches = req
             .queries
             .iter()

@@ -58,6 +58,8 @@ pub enum Setup {
     Qdrant1,
     /// A Qdrant collection with G shards.
     QdrantG,
+    /// A router over a Qdrant collection with G shards (`redrec router --qdrant-url`).
+    RouterQdrant,
     /// (Measured with `lone`.)
     #[value(skip)]
     LoneCompact,
@@ -90,7 +92,7 @@ pub struct ClusterBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lone,router1,lone-int8,router-lone,router-raft,qdrant1,qdrant-g"
+        default_value = "lone,router1,lone-int8,router-lone,router-raft,qdrant1,qdrant-g,router-qdrant"
     )]
     setups: Vec<Setup>,
     /// The Qdrant server binary (default: ../shared/qdrant/qdrant when present; the
@@ -562,8 +564,11 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
             if has(Setup::QdrantG) {
                 bench.qdrant(bin, bench.a.groups).await?;
             }
+            if has(Setup::RouterQdrant) {
+                bench.router_qdrant(bin).await?;
+            }
         }
-        None if has(Setup::Qdrant1) || has(Setup::QdrantG) => {
+        None if has(Setup::Qdrant1) || has(Setup::QdrantG) || has(Setup::RouterQdrant) => {
             eprintln!("  no Qdrant binary (--qdrant-bin): its setups are left out");
         }
         None => {}

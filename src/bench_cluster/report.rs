@@ -73,6 +73,22 @@ impl Bench {
                 raft.recall - q.recall
             );
         }
+        if let (Some(rq), Some(q)) = (find(Setup::RouterQdrant), find(Setup::QdrantG)) {
+            println!(
+                "router on Qdrant / Qdrant {}-shard searched directly, QPS: {:.2}; recall {:+.3}",
+                self.a.groups,
+                rq.qps / q.qps,
+                rq.recall - q.recall
+            );
+        }
+        if let (Some(raft), Some(rq)) = (find(Setup::RouterRaft), find(Setup::RouterQdrant)) {
+            println!(
+                "router on Raft groups (R=3) / router on Qdrant ({} shards), QPS: {:.2}; recall {:+.3}",
+                self.a.groups,
+                raft.qps / rq.qps,
+                raft.recall - rq.recall
+            );
+        }
         if let (Some(f), Some(i)) = (find(Setup::Lone), find(Setup::LoneInt8)) {
             if let (Some(f32_ram), Some(int8_ram)) = (f.vector_ram_per_item, i.vector_ram_per_item)
             {

@@ -1,6 +1,7 @@
 //! The command line: every subcommand and its flags (the serving roles' in [`roles`]).
 //! Parsing only; `main` dispatches.
 
+pub mod qdrant;
 pub mod roles;
 
 use std::path::PathBuf;
@@ -55,8 +56,8 @@ pub enum Command {
     Shard(ShardArgs),
     /// Serve the item and user towers over HTTP.
     Encoder(EncoderArgs),
-    /// Serve the public API over a set of shards.
-    Router(RouterArgs),
+    /// Serve the public API over a set of shards (or a Qdrant collection).
+    Router(Box<RouterArgs>),
     /// Datasets for training and evaluation.
     #[command(subcommand)]
     Dataset(DatasetCommand),
