@@ -28,15 +28,6 @@ fn timed(url: &str, body: &Value) -> ((u16, Value), Duration) {
     (out, started.elapsed())
 }
 
-fn ids(answer: &Value) -> Vec<String> {
-    answer["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +129,7 @@ fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() 
         took_hedged < Duration::from_millis(2500),
         "hedged {took_hedged:?}, plain {took_plain:?}"
     );
-    assert_eq!(ids(&fast), ids(&slow_answer));
+    assert_eq!(ids_of(&fast), ids_of(&slow_answer));
     assert!(counter(&hedged.addr, "redrec_hedged_reads_total") >= 1.0);
     assert!(counter(&hedged.addr, "redrec_hedged_reads_won_total") >= 1.0);
     assert_eq!(counter(&plain.addr, "redrec_hedged_reads_total"), 0.0);

@@ -10,49 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::raft::{eventually, vector_of};
+use support::raft::eventually;
 use support::*;
-
-fn items(from: usize, n: usize) -> Value {
-    let items: Vec<Value> = (from..from + n)
-        .map(|i| {
-            let mut v = vector_of(&format!("item-{i}"));
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            json!({"id": format!("item-{i}"), "vector": v, "payload": {"n": i}})
-        })
-        .collect();
-    json!({ "items": items })
-}
-
-fn event(user: &str, item: usize, ts: i64) -> Value {
-    let scenario = ["homefeed", "search", "ads"][item % 3];
-    json!({"user_id": user, "item_id": format!("item-{item}"), "scenario": scenario, "ts": ts})
-}
-
-fn ids(answer: &Value) -> Vec<String> {
-    answer["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn users_outages_and_settings_on_a_qdrant_server() {
     let Some(mut c) = Cluster::on(Backend::Qdrant, 2, &[]) else {
         return;
     };
-    let (s, b) = post(&c.url("/v1/items/vectors"), &items(0, 300));
+    let (s, b) = post(&c.url("/v1/items/vectors"), &vector_items(0, 300));
     assert_eq!(s, 200, "{b}");
 
     // Events: stored once per (user, item, time), read back oldest first.
     let mut sent: Vec<Value> = (0..30)
-        .map(|i| event("alice", i * 3, 1_000 + i as i64))
+        .map(|i| user_event("alice", i * 3, 1_000 + i as i64))
         .collect();
-    sent.extend((0..5).map(|i| event("alice", i * 3, 1_000 + i as i64)));
-    sent.extend((0..4).map(|i| event("bob", 100 + i, 500 + i as i64)));
+    sent.extend((0..5).map(|i| user_event("alice", i * 3, 1_000 + i as i64)));
+    sent.extend((0..4).map(|i| user_event("bob", 100 + i, 500 + i as i64)));
     let (s, b) = post(&c.url("/v1/events"), &json!({ "events": sent }));
     assert_eq!(s, 200, "{b}");
     assert_eq!(
@@ -83,7 +57,7 @@ fn users_outages_and_settings_on_a_qdrant_server() {
         &json!({"history": history, "scenario": "homefeed", "k": 10}),
     );
     assert_eq!(s, 200, "{sent_history}");
-    assert_eq!(ids(&by_id), ids(&sent_history));
+    assert_eq!(ids_of(&by_id), ids_of(&sent_history));
     assert_eq!(by_id["history"]["used"], sent_history["history"]["used"]);
 
     // A user forgotten is gone; the other is kept.
@@ -135,7 +109,7 @@ fn users_outages_and_settings_on_a_qdrant_server() {
         "{:?}",
         started.elapsed()
     );
-    let (s, b) = post(&c.url("/v1/items/vectors"), &items(300, 10));
+    let (s, b) = post(&c.url("/v1/items/vectors"), &vector_items(300, 10));
     assert_eq!(s, 503, "{b}");
     assert_eq!(b["error"]["code"], "shard_unavailable", "{b}");
     let (s, b) = get(&c.url("/v1/items/item-1"));
@@ -150,8 +124,8 @@ fn users_outages_and_settings_on_a_qdrant_server() {
     );
     let (s, b) = post(&c.url("/v1/recommend"), &rec);
     assert_eq!(s, 200, "{b}");
-    assert_eq!(ids(&b), ids(&sent_history));
-    let (s, b) = post(&c.url("/v1/items/vectors"), &items(300, 10));
+    assert_eq!(ids_of(&b), ids_of(&sent_history));
+    let (s, b) = post(&c.url("/v1/items/vectors"), &vector_items(300, 10));
     assert_eq!(s, 200, "{b}");
     assert_eq!(get(&c.url("/v1/cluster")).1["points"], 310);
 }
@@ -177,7 +151,7 @@ fn a_qdrant_cluster_losing_a_peer_keeps_answering_and_takes_writes_when_it_retur
         .unwrap_or_else(|e| panic!("{e:#}"));
     let url = |p: &str| format!("{}{p}", local.router.addr);
     for from in (0..600).step_by(200) {
-        let (s, b) = post(&url("/v1/items/vectors"), &items(from, 200));
+        let (s, b) = post(&url("/v1/items/vectors"), &vector_items(from, 200));
         assert_eq!(s, 200, "{b}");
     }
     let (_, info) = get(&url("/v1/cluster"));
@@ -223,7 +197,7 @@ fn a_qdrant_cluster_losing_a_peer_keeps_answering_and_takes_writes_when_it_retur
     std::thread::sleep(Duration::from_secs(5));
     // Writes while the peer is away are answered (taken or refused with a code), not hung.
     let started = Instant::now();
-    let (s, b) = post(&url("/v1/items/vectors"), &items(600, 50));
+    let (s, b) = post(&url("/v1/items/vectors"), &vector_items(600, 50));
     assert!(s == 200 || s == 503, "{s} {b}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -241,7 +215,7 @@ fn a_qdrant_cluster_losing_a_peer_keeps_answering_and_takes_writes_when_it_retur
     // The peer returns: writes go through, and the data written before is all there.
     peers[2].run().expect("the peer restarts");
     eventually(Duration::from_secs(60), "writes resume", || {
-        post(&url("/v1/items/vectors"), &items(650, 50)).0 == 200
+        post(&url("/v1/items/vectors"), &vector_items(650, 50)).0 == 200
     });
     let (s, after) = post(&url("/v1/recommend"), &rec);
     assert_eq!(s, 200, "{after}");

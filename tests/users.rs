@@ -8,25 +8,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::raft::{eventually, vector_of, RaftCluster};
+use support::raft::{eventually, RaftCluster};
 use support::*;
-
-fn items(n: usize) -> Value {
-    let items: Vec<Value> = (0..n)
-        .map(|i| {
-            let mut v = vector_of(&format!("item-{i}"));
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            json!({"id": format!("item-{i}"), "vector": v, "payload": {"n": i}})
-        })
-        .collect();
-    json!({ "items": items })
-}
-
-fn event(user: &str, item: usize, ts: i64) -> Value {
-    let scenario = ["homefeed", "search", "ads"][item % 3];
-    json!({"user_id": user, "item_id": format!("item-{item}"), "scenario": scenario, "ts": ts})
-}
 
 fn ids_and_scores(answer: &Value) -> Vec<(String, f64)> {
     answer["items"]
@@ -47,7 +30,7 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     let mut c = RaftCluster::start(3, false, &[]);
     c.wait_leader(Duration::from_secs(30));
     eventually(Duration::from_secs(30), "the router ingests", || {
-        post(&c.router_url("/v1/items/vectors"), &items(200)).0 == 200
+        post(&c.router_url("/v1/items/vectors"), &vector_items(0, 200)).0 == 200
     });
 
     // Every replica holds the items (reads may go to any of them).
@@ -55,10 +38,10 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     c.assert_converged(&ids, Duration::from_secs(30));
     // 30 events for alice, 5 of them sent twice; a few for bob.
     let mut sent: Vec<Value> = (0..30)
-        .map(|i| event("alice", i * 3, 1_000 + i as i64))
+        .map(|i| user_event("alice", i * 3, 1_000 + i as i64))
         .collect();
-    sent.extend((0..5).map(|i| event("alice", i * 3, 1_000 + i as i64)));
-    sent.extend((0..4).map(|i| event("bob", 100 + i, 500 + i as i64)));
+    sent.extend((0..5).map(|i| user_event("alice", i * 3, 1_000 + i as i64)));
+    sent.extend((0..4).map(|i| user_event("bob", 100 + i, 500 + i as i64)));
     let (s, b) = post(&c.router_url("/v1/events"), &json!({ "events": sent }));
     assert_eq!(s, 200, "{b}");
     assert_eq!(
@@ -102,7 +85,7 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     // Events acknowledged before the leader dies are all there afterwards.
     let leader = c.wait_leader(Duration::from_secs(10));
     let late: Vec<Value> = (0..10)
-        .map(|i| event("alice", 150 + i, 2_000 + i as i64))
+        .map(|i| user_event("alice", 150 + i, 2_000 + i as i64))
         .collect();
     let (s, b) = post(&c.router_url("/v1/events"), &json!({ "events": late }));
     assert_eq!(s, 200, "{b}");
@@ -150,7 +133,7 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     // Client mistakes are JSON 4xx answers.
     let (s, b) = post(&c.router_url("/v1/events"), &json!({"events": []}));
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("empty_batch")));
-    let mut bad = event("carol", 1, 5);
+    let mut bad = user_event("carol", 1, 5);
     bad["scenario"] = json!("nowhere");
     let (s, b) = post(&c.router_url("/v1/events"), &json!({"events": [bad]}));
     assert_eq!(
@@ -159,7 +142,7 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     );
     let (s, b) = post(
         &c.router_url("/v1/events"),
-        &json!({"events": [event("", 1, 5)]}),
+        &json!({"events": [user_event("", 1, 5)]}),
     );
     assert_eq!(
         (s, b["error"]["code"].as_str()),
@@ -186,7 +169,7 @@ fn a_replica_restored_from_a_snapshot_gets_the_users_histories() {
     c.kill(behind);
     for batch in 0..20 {
         let events: Vec<Value> = (0..5)
-            .map(|u| event(&format!("user-{u}"), batch, batch as i64))
+            .map(|u| user_event(&format!("user-{u}"), batch, batch as i64))
             .collect();
         let mut acked = false;
         eventually(Duration::from_secs(30), "events stored", || {

@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod load;
+mod on_qdrant;
 mod qdrant;
 mod report;
 

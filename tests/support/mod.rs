@@ -359,3 +359,33 @@ pub fn check_exposition(text: &str) -> std::collections::BTreeMap<String, String
     }
     types
 }
+
+/// Items `item-{from}` … as `POST /v1/items/vectors` takes them: each a unit vector drawn
+/// from its id, its number in the payload.
+pub fn vector_items(from: usize, n: usize) -> Value {
+    let items: Vec<Value> = (from..from + n)
+        .map(|i| {
+            let mut v = raft::vector_of(&format!("item-{i}"));
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            serde_json::json!({"id": format!("item-{i}"), "vector": v, "payload": {"n": i}})
+        })
+        .collect();
+    serde_json::json!({ "items": items })
+}
+
+/// A user's event on `item-{item}` at `ts`, in a scenario that depends on the item.
+pub fn user_event(user: &str, item: usize, ts: i64) -> Value {
+    let scenario = ["homefeed", "search", "ads"][item % 3];
+    serde_json::json!({"user_id": user, "item_id": format!("item-{item}"), "scenario": scenario, "ts": ts})
+}
+
+/// The ids of a recommend's or search's `items`, in order.
+pub fn ids_of(answer: &Value) -> Vec<String> {
+    answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
