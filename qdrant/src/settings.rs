@@ -151,6 +151,11 @@ impl QdrantItems {
             params.replication_factor.unwrap_or(1).to_string(),
             s.replication_factor.to_string(),
         );
+        differs(
+            "write_consistency_factor",
+            params.write_consistency_factor.unwrap_or(1).to_string(),
+            s.write_consistency_factor.to_string(),
+        );
         if let Some(h) = config.hnsw_config {
             differs(
                 "hnsw m",
