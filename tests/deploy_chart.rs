@@ -135,6 +135,7 @@ fn chart_lints_and_renders_valid_objects() {
         "REDREC_MEMORY_BUDGET: \"48GiB\"",
         "REDREC_HEDGE: \"20\"",
         "REDREC_GROUP_K_LOSS: \"0.001\"",
+        "REDREC_BATCH_GROUPS: \"on\"",
     ] {
         assert!(large.contains(setting), "{setting} missing: {large}");
     }

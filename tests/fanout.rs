@@ -134,3 +134,116 @@ fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() 
     assert!(counter(&hedged.addr, "redrec_hedged_reads_won_total") >= 1.0);
     assert_eq!(counter(&plain.addr, "redrec_hedged_reads_total"), 0.0);
 }
+
+/// Requests a node answered on `path` (its `/metrics`, all statuses).
+fn requests_on(addr: &str, path: &str) -> f64 {
+    metrics_text(addr)
+        .lines()
+        .filter(|l| {
+            l.starts_with("redrec_http_requests_total{") && l.contains(&format!("path=\"{path}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn groups_sharing_nodes_are_searched_in_one_call_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = layout(dir.path());
+    let nodes = layout
+        .shard_nodes(3, 3, &["--fault-injection"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let meta = addrs.join(",");
+    let router = |name: &str, batch: &str| {
+        Proc::spawn(
+            name,
+            &[
+                "router",
+                "--listen",
+                "127.0.0.1:0",
+                "--meta",
+                &meta,
+                "--sessions",
+                "1",
+                "--user-cache",
+                "0",
+                "--batch-groups",
+                batch,
+                "--hedge",
+                "50",
+            ],
+            dir.path(),
+        )
+    };
+    let batched = router("router-batched", "on");
+    let per_group = router("router-per-group", "off");
+    let (s, b) = post(
+        &format!("{}/v1/items/vectors", per_group.addr),
+        &vector_items(0, 600),
+    );
+    assert_eq!(s, 200, "{b}");
+    support::raft::eventually(
+        Duration::from_secs(30),
+        "every replica has every item",
+        || {
+            addrs.iter().all(|a| {
+                (0..3)
+                    .map(|g| get(&format!("{a}/v1/groups/{g}/stats")).1["points"].as_u64())
+                    .sum::<Option<u64>>()
+                    == Some(600)
+            })
+        },
+    );
+
+    // The same answers (below the indexing threshold every replica searches exactly),
+    // with filters, exclusions and several query vectors.
+    let before: f64 = addrs
+        .iter()
+        .map(|a| requests_on(a, "/v1/search/groups"))
+        .sum();
+    for i in 0..20 {
+        let body = json!({
+            "vectors": [vector(i), vector(i + 100)], "k": 10,
+            "exclude": [format!("item-{i}"), "item-5"],
+            "filter": if i % 2 == 0 { json!({"must_not": [{"key": "n", "range": {"lt": 50}}]}) } else { Value::Null },
+        });
+        let (s, one_call) = post(&format!("{}/v1/search", batched.addr), &body);
+        assert_eq!(s, 200, "{one_call}");
+        let (s, per_group_answer) = post(&format!("{}/v1/search", per_group.addr), &body);
+        assert_eq!(s, 200, "{per_group_answer}");
+        assert_eq!(one_call["coverage"]["answered"], 3, "{one_call}");
+        assert_eq!(one_call["items"], per_group_answer["items"]);
+        assert!(!ids_of(&one_call).contains(&format!("item-{i}")));
+    }
+    let after: f64 = addrs
+        .iter()
+        .map(|a| requests_on(a, "/v1/search/groups"))
+        .sum();
+    assert_eq!(after - before, 20.0, "one call per search");
+    // A bad filter is still the caller's mistake.
+    let (s, b) = post(
+        &format!("{}/v1/search", batched.addr),
+        &json!({"vectors": [vector(1)], "filter": {"must": [{"key": "n", "match": {"nope": 1}}]}}),
+    );
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+
+    // One node slowed for every group: the batched read goes elsewhere (hedged), and the
+    // answer is whole and the same.
+    let (s, b) = post(
+        &format!("{}/admin/v1/faults", addrs[0]),
+        &json!({"delay_share": 1.0, "delay_ms": 3000}),
+    );
+    assert_eq!(s, 200, "{b}");
+    let body = json!({"vectors": [vector(9)], "k": 10});
+    for _ in 0..6 {
+        let ((s, b), took) = timed(&format!("{}/v1/search", batched.addr), &body);
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["coverage"]["answered"], 3, "{b}");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+    }
+}

@@ -23,6 +23,49 @@ pub struct Cluster {
     pub replicated: bool,
     /// The cluster map this view was built from (`None`: fixed from the command line).
     pub map: Option<Arc<ClusterMap>>,
+    /// Groups whose replicas live on the same nodes, two or more of them: one call to one
+    /// of those nodes can search them all (`--batch-groups`).
+    pub co_hosted: Vec<Arc<CoHosted>>,
+}
+
+/// Groups hosted on the same set of nodes, read as one: a "group" whose replicas are the
+/// nodes, so that a batched search picks a node, fails over and hedges as a group's read
+/// does.
+pub struct CoHosted {
+    /// Indices into [`Cluster::groups`].
+    pub groups: Vec<usize>,
+    pub nodes: Group,
+}
+
+/// The co-hosted sets of `groups` (by their replicas' addresses).
+fn co_hosted(
+    groups: &[Arc<Group>],
+    http: &reqwest::Client,
+    reads: &Arc<ReadPolicy>,
+) -> Vec<Arc<CoHosted>> {
+    let mut by_nodes: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    for g in groups {
+        let mut nodes: Vec<String> = g.replicas.iter().map(|r| r.addr().to_string()).collect();
+        nodes.sort();
+        by_nodes.entry(nodes).or_default().push(g.index);
+    }
+    by_nodes
+        .into_iter()
+        .filter(|(_, groups)| groups.len() > 1)
+        .map(|(nodes, groups)| {
+            Arc::new(CoHosted {
+                nodes: Group::with_policy(
+                    groups[0],
+                    nodes
+                        .into_iter()
+                        .map(|a| ShardClient::new(a, http.clone()))
+                        .collect(),
+                    reads.clone(),
+                ),
+                groups,
+            })
+        })
+        .collect()
 }
 
 /// The router's current view of the cluster, swapped whole when the map changes.
@@ -151,13 +194,14 @@ impl Cluster {
             slots: SlotTable::even(addrs.len()),
             replicated: false,
             map: None,
+            co_hosted: Vec::new(),
         }
     }
 
     /// The groups of a cluster map, in group-id order; slot owners index into them.
     pub fn from_map(map: ClusterMap, http: &reqwest::Client, reads: &Arc<ReadPolicy>) -> Self {
         let ids: Vec<u64> = map.groups.keys().copied().collect();
-        let groups = map
+        let groups: Vec<Arc<Group>> = map
             .groups
             .iter()
             .enumerate()
@@ -177,6 +221,7 @@ impl Cluster {
             .map(|g| ids.binary_search(g).unwrap_or(0))
             .collect();
         Self {
+            co_hosted: co_hosted(&groups, http, reads),
             groups,
             slots: SlotTable::from_owners(owners),
             replicated: true,
@@ -190,19 +235,21 @@ impl Cluster {
         http: reqwest::Client,
         reads: &Arc<ReadPolicy>,
     ) -> Self {
+        let groups: Vec<Arc<Group>> = groups
+            .iter()
+            .enumerate()
+            .map(|(g, addrs)| {
+                let replicas = addrs
+                    .iter()
+                    .map(|a| ShardClient::replica(a.clone(), g as u64, http.clone()))
+                    .collect();
+                Arc::new(Group::with_policy(g, replicas, reads.clone()))
+            })
+            .collect();
         Self {
-            groups: groups
-                .iter()
-                .enumerate()
-                .map(|(g, addrs)| {
-                    let replicas = addrs
-                        .iter()
-                        .map(|a| ShardClient::replica(a.clone(), g as u64, http.clone()))
-                        .collect();
-                    Arc::new(Group::with_policy(g, replicas, reads.clone()))
-                })
-                .collect(),
+            co_hosted: co_hosted(&groups, &http, reads),
             slots: SlotTable::even(groups.len()),
+            groups,
             replicated: true,
             map: None,
         }

@@ -42,6 +42,9 @@ pub struct RouterConfig {
     /// holds more of the top-k than it returns. `None`: every group returns k, and the
     /// merge is exact.
     pub group_k_loss: Option<f64>,
+    /// Groups that share their nodes searched in one call per node (reads of any
+    /// replica only; strong reads go to each group's leader).
+    pub batch_groups: bool,
 }
 
 impl Default for RouterConfig {
@@ -61,6 +64,7 @@ impl Default for RouterConfig {
             tls_ca: None,
             reads: Arc::new(ReadPolicy::default()),
             group_k_loss: None,
+            batch_groups: false,
         }
     }
 }

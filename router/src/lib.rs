@@ -2,6 +2,7 @@
 //! cross-scenario history into query vectors, fans them out to every shard and merges.
 
 pub mod api;
+pub mod batched;
 pub mod cluster;
 pub mod config;
 pub mod error;

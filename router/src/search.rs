@@ -4,13 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use tracing::Instrument;
-
 use redrec_shard_api::collection::MAX_EF;
 use redrec_shard_api::points::{check_vector, Consistency, Hit, SearchRequest, StoredPoint};
-use redrec_shard_api::ShardClient;
 
 use crate::api::{Coverage, Recommendation, SearchVectorsRequest, SearchVectorsResponse};
+use crate::batched;
 use crate::error::RouterError;
 use crate::fanout::{client_error, coverage, fan_out};
 use crate::merge;
@@ -145,30 +143,25 @@ pub async fn search_groups(
     let with_payload = g * n * per_group <= INLINE_PAYLOADS_UP_TO * depth.k;
     // Each group leaves out the excluded ids it may hold, not the whole list.
     let excluded = cluster.split_by_group(exclude);
-    let outcomes = fan_out(cluster, 0..g, deadline, |i, group| {
-        let request = SearchRequest {
-            queries: queries.clone(),
-            k: per_group,
-            filter: filter.clone(),
-            exclude: excluded[i].clone(),
-            ef: depth.ef,
-            consistency,
-            with_payload,
-        };
-        let span = tracing::info_span!(target: "redrec::trace", "group search", group = i);
-        async move {
-            let call = |c: ShardClient, left| {
-                let request = &request;
-                async move { c.search(request, left).await }
-            };
-            match request.consistency {
-                Consistency::Strong => group.leader_call(deadline, call).await,
-                Consistency::Any => group.read(deadline, call).await,
-            }
-        }
-        .instrument(span)
-    })
-    .await;
+    let request = SearchRequest {
+        queries,
+        k: per_group,
+        filter,
+        exclude: Vec::new(),
+        ef: depth.ef,
+        consistency,
+        with_payload,
+    };
+    let outcomes = if state.cfg.batch_groups && consistency == Consistency::Any {
+        batched::search_all(cluster, &request, &excluded, deadline).await
+    } else {
+        fan_out(cluster, 0..g, deadline, |i, group| {
+            let mut r = request.clone();
+            r.exclude = excluded[i].clone();
+            batched::search_group(group, r, deadline)
+        })
+        .await
+    };
     if let Some(e) = client_error(&outcomes) {
         let message = match e {
             redrec_shard_api::ShardClientError::Rejected { message, .. } => message.clone(),

@@ -14,15 +14,15 @@ use serde::Serialize;
 
 use crate::codes::{LEADER_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
 use crate::points::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PackedResults, Page, Point,
-    ScrollRequest, SearchRequest, SearchResponse, Stats, StoredPoint, UpsertRequest,
-    UpsertResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, GroupsFound, GroupsSearch,
+    PackedResults, Page, Point, ScrollRequest, SearchRequest, SearchResponse, Stats, StoredPoint,
+    UpsertRequest, UpsertResponse,
 };
 use crate::slots::{DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse};
 use crate::status::{Digest, GroupStatus, NodeStatus};
 use crate::users::{EventsRequest, Keyspace, UserHistory, UsersRequest, UsersResponse};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardClientError {
     /// Not reached, timed out, or broke off: the shard may or may not have acted.
     #[error("shard {addr} unavailable: {message}")]
@@ -188,6 +188,26 @@ impl ShardClient {
         .await?;
         metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
         Ok(packed.into())
+    }
+
+    /// Searches of several groups this node hosts, in one call (compact encoding).
+    pub async fn search_groups(
+        &self,
+        request: &GroupsSearch,
+        timeout: Duration,
+    ) -> Result<GroupsFound, ShardClientError> {
+        let url = format!("{}/v1/search/groups", self.addr);
+        let (found, bytes): (GroupsFound, usize) = exchange(
+            &self.http,
+            &self.addr,
+            &url,
+            Some(request),
+            timeout,
+            Format::Msgpack,
+        )
+        .await?;
+        metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
+        Ok(found)
     }
 
     pub async fn stats(&self, timeout: Duration) -> Result<Stats, ShardClientError> {

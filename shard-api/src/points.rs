@@ -180,6 +180,34 @@ pub struct SearchResponse {
     pub results: Vec<Vec<Hit>>,
 }
 
+/// Several groups' searches in one call to a node hosting a replica of each
+/// (`POST /v1/search/groups`): the same queries in every group, each group leaving out
+/// its own excluded ids. Reads any caught-up replica (`consistency` must be `any`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupsSearch {
+    pub groups: Vec<u64>,
+    /// Per group, in the order of `groups`: the ids it leaves out.
+    pub exclude: Vec<Vec<String>>,
+    /// The queries, `k`, filter, `ef` and payload choice (its `exclude` is not used).
+    pub search: SearchRequest,
+}
+
+/// A [`GroupsSearch`]'s answer: per group, in request order, its lists or why this node
+/// could not search it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupsFound {
+    pub groups: Vec<GroupFound>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupFound {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<PackedResults>,
+    /// The error's status, code and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<(u16, String, String)>,
+}
+
 /// A search's answer in the compact encoding: per query, its ids and its scores side by
 /// side, and payloads only where a hit has one.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -232,6 +232,10 @@ pub struct ReadArgs {
     /// top k than it returns (e.g. 0.001). Unset: every group returns k, an exact merge.
     #[arg(long, env = "REDREC_GROUP_K_LOSS")]
     pub group_k_loss: Option<f64>,
+    /// Search groups whose replicas share nodes in one call per node (`on`), or one call
+    /// per group (`off`). Reads of any replica only: strong reads go to each leader.
+    #[arg(long, env = "REDREC_BATCH_GROUPS", default_value = "off", value_parser = ["on", "off"])]
+    pub batch_groups: String,
 }
 
 impl ReadArgs {
@@ -517,6 +521,7 @@ impl RouterArgs {
             tls_ca,
             reads: Arc::new(self.reads.policy()?),
             group_k_loss: self.reads.group_k_loss()?,
+            batch_groups: self.reads.batch_groups == "on",
             ..Default::default()
         })
     }

@@ -42,6 +42,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as its answer would carry it (without the leader header).
+    pub fn into_http(self) -> HttpError {
+        self.error
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut headers = HeaderMap::new();

@@ -15,8 +15,9 @@ use redrec_shard_api::codes::{
     GROUP_OPENING, INVALID_REQUEST, NOT_A_SHARD_GROUP, NOT_READY, NO_QUORUM, UNKNOWN_GROUP,
 };
 use redrec_shard_api::points::{
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Page, ScrollRequest,
-    SearchRequest, SearchResponse, Stats, UpsertRequest, UpsertResponse,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GroupFound, GroupsFound,
+    GroupsSearch, Page, ScrollRequest, SearchRequest, SearchResponse, Stats, UpsertRequest,
+    UpsertResponse,
 };
 use redrec_shard_api::slots::{
     slot_of, DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse,
@@ -224,11 +225,21 @@ async fn search(
             (group, store)
         }
     };
+    let answer = search_replica(&group, store, r).await?;
+    Ok(Encoded(SearchAnswer::new(answer, format), format))
+}
+
+/// `r` on a replica, its hits kept to the slots the group serves here (slots being copied
+/// in, or already dropped here, are not this group's to serve).
+async fn search_replica(
+    group: &Hosted,
+    store: Arc<dyn VectorStore>,
+    r: SearchRequest,
+) -> Result<SearchResponse, ApiError> {
     let axum::Json(mut answer) = blocking(store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await?;
-    // Slots being copied in, or already dropped here, are not this group's to serve.
     group.with_slots(|slots| {
         if slots.states.is_some() {
             for list in &mut answer.results {
@@ -236,7 +247,54 @@ async fn search(
             }
         }
     });
-    Ok(Encoded(SearchAnswer::new(answer, format), format))
+    Ok(answer)
+}
+
+/// `POST /v1/search/groups`: several groups' searches in one call, each on this node's
+/// caught-up replica, at once; a group this node cannot search answers its error.
+async fn search_groups(
+    State(node): State<Shared>,
+    Body(r, format): Body<GroupsSearch>,
+) -> Result<Encoded<GroupsFound>, ApiError> {
+    if r.exclude.len() != r.groups.len() {
+        return Err(
+            HttpError::bad_request(INVALID_REQUEST, "exclude needs one list per group").into(),
+        );
+    }
+    if r.search.consistency == Consistency::Strong {
+        return Err(HttpError::bad_request(
+            INVALID_REQUEST,
+            "strong reads go to each group's leader",
+        )
+        .into());
+    }
+    let searches = r.groups.iter().zip(r.exclude).map(|(&g, exclude)| {
+        let node = node.clone();
+        let mut search = r.search.clone();
+        search.exclude = exclude;
+        async move {
+            node.faults.delay(g).await;
+            let found = async {
+                let (group, store) = readable(&node, g)?;
+                search_replica(&group, store, search).await
+            };
+            match found.await {
+                Ok(answer) => GroupFound {
+                    lists: Some(answer.into()),
+                    error: None,
+                },
+                Err(e) => {
+                    let e = e.into_http();
+                    GroupFound {
+                        lists: None,
+                        error: Some((e.status.as_u16(), e.code.to_string(), e.message)),
+                    }
+                }
+            }
+        }
+    });
+    let groups = futures::future::join_all(searches).await;
+    Ok(Encoded(GroupsFound { groups }, format))
 }
 
 async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
@@ -340,6 +398,7 @@ pub fn routes() -> Vec<Route<Shared>> {
         (Method::POST, "/v1/groups/{g}/points/delete", post(delete)),
         (Method::POST, "/v1/groups/{g}/points/get", post(get_points)),
         (Method::POST, "/v1/groups/{g}/search", post(search)),
+        (Method::POST, "/v1/search/groups", post(search_groups)),
         (Method::GET, "/v1/groups/{g}/stats", get(stats)),
         (Method::GET, "/v1/groups/{g}/status", get(status)),
         (Method::POST, "/v1/groups/{g}/scroll", post(scroll)),
