@@ -28,38 +28,70 @@ fn timed(url: &str, body: &Value) -> ((u16, Value), Duration) {
     (out, started.elapsed())
 }
 
+/// Shard nodes with fault injection on, each hosting a replica of every group, whose
+/// meta group routers follow.
+struct Fleet {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    _nodes: Vec<Proc>,
+}
+
+impl Fleet {
+    fn start(nodes: usize, groups: usize) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = layout(dir.path())
+            .shard_nodes(nodes, groups, &["--fault-injection"])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Fleet {
+            addrs: procs.iter().map(|n| n.addr.clone()).collect(),
+            _nodes: procs,
+            dir,
+        }
+    }
+
+    /// A router following the nodes' map, `extra` flags added.
+    fn router(&self, name: &str, extra: &[&str]) -> Proc {
+        let meta = self.addrs.join(",");
+        let mut args = vec![
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--meta",
+            &meta,
+            "--sessions",
+            "1",
+            "--user-cache",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(name, &args, self.dir.path())
+    }
+
+    /// Waits until every node holds all `points` over its `groups` replicas.
+    fn wait_replicated(&self, groups: u64, points: u64) {
+        support::raft::eventually(
+            Duration::from_secs(30),
+            "every replica has every item",
+            || {
+                self.addrs.iter().all(|a| {
+                    (0..groups)
+                        .map(|g| get(&format!("{a}/v1/groups/{g}/stats")).1["points"].as_u64())
+                        .sum::<Option<u64>>()
+                        == Some(points)
+                })
+            },
+        );
+    }
+}
+
 #[test]
 fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = layout(dir.path());
-    let nodes = layout
-        .shard_nodes(2, 2, &["--fault-injection"])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let meta = addrs.join(",");
+    let fleet = Fleet::start(2, 2);
+    let addrs = &fleet.addrs;
     // Attempts and deadlines long enough that only hedging can cut a slow read short.
     let router = |name: &str, hedge: &str| {
-        Proc::spawn(
-            name,
-            &[
-                "router",
-                "--listen",
-                "127.0.0.1:0",
-                "--meta",
-                &meta,
-                "--sessions",
-                "1",
-                "--user-cache",
-                "0",
-                "--hedge",
-                hedge,
-                "--read-attempt-ms",
-                "8000",
-                "--deadline-ms",
-                "10000",
-            ],
-            dir.path(),
-        )
+        let slow = ["--read-attempt-ms", "8000", "--deadline-ms", "10000"];
+        fleet.router(name, &[&["--hedge", hedge][..], &slow[..]].concat())
     };
     let hedged = router("router-hedged", "50");
     let plain = router("router-plain", "off");
@@ -72,18 +104,7 @@ fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() 
         &json!({ "items": items }),
     );
     assert_eq!(s, 200, "{b}");
-    support::raft::eventually(
-        Duration::from_secs(30),
-        "every replica has every item",
-        || {
-            addrs.iter().all(|a| {
-                (0..2)
-                    .map(|g| get(&format!("{a}/v1/groups/{g}/stats")).1["points"].as_u64())
-                    .sum::<Option<u64>>()
-                    == Some(300)
-            })
-        },
-    );
+    fleet.wait_replicated(2, 300);
 
     // Payloads fetched after the merge (many lists: ids and scores first) are those that
     // come with the hits (one list).
@@ -148,34 +169,10 @@ fn requests_on(addr: &str, path: &str) -> f64 {
 
 #[test]
 fn groups_sharing_nodes_are_searched_in_one_call_with_the_same_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = layout(dir.path());
-    let nodes = layout
-        .shard_nodes(3, 3, &["--fault-injection"])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let meta = addrs.join(",");
-    let router = |name: &str, batch: &str| {
-        Proc::spawn(
-            name,
-            &[
-                "router",
-                "--listen",
-                "127.0.0.1:0",
-                "--meta",
-                &meta,
-                "--sessions",
-                "1",
-                "--user-cache",
-                "0",
-                "--batch-groups",
-                batch,
-                "--hedge",
-                "50",
-            ],
-            dir.path(),
-        )
-    };
+    let fleet = Fleet::start(3, 3);
+    let addrs = &fleet.addrs;
+    let router =
+        |name: &str, batch: &str| fleet.router(name, &["--batch-groups", batch, "--hedge", "50"]);
     let batched = router("router-batched", "on");
     let per_group = router("router-per-group", "off");
     let (s, b) = post(
@@ -183,18 +180,7 @@ fn groups_sharing_nodes_are_searched_in_one_call_with_the_same_answers() {
         &vector_items(0, 600),
     );
     assert_eq!(s, 200, "{b}");
-    support::raft::eventually(
-        Duration::from_secs(30),
-        "every replica has every item",
-        || {
-            addrs.iter().all(|a| {
-                (0..3)
-                    .map(|g| get(&format!("{a}/v1/groups/{g}/stats")).1["points"].as_u64())
-                    .sum::<Option<u64>>()
-                    == Some(600)
-            })
-        },
-    );
+    fleet.wait_replicated(3, 600);
 
     // The same answers (below the indexing threshold every replica searches exactly),
     // with filters, exclusions and several query vectors.

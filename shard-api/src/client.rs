@@ -169,24 +169,14 @@ impl ShardClient {
         Ok(r.points)
     }
 
-    /// A search, in the compact encoding both ways (its answer counted in
-    /// `redrec_shard_read_bytes_total`, as gets' are).
+    /// A search, in the compact encoding both ways.
     pub async fn search(
         &self,
         request: &SearchRequest,
         timeout: Duration,
     ) -> Result<SearchResponse, ShardClientError> {
         let url = format!("{}/search", self.base);
-        let (packed, bytes): (PackedResults, usize) = exchange(
-            &self.http,
-            &self.addr,
-            &url,
-            Some(request),
-            timeout,
-            Format::Msgpack,
-        )
-        .await?;
-        metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
+        let packed: PackedResults = self.read_packed(&url, request, timeout).await?;
         Ok(packed.into())
     }
 
@@ -197,17 +187,28 @@ impl ShardClient {
         timeout: Duration,
     ) -> Result<GroupsFound, ShardClientError> {
         let url = format!("{}/v1/search/groups", self.addr);
-        let (found, bytes): (GroupsFound, usize) = exchange(
+        self.read_packed(&url, request, timeout).await
+    }
+
+    /// A read in the compact encoding both ways, its answer counted in
+    /// `redrec_shard_read_bytes_total` (as gets' are).
+    async fn read_packed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ShardClientError> {
+        let (answer, bytes) = exchange(
             &self.http,
             &self.addr,
-            &url,
-            Some(request),
+            url,
+            Some(body),
             timeout,
             Format::Msgpack,
         )
         .await?;
         metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
-        Ok(found)
+        Ok(answer)
     }
 
     pub async fn stats(&self, timeout: Duration) -> Result<Stats, ShardClientError> {
