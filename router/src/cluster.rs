@@ -53,17 +53,17 @@ fn co_hosted(
         .into_iter()
         .filter(|(_, groups)| groups.len() > 1)
         .map(|(nodes, groups)| {
-            Arc::new(CoHosted {
-                nodes: Group::with_policy(
-                    groups[0],
-                    nodes
-                        .into_iter()
-                        .map(|a| ShardClient::new(a, http.clone()))
-                        .collect(),
-                    reads.clone(),
-                ),
-                groups,
-            })
+            let nodes = nodes
+                .into_iter()
+                .map(|a| ShardClient::new(a, http.clone()))
+                .collect();
+            let mut set = Group::with_policy(groups[0], nodes, reads.clone());
+            set.label = groups
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("+");
+            Arc::new(CoHosted { groups, nodes: set })
         })
         .collect()
 }

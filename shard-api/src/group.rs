@@ -20,6 +20,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// One shard group: a lone shard, or the replicas of a Raft group.
 pub struct Group {
     pub index: usize,
+    /// The group's name in metrics and errors: its index, or for groups read as one
+    /// (several groups sharing their nodes), their indices joined by `+`.
+    pub label: String,
     pub replicas: Vec<ShardClient>,
     /// The replica that last accepted a write.
     leader: AtomicUsize,
@@ -37,6 +40,7 @@ impl Group {
 
     pub fn with_policy(index: usize, replicas: Vec<ShardClient>, policy: Arc<ReadPolicy>) -> Self {
         Self {
+            label: index.to_string(),
             index,
             outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
             replicas,
@@ -52,7 +56,7 @@ impl Group {
 
     fn deadline_passed(&self) -> ShardClientError {
         ShardClientError::Unavailable {
-            addr: format!("group {}", self.index),
+            addr: format!("group {}", self.label),
             message: "no replica answered before the deadline".into(),
         }
     }
@@ -92,9 +96,9 @@ impl Group {
                 } => self.replicas.iter().position(|r| r.addr() == addr),
                 _ => None,
             };
-            metrics::counter!("redrec_shard_retries_total", "group" => self.index.to_string())
+            metrics::counter!("redrec_shard_retries_total", "group" => self.label.clone())
                 .increment(1);
-            tracing::debug!(group = self.index, "retrying elsewhere: {err}");
+            tracing::debug!(group = %self.label, "retrying elsewhere: {err}");
             let pause = match hinted {
                 Some(j) if j != i => {
                     i = j;
@@ -173,10 +177,10 @@ impl Group {
                         self.latency.record(took);
                         policy.all_groups.record(took);
                         metrics::histogram!("redrec_group_read_duration_seconds",
-                            "group" => self.index.to_string()).record(took.as_secs_f64());
+                            "group" => self.label.clone()).record(took.as_secs_f64());
                         if hedged {
                             metrics::counter!("redrec_hedged_reads_won_total",
-                                "group" => self.index.to_string()).increment(1);
+                                "group" => self.label.clone()).increment(1);
                         }
                         return Ok(v);
                     }
@@ -194,7 +198,7 @@ impl Group {
                     hedge_at = None;
                     if hedge.is_some_and(|h| h.try_spend()) {
                         metrics::counter!("redrec_hedged_reads_total",
-                            "group" => self.index.to_string()).increment(1);
+                            "group" => self.label.clone()).increment(1);
                         attempts.push(attempt(order[next], true));
                         next += 1;
                     } else {
