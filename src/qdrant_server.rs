@@ -57,11 +57,13 @@ impl QdrantServer {
 
     fn new(bin: &Path, dir: &Path, p2p: Option<u16>, bootstrap: Option<u16>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // The process runs in `dir`: a relative path to the binary would not resolve there.
+        let bin = std::fs::canonicalize(bin).with_context(|| format!("{}", bin.display()))?;
         let mut q = Self {
             http: format!("http://127.0.0.1:{}", free_port()),
             grpc: format!("http://127.0.0.1:{}", free_port()),
             p2p,
-            bin: bin.to_path_buf(),
+            bin,
             dir: dir.to_path_buf(),
             bootstrap,
             child: None,

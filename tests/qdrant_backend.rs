@@ -22,25 +22,7 @@ fn users_outages_and_settings_on_a_qdrant_server() {
     assert_eq!(s, 200, "{b}");
 
     // Events: stored once per (user, item, time), read back oldest first.
-    let mut sent: Vec<Value> = (0..30)
-        .map(|i| user_event("alice", i * 3, 1_000 + i as i64))
-        .collect();
-    sent.extend((0..5).map(|i| user_event("alice", i * 3, 1_000 + i as i64)));
-    sent.extend((0..4).map(|i| user_event("bob", 100 + i, 500 + i as i64)));
-    let (s, b) = post(&c.url("/v1/events"), &json!({ "events": sent }));
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(
-        (b["received"].as_u64(), b["stored"].as_u64()),
-        (Some(39), Some(34)),
-        "{b}"
-    );
-    let (s, h) = get(&c.url("/v1/users/alice/history"));
-    assert_eq!(s, 200, "{h}");
-    let stored = h["events"].as_array().unwrap();
-    assert_eq!(stored.len(), 30, "{h}");
-    assert!(stored
-        .windows(2)
-        .all(|w| w[0]["ts"].as_i64() < w[1]["ts"].as_i64()));
+    let history = store_alice_and_bob(&c.router.addr);
 
     // By user id alone, as if the history were sent.
     let (s, by_id) = post(
@@ -48,10 +30,6 @@ fn users_outages_and_settings_on_a_qdrant_server() {
         &json!({"user_id": "alice", "scenario": "homefeed", "k": 10}),
     );
     assert_eq!(s, 200, "{by_id}");
-    let history: Vec<Value> = stored
-        .iter()
-        .map(|e| json!({"item_id": e["item_id"], "scenario": e["scenario"], "ts": e["ts"]}))
-        .collect();
     let (s, sent_history) = post(
         &c.url("/v1/recommend"),
         &json!({"history": history, "scenario": "homefeed", "k": 10}),

@@ -152,19 +152,7 @@ fn wiped_replica_rejoins_through_a_snapshot_and_members_come_and_go() {
     );
     let digest_of = |addr: &str| get(&format!("{addr}/v1/groups/0/digest")).1;
     assert_eq!(digest_of(&addr4)["points"], 0);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["cluster"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| redrec_cli(&[&["cluster"][..], args].concat());
     let via = c.addr(0);
     let out = cli(&[
         "add-replica",

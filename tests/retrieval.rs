@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -129,24 +128,18 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
             && s["memory"]["quantized"] == 0
     });
 
-    let out = Command::new(BIN)
-        .args(["cluster", "settings", "--via", &addrs[0]])
-        .args([
-            "--quantization",
-            "int8",
-            "--vectors-on-disk",
-            "true",
-            "--ef",
-            "300",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = redrec_cli(&[
+        "cluster",
+        "settings",
+        "--via",
+        &addrs[0],
+        "--quantization",
+        "int8",
+        "--vectors-on-disk",
+        "true",
+        "--ef",
+        "300",
+    ]);
     assert!(text.contains("\"quantization\": \"int8\""), "{text}");
 
     // Every replica of every group rebuilds under the new settings.
@@ -212,17 +205,15 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
     );
 
     // The same figures in the terminal: every group with its leader, the routes' rates.
-    let out = Command::new(BIN)
-        .args(["cluster", "top", "--router", &router.addr, "--once"])
-        .args(["--interval-s", "0.5"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = redrec_cli(&[
+        "cluster",
+        "top",
+        "--router",
+        &router.addr,
+        "--once",
+        "--interval-s",
+        "0.5",
+    ]);
     let groups: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("0 ") || l.starts_with("1 "))

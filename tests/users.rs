@@ -37,34 +37,12 @@ fn users_histories_are_stored_recommended_from_kept_through_a_leader_death_and_d
     let ids: Vec<String> = (0..200).map(|i| format!("item-{i}")).collect();
     c.assert_converged(&ids, Duration::from_secs(30));
     // 30 events for alice, 5 of them sent twice; a few for bob.
-    let mut sent: Vec<Value> = (0..30)
-        .map(|i| user_event("alice", i * 3, 1_000 + i as i64))
-        .collect();
-    sent.extend((0..5).map(|i| user_event("alice", i * 3, 1_000 + i as i64)));
-    sent.extend((0..4).map(|i| user_event("bob", 100 + i, 500 + i as i64)));
-    let (s, b) = post(&c.router_url("/v1/events"), &json!({ "events": sent }));
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(
-        (b["received"].as_u64(), b["stored"].as_u64()),
-        (Some(39), Some(34)),
-        "{b}"
-    );
-    let (s, h) = get(&c.router_url("/v1/users/alice/history"));
-    assert_eq!(s, 200, "{h}");
-    let stored = h["events"].as_array().unwrap();
-    assert_eq!(stored.len(), 30, "{h}");
-    assert!(stored
-        .windows(2)
-        .all(|w| w[0]["ts"].as_i64() < w[1]["ts"].as_i64()));
+    let history = store_alice_and_bob(&c.router_url(""));
 
     // By user id alone, as if the history were sent.
     let by_id = json!({"user_id": "alice", "scenario": "homefeed", "k": 10});
     let (s, a) = post(&c.router_url("/v1/recommend"), &by_id);
     assert_eq!(s, 200, "{a}");
-    let history: Vec<Value> = stored
-        .iter()
-        .map(|e| json!({"item_id": e["item_id"], "scenario": e["scenario"], "ts": e["ts"]}))
-        .collect();
     let sent_history = json!({"history": history, "scenario": "homefeed", "k": 10});
     let (s, b) = post(&c.router_url("/v1/recommend"), &sent_history);
     assert_eq!(s, 200, "{b}");

@@ -55,7 +55,7 @@ pub async fn search_all(
         .collect();
     let sets = join_all(cluster.co_hosted.iter().map(|set| {
         let batch = GroupsSearch {
-            groups: set.groups.iter().map(|&i| group_id(cluster, i)).collect(),
+            groups: set.ids.clone(),
             exclude: set.groups.iter().map(|&i| excluded[i].clone()).collect(),
             search: request.clone(),
         };
@@ -121,13 +121,4 @@ pub async fn search_all(
     }
     outcomes.sort_by_key(|(i, _)| *i);
     outcomes
-}
-
-/// Group `i`'s id: in the cluster map's order, or its index for a fixed cluster.
-fn group_id(cluster: &Cluster, i: usize) -> u64 {
-    cluster
-        .map
-        .as_ref()
-        .and_then(|m| m.groups.keys().nth(i).copied())
-        .unwrap_or(i as u64)
 }

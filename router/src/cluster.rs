@@ -34,12 +34,16 @@ pub struct Cluster {
 pub struct CoHosted {
     /// Indices into [`Cluster::groups`].
     pub groups: Vec<usize>,
+    /// Their group ids, as the nodes know them.
+    pub ids: Vec<u64>,
     pub nodes: Group,
 }
 
 /// The co-hosted sets of `groups` (by their replicas' addresses).
+/// `ids[i]` is group `i`'s id.
 fn co_hosted(
     groups: &[Arc<Group>],
+    ids: &[u64],
     http: &reqwest::Client,
     reads: &Arc<ReadPolicy>,
 ) -> Vec<Arc<CoHosted>> {
@@ -63,7 +67,12 @@ fn co_hosted(
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join("+");
-            Arc::new(CoHosted { groups, nodes: set })
+            let ids = groups.iter().map(|&i| ids[i]).collect();
+            Arc::new(CoHosted {
+                groups,
+                ids,
+                nodes: set,
+            })
         })
         .collect()
 }
@@ -221,7 +230,7 @@ impl Cluster {
             .map(|g| ids.binary_search(g).unwrap_or(0))
             .collect();
         Self {
-            co_hosted: co_hosted(&groups, http, reads),
+            co_hosted: co_hosted(&groups, &ids, http, reads),
             groups,
             slots: SlotTable::from_owners(owners),
             replicated: true,
@@ -246,8 +255,9 @@ impl Cluster {
                 Arc::new(Group::with_policy(g, replicas, reads.clone()))
             })
             .collect();
+        let ids: Vec<u64> = (0..groups.len() as u64).collect();
         Self {
-            co_hosted: co_hosted(&groups, &http, reads),
+            co_hosted: co_hosted(&groups, &ids, &http, reads),
             slots: SlotTable::even(groups.len()),
             groups,
             replicated: true,

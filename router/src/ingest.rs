@@ -225,32 +225,23 @@ pub async fn ingest_vectors(
 
 pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
-    if let Some(q) = &state.qdrant {
-        let point = q
-            .items
-            .get(vec![id.clone()], true, state.cfg.deadline)
-            .await?;
-        return match point.into_iter().next() {
-            Some(p) => Ok(ItemResponse {
-                id: p.id,
-                vector: p.vector.unwrap_or_default(),
-                payload: p.payload,
-                shard: 0,
-            }),
-            None => Err(RouterError::NotFound(format!("no item {id:?}"))),
-        };
-    }
-    let cluster = state.cluster.get();
-    let group = cluster.group_of(&id);
-    let shard = group.index;
-    let deadline = Instant::now() + state.cfg.deadline;
-    let point = group
-        .read(deadline, |c, left| {
-            let ids = vec![id.clone()];
-            async move { c.get(ids, true, left).await }
-        })
-        .await?
-        .pop();
+    let ids = vec![id.clone()];
+    let (point, shard) = match &state.qdrant {
+        Some(q) => (q.items.get(ids, true, state.cfg.deadline).await?.pop(), 0),
+        None => {
+            let cluster = state.cluster.get();
+            let group = cluster.group_of(&id);
+            let deadline = Instant::now() + state.cfg.deadline;
+            let point = group
+                .read(deadline, |c, left| {
+                    let ids = ids.clone();
+                    async move { c.get(ids, true, left).await }
+                })
+                .await?
+                .pop();
+            (point, group.index)
+        }
+    };
     match point {
         Some(p) => Ok(ItemResponse {
             id: p.id,
@@ -264,21 +255,31 @@ pub async fn get_item(state: &RouterState, id: String) -> Result<ItemResponse, R
 
 pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteResponse, RouterError> {
     check_id(&id).map_err(|m| RouterError::bad("invalid_id", m))?;
+    let deleted = match &state.qdrant {
+        Some(q) => {
+            q.items
+                .delete(vec![id.clone()], state.cfg.write_timeout)
+                .await?
+        }
+        None => delete_on_group(state, &id).await?,
+    };
+    if deleted == 0 {
+        return Err(RouterError::NotFound(format!("no item {id:?}")));
+    }
+    Ok(DeleteResponse { id, deleted: true })
+}
+
+/// Deletes `id` on the group owning its slot, following the slot if it moves.
+async fn delete_on_group(state: &RouterState, id: &str) -> Result<usize, RouterError> {
     let deadline = Instant::now() + state.cfg.write_timeout;
     let mut backoff = Duration::from_millis(10);
-    let deleted = loop {
-        if let Some(q) = &state.qdrant {
-            break q
-                .items
-                .delete(vec![id.clone()], state.cfg.write_timeout)
-                .await?;
-        }
+    loop {
         let r = state
             .cluster
             .get()
-            .group_of(&id)
+            .group_of(id)
             .leader_call(deadline, |c, left| {
-                let ids = vec![id.clone()];
+                let ids = vec![id.to_string()];
                 async move { c.delete(ids, left).await }
             })
             .await;
@@ -288,11 +289,7 @@ pub async fn delete_item(state: &RouterState, id: String) -> Result<DeleteRespon
                 backoff = (backoff * 2).min(Duration::from_millis(200));
                 state.cluster.refresh().await;
             }
-            r => break r?,
+            r => return Ok(r?),
         }
-    };
-    if deleted == 0 {
-        return Err(RouterError::NotFound(format!("no item {id:?}")));
     }
-    Ok(DeleteResponse { id, deleted: true })
 }

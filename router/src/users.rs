@@ -91,22 +91,22 @@ pub async fn stored_history(
     user_id: &str,
     deadline: Instant,
 ) -> Result<Vec<StoredEvent>, RouterError> {
-    if let Some(q) = &state.qdrant {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let found = q.items.histories(vec![user_id.to_string()], left).await?;
-        return Ok(found
-            .into_iter()
-            .next()
-            .map(|h| h.events)
-            .unwrap_or_default());
-    }
-    let group = state.cluster.get().group_of(user_id).clone();
-    let found = group
-        .leader_call(deadline, |c, left| {
-            let ids = vec![user_id.to_string()];
-            async move { c.histories(ids, left).await }
-        })
-        .await?;
+    let ids = vec![user_id.to_string()];
+    let found = match &state.qdrant {
+        Some(q) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            q.items.histories(ids, left).await?
+        }
+        None => {
+            let group = state.cluster.get().group_of(user_id).clone();
+            group
+                .leader_call(deadline, |c, left| {
+                    let ids = ids.clone();
+                    async move { c.histories(ids, left).await }
+                })
+                .await?
+        }
+    };
     Ok(found
         .into_iter()
         .next()

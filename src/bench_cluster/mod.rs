@@ -96,8 +96,8 @@ pub struct ClusterBenchArgs {
         default_value = "lone,router1,lone-int8,router-lone,router-raft,qdrant1,qdrant-g,router-qdrant"
     )]
     setups: Vec<Setup>,
-    /// The Qdrant server binary (default: ../shared/qdrant/qdrant when present; the
-    /// Qdrant setups are left out without one).
+    /// The Qdrant server binary (default: $REDREC_QDRANT_BIN, else ../shared/qdrant/qdrant
+    /// when present; the Qdrant setups are left out without one).
     #[arg(long)]
     qdrant_bin: Option<PathBuf>,
     /// Where the processes keep their data (default: a temporary directory).
@@ -520,7 +520,7 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
-    let qdrant_bin = a.qdrant_bin.clone().or_else(qdrant::default_binary);
+    let qdrant_bin = a.qdrant_bin.clone().or_else(redrec::qdrant_server::binary);
     eprintln!(
         "redrec bench cluster: {} items, G={}, on {}",
         a.n,

@@ -2,86 +2,46 @@
 //! collection the bench loads into it, with the same HNSW and quantization settings the
 //! redrec setups use.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use redrec_shard_api::collection::{Collection, Quantization};
 use serde_json::{json, Value};
 
-use redrec::launch::free_port;
+use redrec::qdrant_server::QdrantServer;
 
 use super::load::{post, Target};
 
 pub const COLLECTION: &str = "bench";
 
 pub struct Qdrant {
+    /// The REST address.
     pub addr: String,
     /// The gRPC address (`redrec router --qdrant-url`).
     pub grpc: String,
-    child: Child,
+    server: QdrantServer,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Qdrant {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `../shared/qdrant/qdrant` from the working directory, where present.
-pub fn default_binary() -> Option<PathBuf> {
-    let p = PathBuf::from("../shared/qdrant/qdrant");
-    p.exists().then_some(p)
 }
 
 impl Qdrant {
     /// Starts `bin` with its storage in a temporary directory under `under`.
     pub async fn start(bin: &Path, under: &Path, http: reqwest::Client) -> Result<Qdrant> {
-        let bin = std::fs::canonicalize(bin).with_context(|| format!("{}", bin.display()))?;
         let dir = tempfile::tempdir_in(under)?;
-        let (port, grpc) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("qdrant.log"))?;
-        let d = dir.path();
-        let child = Command::new(&bin)
-            .current_dir(d)
-            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-            .env("QDRANT__SERVICE__HTTP_PORT", port.to_string())
-            .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
-            .env("QDRANT__STORAGE__STORAGE_PATH", d.join("storage"))
-            .env("QDRANT__STORAGE__SNAPSHOTS_PATH", d.join("snapshots"))
-            .env("QDRANT__TELEMETRY_DISABLED", "true")
-            .env("QDRANT_INIT_FILE_PATH", d.join(".qdrant-initialized"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let q = Qdrant {
-            addr: format!("http://127.0.0.1:{port}"),
-            grpc: format!("http://127.0.0.1:{grpc}"),
-            child,
+        let (bin, path) = (bin.to_path_buf(), dir.path().to_path_buf());
+        let server =
+            tokio::task::spawn_blocking(move || QdrantServer::start(&bin, &path)).await??;
+        Ok(Qdrant {
+            addr: server.http.clone(),
+            grpc: server.grpc.clone(),
+            server,
             http,
             _dir: dir,
-        };
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = q.http.get(format!("{}/readyz", q.addr)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return Ok(q);
-            }
-            if Instant::now() > until {
-                bail!("qdrant did not become ready within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.server.pid().map_or(0, |p| p as i32)
     }
 
     /// Creates the collection: `shards` shards, dot product, `c`'s HNSW, quantization and

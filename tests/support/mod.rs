@@ -389,3 +389,47 @@ pub fn ids_of(answer: &Value) -> Vec<String> {
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Sends 30 events for alice (5 of them twice) and 4 for bob to the router at `base`,
+/// checks each is stored once and alice's history reads back oldest first, and returns
+/// that history as a recommend request's `history`.
+pub fn store_alice_and_bob(base: &str) -> Vec<Value> {
+    let mut sent: Vec<Value> = (0..30)
+        .map(|i| user_event("alice", i * 3, 1_000 + i as i64))
+        .collect();
+    sent.extend((0..5).map(|i| user_event("alice", i * 3, 1_000 + i as i64)));
+    sent.extend((0..4).map(|i| user_event("bob", 100 + i, 500 + i as i64)));
+    let (s, b) = post(
+        &format!("{base}/v1/events"),
+        &serde_json::json!({ "events": sent }),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["received"].as_u64(), b["stored"].as_u64()),
+        (Some(39), Some(34)),
+        "{b}"
+    );
+    let (s, h) = get(&format!("{base}/v1/users/alice/history"));
+    assert_eq!(s, 200, "{h}");
+    let stored = h["events"].as_array().unwrap();
+    assert_eq!(stored.len(), 30, "{h}");
+    assert!(stored
+        .windows(2)
+        .all(|w| w[0]["ts"].as_i64() < w[1]["ts"].as_i64()));
+    stored
+        .iter()
+        .map(|e| serde_json::json!({"item_id": e["item_id"], "scenario": e["scenario"], "ts": e["ts"]}))
+        .collect()
+}
+
+/// Runs this build's `redrec` with `args`, which must succeed; returns its stdout.
+pub fn redrec_cli(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("redrec");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
