@@ -1,6 +1,7 @@
 //! Fan-out on real processes: a replica slowed by fault injection no longer sets a
 //! recommend's latency once reads are hedged (and the hedge metrics say so), while a
-//! router without hedging waits for it; and payloads fetched after the merge are the ones
+//! router without hedging waits for it; a group whose every replica is slower than the
+//! attempt timeout still answers within the deadline; and payloads fetched after the merge are the ones
 //! that come with the hits.
 
 mod support;
@@ -154,6 +155,25 @@ fn a_slowed_replica_no_longer_sets_a_recommends_latency_once_reads_are_hedged() 
     assert!(counter(&hedged.addr, "redrec_hedged_reads_total") >= 1.0);
     assert!(counter(&hedged.addr, "redrec_hedged_reads_won_total") >= 1.0);
     assert_eq!(counter(&plain.addr, "redrec_hedged_reads_total"), 0.0);
+
+    // Both replicas of group 0 slowed past a short attempt timeout: the first attempt is
+    // cut and the read fails over; the last replica left has the rest of the deadline,
+    // so the group still answers (late) instead of dropping out of the coverage.
+    for addr in addrs {
+        let plan = json!({"delay_share": 1.0, "delay_ms": 1000, "groups": [0]});
+        let (s, b) = post(&format!("{addr}/admin/v1/faults"), &plan);
+        assert_eq!(s, 200, "{b}");
+    }
+    let short_attempts = ["--read-attempt-ms", "200", "--deadline-ms", "10000"];
+    let short = fleet.router(
+        "router-short",
+        &[&["--hedge", "off"][..], &short_attempts].concat(),
+    );
+    let ((s, late), took) = timed(&format!("{}/v1/recommend", short.addr), &req);
+    assert_eq!(s, 200, "{late}");
+    assert_eq!(late["coverage"]["answered"], 2, "{late}");
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert_eq!(ids_of(&late), ids_of(&slow_answer));
 }
 
 /// Requests a node answered on `path` (its `/metrics`, all statuses).

@@ -342,6 +342,19 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
 
 /// [`request`] with the body sent in `format`; the answer decoded as its `Content-Type`
 /// says, with its size in bytes.
+/// `e` and what caused it, outermost first: a transport error says why it failed
+/// (refused, reset, closed before the answer), not only which URL it was sending to.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    message
+}
+
 async fn exchange<B: Serialize, T: DeserializeOwned>(
     http: &reqwest::Client,
     addr: &str,
@@ -367,7 +380,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| unavailable(&with_causes(&e)))?;
     let status = resp.status();
     if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
         let leader = resp
@@ -385,7 +398,10 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let bytes = resp.bytes().await.map_err(|e| unavailable(&e))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| unavailable(&with_causes(&e)))?;
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),
@@ -489,5 +505,18 @@ mod tests {
         let opening = rejected(503, crate::codes::GROUP_OPENING);
         assert!(!opening.is_client_error());
         assert!(opening.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_says_why_it_failed() {
+        // A port nothing listens on: bound, then released.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let client = ShardClient::new(format!("http://{addr}"), reqwest::Client::new());
+        let e = client.stats(Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.is_retryable());
+        let message = e.to_string().to_lowercase();
+        assert!(message.contains("refused"), "{message}");
     }
 }

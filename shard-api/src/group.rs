@@ -120,7 +120,7 @@ impl Group {
     }
 
     /// Runs `call` on one replica, the next one if it fails, until one answers or all
-    /// were tried; each attempt within the policy's attempt timeout. With hedging, once the
+    /// were tried; each attempt but the last within the policy's attempt timeout. With hedging, once the
     /// first attempt has taken the group's hedge delay, the same read goes to the next
     /// replica as well (if the budget allows): the first answer wins and the other call is
     /// dropped, which cancels it.
@@ -146,11 +146,19 @@ impl Group {
         if let Some(h) = hedge {
             h.on_read();
         }
-        let attempt = |i: usize, hedged: bool| {
+        // An attempt is cut at the attempt timeout only while another replica is left to
+        // try; the last one has the rest of the deadline (a cold or loaded replica that
+        // is the only one left answers late rather than not at all).
+        let attempt = |nth: usize, hedged: bool| {
+            let i = order[nth];
             let left = deadline.saturating_duration_since(Instant::now());
             let guard = self.outstanding[i].enter();
             let started = Instant::now();
-            let fut = call(self.replicas[i].clone(), left.min(policy.attempt_timeout));
+            let limit = match nth + 1 < n {
+                true => left.min(policy.attempt_timeout),
+                false => left,
+            };
+            let fut = call(self.replicas[i].clone(), limit);
             async move {
                 let r = fut.await;
                 drop(guard);
@@ -158,7 +166,7 @@ impl Group {
             }
         };
         let mut attempts = FuturesUnordered::new();
-        attempts.push(attempt(order[0], false));
+        attempts.push(attempt(0, false));
         let mut next = 1;
         let mut hedge_at = hedge
             .and_then(|h| h.delay(&self.latency, &policy.all_groups))
@@ -188,7 +196,7 @@ impl Group {
                         last = Some(e);
                         let left = deadline.saturating_duration_since(Instant::now());
                         if next < n && !left.is_zero() {
-                            attempts.push(attempt(order[next], false));
+                            attempts.push(attempt(next, false));
                             next += 1;
                         }
                     }
@@ -199,7 +207,7 @@ impl Group {
                     if hedge.is_some_and(|h| h.try_spend()) {
                         metrics::counter!("redrec_hedged_reads_total",
                             "group" => self.label.clone()).increment(1);
-                        attempts.push(attempt(order[next], true));
+                        attempts.push(attempt(next, true));
                         next += 1;
                     } else {
                         metrics::counter!("redrec_hedged_reads_over_budget_total").increment(1);

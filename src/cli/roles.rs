@@ -218,7 +218,7 @@ pub struct RaftArgs {
 #[derive(Args, Clone)]
 pub struct ReadArgs {
     /// Longest one read attempt on one replica may take before the next is tried (the
-    /// deadline bounds it too).
+    /// deadline bounds it too; the last replica left to try has the rest of the deadline).
     #[arg(long, env = "REDREC_READ_ATTEMPT_MS", default_value_t = 400)]
     pub read_attempt_ms: u64,
     /// Hedged reads: `off`; `auto`, a second replica once the first has taken the group's
