@@ -44,6 +44,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// The journal is cut once it holds this many writes, or after this long.
 const CHECKPOINT_WRITES: u64 = 512;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// While an optimisation runs (no checkpoints meanwhile, for minutes at millions of
+/// points), the files are measured again when the last figures are older than this.
+const MEASURE_EVERY: Duration = Duration::from_secs(5);
 
 /// The engine configuration for `dim`-d vectors under `c`.
 fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig> {
@@ -98,9 +101,10 @@ pub(super) struct Core {
     pub(super) indexing: AtomicBool,
     /// Optimisation runs finished.
     pub(super) runs: AtomicU64,
-    /// Where the bytes are, measured from the files at the last flush (between flushes,
-    /// files written through memory maps do not show what they hold).
-    footprint: Mutex<Memory>,
+    /// Where the bytes are, and when they were measured: from the files at the last
+    /// flush, or during a long optimisation from the files as they are (between flushes,
+    /// files written through memory maps may not show all they hold).
+    footprint: Mutex<(Memory, Instant)>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,7 +146,7 @@ impl Core {
         if let Some(shard) = self.engine()?.as_ref() {
             shard.flush();
         }
-        *lock(&self.footprint) = footprint::measure(&self.path);
+        *lock(&self.footprint) = (footprint::measure(&self.path), Instant::now());
         journal.checkpoint()
     }
 
@@ -215,7 +219,11 @@ impl Core {
     }
 
     fn memory(&self) -> Memory {
-        *lock(&self.footprint)
+        let mut footprint = lock(&self.footprint);
+        if self.indexing.load(Ordering::Relaxed) && footprint.1.elapsed() >= MEASURE_EVERY {
+            *footprint = (footprint::measure(&self.path), Instant::now());
+        }
+        footprint.0
     }
 }
 
@@ -259,7 +267,7 @@ impl EdgeStore {
             wanted: Mutex::new(None),
             indexing: AtomicBool::new(false),
             runs: AtomicU64::new(0),
-            footprint: Mutex::new(Memory::default()),
+            footprint: Mutex::new((Memory::default(), Instant::now())),
         });
         core.checkpoint(true)?;
         let indexer = Some(spawn_indexer(core.clone())?);
