@@ -72,8 +72,15 @@ pub fn init(role: &str) -> Result<Telemetry> {
         .with_span_events(spans)
         .with_ansi(false)
         .with_writer(std::io::stderr);
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // qdrant-edge warns, on every search, that its feature flags were never initialized:
+    // they cannot be (the engine keeps that call private) and sit at their defaults,
+    // which are what the store wants. A line per search is noise that costs CPU.
+    let quiet = "qdrant_edge::common::flags=error"
+        .parse()
+        .expect("a valid directive");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        .add_directive(quiet);
     let provider = env("REDREC_OTLP_ENDPOINT")
         .map(|e| exporter(role, e.trim()))
         .transpose()?;
