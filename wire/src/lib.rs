@@ -319,7 +319,9 @@ pub fn http_client(
     }
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        // Shorter than the 10 s after which redrec's servers close an idle connection
+        // (`--header-timeout-ms`): a connection the server may be closing is never reused.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
         .default_headers(headers);
     if let Some(ca) = ca {
