@@ -72,9 +72,9 @@ pub fn init(role: &str) -> Result<Telemetry> {
         .with_span_events(spans)
         .with_ansi(false)
         .with_writer(std::io::stderr);
-    // qdrant-edge warns, on every search, that its feature flags were never initialized:
-    // they cannot be (the engine keeps that call private) and sit at their defaults,
-    // which are what the store wants. A line per search is noise that costs CPU.
+    // qdrant-edge warns, ten times a second per store, that its feature flags were never
+    // initialized: they cannot be (the engine keeps that call private) and sit at their
+    // defaults, which are what the store wants.
     let quiet = "qdrant_edge::common::flags=error"
         .parse()
         .expect("a valid directive");

@@ -342,19 +342,6 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
 
 /// [`request`] with the body sent in `format`; the answer decoded as its `Content-Type`
 /// says, with its size in bytes.
-/// `e` and what caused it, outermost first: a transport error says why it failed
-/// (refused, reset, closed before the answer), not only which URL it was sending to.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    message
-}
-
 async fn exchange<B: Serialize, T: DeserializeOwned>(
     http: &reqwest::Client,
     addr: &str,
@@ -380,7 +367,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| unavailable(&with_causes(&e)))?;
+        .map_err(|e| unavailable(&redrec_wire::error::with_causes(&e)))?;
     let status = resp.status();
     if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
         let leader = resp
@@ -401,7 +388,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| unavailable(&with_causes(&e)))?;
+        .map_err(|e| unavailable(&redrec_wire::error::with_causes(&e)))?;
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),

@@ -120,10 +120,10 @@ impl Group {
     }
 
     /// Runs `call` on one replica, the next one if it fails, until one answers or all
-    /// were tried; each attempt but the last within the policy's attempt timeout. With hedging, once the
-    /// first attempt has taken the group's hedge delay, the same read goes to the next
-    /// replica as well (if the budget allows): the first answer wins and the other call is
-    /// dropped, which cancels it.
+    /// were tried; each attempt but the last within the policy's attempt timeout. With
+    /// hedging, once the first attempt has taken the group's hedge delay, the same read
+    /// goes to the next replica as well (if the budget allows): the first answer wins and
+    /// the other call is dropped, which cancels it.
     ///
     /// Replicas are tried fewest requests in flight first. Among equals the group's own
     /// replica, its index modulo the replicas, comes first: groups spread over the nodes,
@@ -154,9 +154,10 @@ impl Group {
             let left = deadline.saturating_duration_since(Instant::now());
             let guard = self.outstanding[i].enter();
             let started = Instant::now();
-            let limit = match nth + 1 < n {
-                true => left.min(policy.attempt_timeout),
-                false => left,
+            let limit = if nth + 1 < n {
+                left.min(policy.attempt_timeout)
+            } else {
+                left
             };
             let fut = call(self.replicas[i].clone(), limit);
             async move {

@@ -16,6 +16,19 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// `e` and what caused it, outermost first: a failed call says why it failed (timed out,
+/// refused, closed before the answer), not only which URL it was sending to.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    message
+}
+
 /// An error already decided: status, machine-readable code, human message.
 #[derive(Debug, Clone)]
 pub struct HttpError {
