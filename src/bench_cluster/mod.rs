@@ -108,16 +108,28 @@ pub struct ClusterBenchArgs {
     /// Longest a setup may take to build its indexes after ingest.
     #[arg(long, default_value_t = 3600)]
     settle_timeout_s: u64,
+    /// HNSW beam widths to measure each setup at, comma-separated, one row each (sent as
+    /// each search's `ef`; default: none sent, the collection's default `ef`).
+    #[arg(long, value_delimiter = ',')]
+    search_ef: Vec<usize>,
     #[command(flatten)]
     collection: CollectionArgs,
 }
 
-/// One setup's figures.
+/// What a setup measured before its load: the same on every row of an `ef` sweep.
+#[derive(Debug, Default, Clone, Copy)]
+struct Built {
+    ingest_per_s: Option<f64>,
+    settle_s: Option<f64>,
+    /// Vectors (and quantized vectors) in RAM per item, by the stores' own accounting.
+    vector_ram_per_item: Option<f64>,
+}
+
+/// One setup's figures (at one `ef`).
 struct Row {
     setup: Setup,
     label: String,
-    ingest_per_s: Option<f64>,
-    settle_s: Option<f64>,
+    built: Built,
     qps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -125,8 +137,6 @@ struct Row {
     /// Resident memory of the shard (or Qdrant) processes, and of the router.
     rss_shards: u64,
     rss_router: u64,
-    /// Vectors (and quantized vectors) in RAM per item, by the stores' own accounting.
-    vector_ram_per_item: Option<f64>,
     cpu_router_ms: Option<f64>,
     cpu_shards_ms: f64,
     errors: u64,
@@ -151,8 +161,13 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 impl Bench {
-    fn ef(&self) -> Option<usize> {
-        None
+    /// The `ef`s each setup is measured at: the collection's default (none sent), or the
+    /// sweep's.
+    fn efs(&self) -> Vec<Option<usize>> {
+        match self.a.search_ef.is_empty() {
+            true => vec![None],
+            false => self.a.search_ef.iter().copied().map(Some).collect(),
+        }
     }
 
     /// Vectors `from..from+len` as points (ids are their indices).
@@ -244,31 +259,49 @@ impl Bench {
         Some((m.vectors_ram + m.quantized) as f64 / (self.data.len() * copies) as f64)
     }
 
-    /// Recall, then load; CPU of `router` and `shards` over the load.
+    /// Recall, then load, at each `ef` of the sweep: one row each, kept. CPU of `router`
+    /// and `shards` over the load.
     async fn measure(
-        &self,
+        &mut self,
         setup: Setup,
         label: &str,
         target: &Target,
         router: Option<i32>,
         shards: &[i32],
+        built: Built,
+    ) -> Result<()> {
+        for ef in self.efs() {
+            let label = match ef {
+                Some(ef) => format!("{label}, ef {ef}"),
+                None => label.to_string(),
+            };
+            let row = self
+                .measure_at(setup, &label, target, ef, router, shards, built)
+                .await?;
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn measure_at(
+        &self,
+        setup: Setup,
+        label: &str,
+        target: &Target,
+        ef: Option<usize>,
+        router: Option<i32>,
+        shards: &[i32],
+        built: Built,
     ) -> Result<Row> {
-        let found =
-            load::answers(target, &self.data, self.a.k, self.ef(), self.a.concurrency).await?;
+        let (k, concurrency) = (self.a.k, self.a.concurrency);
+        let found = load::answers(target, &self.data, k, ef, concurrency).await?;
         let recall = data::recall(&found, &self.data.truth);
         let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         let (r0, s0) = (router.map(|p| cpu(&[p])), cpu(shards));
         let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
         spinner.enable_steady_tick(Duration::from_millis(200));
-        let l = load::drive(
-            target,
-            &self.data,
-            self.a.k,
-            self.ef(),
-            self.a.concurrency,
-            self.a.seconds,
-        )
-        .await?;
+        let l = load::drive(target, &self.data, k, ef, concurrency, self.a.seconds).await?;
         spinner.finish_and_clear();
         // The warm-up's CPU is in the difference too: spread over its queries as well.
         let queries = l.queries as f64 * 1.2;
@@ -276,6 +309,7 @@ impl Bench {
         let row = Row {
             setup,
             label: label.into(),
+            built,
             qps: l.qps,
             p50_ms: l.p50_ms,
             p99_ms: l.p99_ms,
@@ -285,9 +319,6 @@ impl Bench {
             cpu_router_ms: r0.map(|r0| per_query(cpu(&[router.unwrap_or(0)]) - r0)),
             cpu_shards_ms: per_query(cpu(shards) - s0),
             errors: l.errors,
-            ingest_per_s: None,
-            settle_s: None,
-            vector_ram_per_item: None,
         };
         eprintln!(
             "  {label:<28} {:>7.0} QPS  p50 {:>6.2} ms  p99 {:>6.2} ms  recall@{} {:.3}",
@@ -379,6 +410,11 @@ impl Bench {
             .settle_stores(label, std::slice::from_ref(&client))
             .await?;
         let vector_ram = self.vector_ram(std::slice::from_ref(&client), 1).await;
+        // The rows that did not ingest carry only the memory.
+        let ram = Built {
+            vector_ram_per_item: vector_ram,
+            ..Built::default()
+        };
         let pids = [shards[0].pid()];
         if !only_router {
             let json = Target::ShardJson {
@@ -389,34 +425,33 @@ impl Bench {
                 Setup::Lone => (&json, format!("{label} (JSON)")),
                 _ => (&Target::Shard(client.clone()), label.to_string()),
             };
-            let mut row = self.measure(setup, &row_label, target, None, &pids).await?;
-            (row.ingest_per_s, row.settle_s, row.vector_ram_per_item) =
-                (Some(rate), Some(settle), vector_ram);
-            self.rows.push(row);
+            let built = Built {
+                ingest_per_s: Some(rate),
+                settle_s: Some(settle),
+                vector_ram_per_item: vector_ram,
+            };
+            self.measure(setup, &row_label, target, None, &pids, built)
+                .await?;
             if setup == Setup::Lone {
                 let compact = format!("{label} (compact encoding)");
                 let target = Target::Shard(client);
-                let mut row = self
-                    .measure(Setup::LoneCompact, &compact, &target, None, &pids)
+                self.measure(Setup::LoneCompact, &compact, &target, None, &pids, ram)
                     .await?;
-                row.vector_ram_per_item = vector_ram;
-                self.rows.push(row);
             }
         }
         if with_router {
             let router = self.start_router(&layout, "--shards", &[shards[0].addr.clone()])?;
             let label = "router + 1 lone shard";
-            let mut row = self
-                .measure(
-                    Setup::Router1,
-                    label,
-                    &self.router_target(&router),
-                    Some(router.pid()),
-                    &pids,
-                )
-                .await?;
-            row.vector_ram_per_item = vector_ram;
-            self.rows.push(row);
+            let target = self.router_target(&router);
+            self.measure(
+                Setup::Router1,
+                label,
+                &target,
+                Some(router.pid()),
+                &pids,
+                ram,
+            )
+            .await?;
             launch::stop_all(vec![router]);
         }
         launch::stop_all(shards);
@@ -467,12 +502,13 @@ impl Bench {
         let settle = self.settle_stores(&label, &stores).await?;
         let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
         let target = self.router_target(&router);
-        let mut row = self
-            .measure(setup, &label, &target, Some(router.pid()), &pids)
+        let built = Built {
+            ingest_per_s: Some(rate),
+            settle_s: Some(settle),
+            vector_ram_per_item: self.vector_ram(&stores, if raft { 3 } else { 1 }).await,
+        };
+        self.measure(setup, &label, &target, Some(router.pid()), &pids, built)
             .await?;
-        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
-        row.vector_ram_per_item = self.vector_ram(&stores, if raft { 3 } else { 1 }).await;
-        self.rows.push(row);
         launch::stop_all(vec![router]);
         launch::stop_all(shards);
         Ok(())
@@ -496,21 +532,18 @@ impl Bench {
             .await?;
         let settle = self.settle(&label, || q.settled()).await?;
         q.check(DIM).await?;
-        let mut row = self
-            .measure(
-                if shards > 1 {
-                    Setup::QdrantG
-                } else {
-                    Setup::Qdrant1
-                },
-                &label,
-                &q.target(&self.collection),
-                None,
-                &[q.pid()],
-            )
+        let setup = match shards {
+            1 => Setup::Qdrant1,
+            _ => Setup::QdrantG,
+        };
+        let built = Built {
+            ingest_per_s: Some(rate),
+            settle_s: Some(settle),
+            vector_ram_per_item: None,
+        };
+        let target = q.target(&self.collection);
+        self.measure(setup, &label, &target, None, &[q.pid()], built)
             .await?;
-        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
-        self.rows.push(row);
         Ok(())
     }
 }

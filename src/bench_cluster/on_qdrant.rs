@@ -7,7 +7,7 @@ use anyhow::Result;
 use redrec_shard_api::collection::{Collection, Quantization};
 
 use super::qdrant::{Qdrant, COLLECTION};
-use super::{Bench, Setup};
+use super::{Bench, Built, Setup};
 
 /// The router's `--qdrant-*` flags for a collection made with `c`'s settings.
 fn router_flags(c: &Collection, shards: usize) -> Vec<String> {
@@ -48,17 +48,21 @@ impl Bench {
         let rate = self.router_ingest(&label, &router).await?;
         let settle = self.settle(&label, || q.settled()).await?;
         let target = self.router_target(&router);
-        let mut row = self
-            .measure(
-                Setup::RouterQdrant,
-                &label,
-                &target,
-                Some(router.pid()),
-                &[q.pid()],
-            )
-            .await?;
-        (row.ingest_per_s, row.settle_s) = (Some(rate), Some(settle));
-        self.rows.push(row);
+        let built = Built {
+            ingest_per_s: Some(rate),
+            settle_s: Some(settle),
+            vector_ram_per_item: None,
+        };
+        let pids = [q.pid()];
+        self.measure(
+            Setup::RouterQdrant,
+            &label,
+            &target,
+            Some(router.pid()),
+            &pids,
+            built,
+        )
+        .await?;
         redrec::launch::stop_all(vec![router]);
         Ok(())
     }

@@ -7,7 +7,7 @@ impl Bench {
         let c = &self.collection;
         println!(
             "\n{} items × {DIM}-d ({} clusters), {} queries, k={}, {} clients × {} s; \
-             hnsw m={} ef_construct={}, ef {}, quantization {:?}, vectors {}",
+             hnsw m={} ef_construct={}, default ef {}, quantization {:?}, vectors {}",
             self.data.len(),
             self.a.clusters,
             self.a.queries,
@@ -32,15 +32,15 @@ impl Bench {
             println!(
                 "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.0} | {:.0} | {} | {} | {:.3} |",
                 r.label,
-                opt(r.ingest_per_s, 0),
-                opt(r.settle_s, 0),
+                opt(r.built.ingest_per_s, 0),
+                opt(r.built.settle_s, 0),
                 r.qps,
                 r.p50_ms,
                 r.p99_ms,
                 r.recall,
                 r.rss_shards as f64 / (1 << 20) as f64,
                 r.rss_shards as f64 / self.data.len() as f64,
-                opt(r.vector_ram_per_item, 1),
+                opt(r.built.vector_ram_per_item, 1),
                 opt(r.cpu_router_ms, 3),
                 r.cpu_shards_ms,
             );
@@ -90,7 +90,8 @@ impl Bench {
             );
         }
         if let (Some(f), Some(i)) = (find(Setup::Lone), find(Setup::LoneInt8)) {
-            if let (Some(f32_ram), Some(int8_ram)) = (f.vector_ram_per_item, i.vector_ram_per_item)
+            if let (Some(f32_ram), Some(int8_ram)) =
+                (f.built.vector_ram_per_item, i.built.vector_ram_per_item)
             {
                 println!(
                     "vector RAM per item, f32 in RAM / int8 with originals on disk: {:.2} \
