@@ -228,3 +228,62 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
     assert!(text.contains("/v1/search"), "{text}");
     assert!(text.contains("hedged reads"), "{text}");
 }
+
+/// The columns of the bench table's row whose setup is `label`.
+fn bench_row<'a>(table: &'a str, label: &str) -> Vec<&'a str> {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
+    row.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+#[test]
+fn the_cluster_bench_measures_each_ef_and_searches_stores_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_string_lossy().to_string();
+    let bench = |extra: &[&str]| {
+        let args = [
+            &[
+                "bench",
+                "cluster",
+                "--n",
+                "3000",
+                "--queries",
+                "40",
+                "--seconds",
+                "0.5",
+            ][..],
+            &[
+                "--setups",
+                "lone,router1",
+                "--search-ef",
+                "16,64",
+                "--data",
+                &data,
+            ],
+            extra,
+        ]
+        .concat();
+        redrec_cli(&args)
+    };
+    let first = bench(&[]);
+    for label in [
+        "lone shard (JSON)",
+        "lone shard (compact encoding)",
+        "router + 1 lone shard",
+    ] {
+        for ef in [16, 64] {
+            let row = bench_row(&first, &format!("{label}, ef {ef}"));
+            // 3,000 points sit under the indexing threshold: searched exactly.
+            assert_eq!(row[6], "1.000", "recall in {row:?}");
+            assert!(row[3].parse::<f64>().unwrap() > 0.0, "QPS in {row:?}");
+        }
+    }
+    let ingest = bench_row(&first, "lone shard (JSON), ef 16")[1];
+    assert!(ingest.parse::<f64>().is_ok(), "{ingest}");
+    // Again on the stores the first run left: no ingest, the same answers.
+    let again = bench(&["--reuse"]);
+    let row = bench_row(&again, "lone shard (JSON), ef 16");
+    assert_eq!((row[1], row[6]), ("-", "1.000"), "{row:?}");
+}

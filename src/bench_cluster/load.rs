@@ -147,6 +147,24 @@ pub async fn drive(
     })
 }
 
+/// Every query once (`concurrency` at a time), answers dropped: pages a store has not
+/// read since its build come into memory before anything is measured. How many failed.
+pub async fn warm(
+    target: &Target,
+    data: &Arc<Data>,
+    k: usize,
+    ef: Option<usize>,
+    concurrency: usize,
+) -> usize {
+    use futures::stream::{self, StreamExt};
+    stream::iter(data.queries.iter())
+        .map(|q| target.search(q, k, ef))
+        .buffer_unordered(concurrency.max(1))
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await
+}
+
 /// Every query once (`concurrency` at a time): what the target found.
 pub async fn answers(
     target: &Target,
@@ -184,6 +202,25 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     };
     // utime and stime: fields 14 and 15 of the line, 11 and 12 counting from the state.
     (field(11) + field(12)) / TICKS
+}
+
+/// The machine's CPU time so far, in ticks: (busy, all), from `/proc/stat` (idle and I/O
+/// wait are not busy).
+pub fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
 }
 
 /// A process's resident memory in bytes, from `/proc/<pid>/status`.

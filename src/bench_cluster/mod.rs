@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::cli::roles::CollectionArgs;
 use data::Data;
-use load::{cpu_seconds, rss_bytes, Target};
+use load::{cpu_seconds, machine_ticks, rss_bytes, Target};
 use qdrant::Qdrant;
 use redrec::launch::{self, Layout, Proc};
 
@@ -103,6 +103,11 @@ pub struct ClusterBenchArgs {
     /// Where the processes keep their data (default: a temporary directory).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Search the redrec stores an earlier run left under --data (same --n, --seed and
+    /// collection flags) without loading them again: a setup whose stores hold --n items
+    /// skips its ingest (its ingest rate is left blank), then waits for its indexes.
+    #[arg(long, requires = "data")]
+    reuse: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Longest a setup may take to build its indexes after ingest.
@@ -139,6 +144,10 @@ struct Row {
     rss_router: u64,
     cpu_router_ms: Option<f64>,
     cpu_shards_ms: f64,
+    /// The bench's own process (the load's clients).
+    cpu_clients_ms: f64,
+    /// Share of the machine's CPU time busy during the load (all processes).
+    busy: f64,
     errors: u64,
 }
 
@@ -250,6 +259,25 @@ impl Bench {
         Ok(started.elapsed().as_secs_f64() - 1.0)
     }
 
+    /// Whether `--reuse` applies: `stores` already hold `copies` of every item.
+    async fn loaded(&self, stores: &[ShardClient], copies: usize) -> Result<bool> {
+        if !self.a.reuse {
+            return Ok(false);
+        }
+        let mut points = 0;
+        for s in stores {
+            points += s.stats(Duration::from_secs(30)).await?.points;
+        }
+        let loaded = points == self.data.len() * copies;
+        if !loaded {
+            eprintln!(
+                "  --reuse: the stores hold {points} points, not {}: loading them",
+                self.data.len() * copies
+            );
+        }
+        Ok(loaded)
+    }
+
     /// Vector RAM per item over `stores` holding `copies` replicas of the catalogue.
     async fn vector_ram(&self, stores: &[ShardClient], copies: usize) -> Option<f64> {
         let mut m = Memory::default();
@@ -259,7 +287,7 @@ impl Bench {
         Some((m.vectors_ram + m.quantized) as f64 / (self.data.len() * copies) as f64)
     }
 
-    /// Recall, then load, at each `ef` of the sweep: one row each, kept. CPU of `router`
+    /// Warm-up, recall, then load, at each `ef` of the sweep: one row each, kept. CPU of `router`
     /// and `shards` over the load.
     async fn measure(
         &mut self,
@@ -295,13 +323,22 @@ impl Bench {
         built: Built,
     ) -> Result<Row> {
         let (k, concurrency) = (self.a.k, self.a.concurrency);
+        let warming = Instant::now();
+        let failed = load::warm(target, &self.data, k, ef, concurrency).await;
+        eprintln!(
+            "  {label}: warm-up, every query once: {:.1} s, {failed} failed (not counted)",
+            warming.elapsed().as_secs_f64()
+        );
         let found = load::answers(target, &self.data, k, ef, concurrency).await?;
         let recall = data::recall(&found, &self.data.truth);
         let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
-        let (r0, s0) = (router.map(|p| cpu(&[p])), cpu(shards));
+        let me = std::process::id() as i32;
+        let (r0, s0, c0) = (router.map(|p| cpu(&[p])), cpu(shards), cpu(&[me]));
+        let m0 = machine_ticks();
         let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
         spinner.enable_steady_tick(Duration::from_millis(200));
         let l = load::drive(target, &self.data, k, ef, concurrency, self.a.seconds).await?;
+        let m1 = machine_ticks();
         spinner.finish_and_clear();
         // The warm-up's CPU is in the difference too: spread over its queries as well.
         let queries = l.queries as f64 * 1.2;
@@ -318,6 +355,8 @@ impl Bench {
             rss_router: router.map_or(0, rss_bytes),
             cpu_router_ms: r0.map(|r0| per_query(cpu(&[router.unwrap_or(0)]) - r0)),
             cpu_shards_ms: per_query(cpu(shards) - s0),
+            cpu_clients_ms: per_query(cpu(&[me]) - c0),
+            busy: (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64,
             errors: l.errors,
         };
         eprintln!(
@@ -397,15 +436,19 @@ impl Bench {
         let layout = self.layout(&label.replace([' ', ',', '+'], "-"))?;
         let shards = layout.lone_shards(1, &flags)?;
         let client = ShardClient::new(shards[0].addr.clone(), self.http.clone());
-        let rate = self
-            .ingest(label, |from, len| {
-                let (client, points) = (client.clone(), self.points(from, len));
-                async move {
-                    client.upsert(points, Duration::from_secs(60)).await?;
-                    Ok(())
-                }
-            })
-            .await?;
+        let rate = match self.loaded(std::slice::from_ref(&client), 1).await? {
+            true => None,
+            false => Some(
+                self.ingest(label, |from, len| {
+                    let (client, points) = (client.clone(), self.points(from, len));
+                    async move {
+                        client.upsert(points, Duration::from_secs(60)).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            ),
+        };
         let settle = self
             .settle_stores(label, std::slice::from_ref(&client))
             .await?;
@@ -426,7 +469,7 @@ impl Bench {
                 _ => (&Target::Shard(client.clone()), label.to_string()),
             };
             let built = Built {
-                ingest_per_s: Some(rate),
+                ingest_per_s: rate,
                 settle_s: Some(settle),
                 vector_ram_per_item: vector_ram,
             };
@@ -485,7 +528,6 @@ impl Bench {
             true => format!("router + {g} Raft groups (R=3)"),
             false => format!("router + {g} lone shards"),
         };
-        let rate = self.router_ingest(&label, &router).await?;
         // Every store: each node's replica of every group, or each lone shard.
         let stores: Vec<ShardClient> = match raft {
             true => addrs
@@ -499,13 +541,18 @@ impl Bench {
                 .map(|a| ShardClient::new(a.clone(), self.http.clone()))
                 .collect(),
         };
+        let copies = if raft { 3 } else { 1 };
+        let rate = match self.loaded(&stores, copies).await? {
+            true => None,
+            false => Some(self.router_ingest(&label, &router).await?),
+        };
         let settle = self.settle_stores(&label, &stores).await?;
         let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
         let target = self.router_target(&router);
         let built = Built {
-            ingest_per_s: Some(rate),
+            ingest_per_s: rate,
             settle_s: Some(settle),
-            vector_ram_per_item: self.vector_ram(&stores, if raft { 3 } else { 1 }).await,
+            vector_ram_per_item: self.vector_ram(&stores, copies).await,
         };
         self.measure(setup, &label, &target, Some(router.pid()), &pids, built)
             .await?;

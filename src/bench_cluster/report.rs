@@ -23,14 +23,15 @@ impl Bench {
         println!("{}\n", crate::bench::machine());
         println!(
             "| setup | ingest items/s | indexed after s | QPS | p50 ms | p99 ms | recall@{} | \
-             RSS shards MiB | RSS B/item | vector RAM B/item | router CPU ms/q | shards CPU ms/q |",
+             RSS shards MiB | RSS B/item | vector RAM B/item | router CPU ms/q | shards CPU ms/q | \
+             clients CPU ms/q | machine busy |",
             self.a.k
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
         for r in &self.rows {
             println!(
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.0} | {:.0} | {} | {} | {:.3} |",
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.0} | {:.0} | {} | {} | {:.3} | {:.3} | {:.0}% |",
                 r.label,
                 opt(r.built.ingest_per_s, 0),
                 opt(r.built.settle_s, 0),
@@ -43,6 +44,8 @@ impl Bench {
                 opt(r.built.vector_ram_per_item, 1),
                 opt(r.cpu_router_ms, 3),
                 r.cpu_shards_ms,
+                r.cpu_clients_ms,
+                100.0 * r.busy,
             );
         }
         let find = |s: Setup| self.rows.iter().find(|r| r.setup == s);
