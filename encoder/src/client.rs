@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redrec_wire::error::with_causes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -40,14 +41,13 @@ impl EncoderClient {
             async move {
                 req.await
                     .and_then(|r| r.error_for_status())
-                    .map_err(|e| EncoderError::Unavailable(format!("{addr}: {e}")))
+                    .map_err(|e| EncoderError::Unavailable(format!("{addr}: {}", with_causes(&e))))
             }
         };
         let (manifest, stats) = tokio::try_join!(get("/v1/manifest"), get("/v1/stats"))?;
-        let manifest = manifest
-            .json::<Manifest>()
-            .await
-            .map_err(|e| EncoderError::Unavailable(format!("{addr}: manifest: {e}")))?;
+        let manifest = manifest.json::<Manifest>().await.map_err(|e| {
+            EncoderError::Unavailable(format!("{addr}: manifest: {}", with_causes(&e)))
+        })?;
         let packed = stats.json::<EncoderStats>().await.is_ok_and(|s| s.packed);
         Ok(Self {
             addr,
@@ -77,7 +77,7 @@ impl EncoderClient {
                 if e.is_timeout() {
                     EncoderError::DeadlineExceeded
                 } else {
-                    EncoderError::Unavailable(format!("{}: {e}", self.addr))
+                    EncoderError::Unavailable(format!("{}: {}", self.addr, with_causes(&e)))
                 }
             })?;
         let status = resp.status();
@@ -104,7 +104,7 @@ impl EncoderClient {
         }
         resp.json()
             .await
-            .map_err(|e| EncoderError::Unavailable(format!("{}: {e}", self.addr)))
+            .map_err(|e| EncoderError::Unavailable(format!("{}: {}", self.addr, with_causes(&e))))
     }
 }
 
@@ -305,5 +305,23 @@ mod tests {
             .map(|u| vec![u.vectors.last().cloned().unwrap(); q])
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_encoder_says_why() {
+        // A port nothing listens on: bound, then released.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let e = EncoderClient::connect(
+            &format!("http://{addr}"),
+            reqwest::Client::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .expect("nothing listens there");
+        let message = e.to_string().to_lowercase();
+        assert!(message.contains("refused"), "{message}");
     }
 }
