@@ -124,32 +124,32 @@ pub struct ClusterBenchArgs {
 
 /// What a setup measured before its load: the same on every row of an `ef` sweep.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Built {
-    pub(super) ingest_per_s: Option<f64>,
-    pub(super) settle_s: Option<f64>,
+struct Built {
+    ingest_per_s: Option<f64>,
+    settle_s: Option<f64>,
     /// Vectors (and quantized vectors) in RAM per item, by the stores' own accounting.
-    pub(super) vector_ram_per_item: Option<f64>,
+    vector_ram_per_item: Option<f64>,
 }
 
 /// One setup's figures (at one `ef`).
-pub(super) struct Row {
-    pub(super) setup: Setup,
-    pub(super) label: String,
-    pub(super) built: Built,
-    pub(super) qps: f64,
-    pub(super) p50_ms: f64,
-    pub(super) p99_ms: f64,
-    pub(super) recall: f64,
+struct Row {
+    setup: Setup,
+    label: String,
+    built: Built,
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    recall: f64,
     /// Resident memory of the shard (or Qdrant) processes, and of the router.
-    pub(super) rss_shards: u64,
-    pub(super) rss_router: u64,
-    pub(super) cpu_router_ms: Option<f64>,
-    pub(super) cpu_shards_ms: f64,
+    rss_shards: u64,
+    rss_router: u64,
+    cpu_router_ms: Option<f64>,
+    cpu_shards_ms: f64,
     /// The bench's own process (the load's clients).
-    pub(super) cpu_clients_ms: f64,
+    cpu_clients_ms: f64,
     /// Share of the machine's CPU time busy during the load (all processes).
-    pub(super) busy: f64,
-    pub(super) errors: u64,
+    busy: f64,
+    errors: u64,
 }
 
 struct Bench {
