@@ -14,6 +14,7 @@ pub mod data;
 pub mod load;
 mod measure;
 mod on_qdrant;
+mod pin;
 mod qdrant;
 mod report;
 
@@ -118,6 +119,11 @@ pub struct ClusterBenchArgs {
     /// each search's `ef`; default: none sent, the collection's default `ef`).
     #[arg(long, value_delimiter = ',')]
     search_ef: Vec<usize>,
+    /// Give the stores cores of their own: shard, node and Qdrant processes on the upper
+    /// half of the CPUs, routers and the load's clients on the lower half (as when each
+    /// tier has its own machines). Default: every process on every core.
+    #[arg(long)]
+    pin: bool,
     #[command(flatten)]
     collection: CollectionArgs,
 }
@@ -159,6 +165,10 @@ struct Bench {
     http: reqwest::Client,
     root: PathBuf,
     rows: Vec<Row>,
+    /// With `--pin`, where the processes run.
+    placement: Option<pin::Placement>,
+    /// The machine, as seen before any pinning.
+    machine: String,
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -171,6 +181,19 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 impl Bench {
+    /// With `--pin`: the stores' processes on their half of the CPUs.
+    fn place_stores(&self, pids: impl IntoIterator<Item = i32>) -> Result<()> {
+        match &self.placement {
+            Some(p) => pids.into_iter().try_for_each(|pid| p.store(pid)),
+            None => Ok(()),
+        }
+    }
+
+    /// With `--pin`: a router, or the bench itself, on the other half.
+    fn place_front(&self, pid: i32) -> Result<()> {
+        self.placement.as_ref().map_or(Ok(()), |p| p.front(pid))
+    }
+
     /// Vectors `from..from+len` as points (ids are their indices).
     fn points(&self, from: usize, len: usize) -> Vec<Point> {
         (from..from + len)
@@ -220,10 +243,12 @@ impl Bench {
 
     fn start_router(&self, layout: &Layout, flag: &str, addrs: &[String]) -> Result<Proc> {
         let list = addrs.join(",");
-        layout.start(
+        let router = layout.start(
             "router",
             &["router", "--listen", "127.0.0.1:0", flag, &list],
-        )
+        )?;
+        self.place_front(router.pid())?;
+        Ok(router)
     }
 
     fn router_target(&self, router: &Proc) -> Target {
@@ -283,6 +308,7 @@ impl Bench {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let layout = self.layout(&label.replace([' ', ',', '+'], "-"))?;
         let shards = layout.lone_shards(1, &flags)?;
+        self.place_stores(shards.iter().map(Proc::pid))?;
         let client = ShardClient::new(shards[0].addr.clone(), self.http.clone());
         let rate = match self.loaded(std::slice::from_ref(&client), 1).await? {
             true => None,
@@ -369,6 +395,7 @@ impl Bench {
             true => layout.shard_nodes(3, g, &flags)?,
             false => layout.lone_shards(g, &flags)?,
         };
+        self.place_stores(shards.iter().map(Proc::pid))?;
         let addrs: Vec<String> = shards.iter().map(|s| s.addr.clone()).collect();
         let router =
             self.start_router(&layout, if raft { "--meta" } else { "--shards" }, &addrs)?;
@@ -411,6 +438,7 @@ impl Bench {
 
     async fn qdrant(&mut self, bin: &std::path::Path, shards: usize) -> Result<()> {
         let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
+        self.place_stores([q.pid()])?;
         q.create(DIM, shards, &self.collection).await?;
         let label = format!(
             "Qdrant, {shards} shard{}",
@@ -449,11 +477,10 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
     let qdrant_bin = a.qdrant_bin.clone().or_else(redrec::qdrant_server::binary);
+    let machine = crate::bench::machine();
     eprintln!(
-        "redrec bench cluster: {} items, G={}, on {}",
-        a.n,
-        a.groups,
-        crate::bench::machine()
+        "redrec bench cluster: {} items, G={}, on {machine}",
+        a.n, a.groups
     );
     let started = Instant::now();
     let (n, q, clusters, k, seed) = (a.n, a.queries, a.clusters, a.k, a.seed);
@@ -469,8 +496,11 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
         http: redrec_wire::http_client(None, None)?,
         root,
         rows: Vec::new(),
+        placement: a.pin.then(pin::Placement::halves).transpose()?,
+        machine,
         a,
     };
+    bench.place_front(std::process::id() as i32)?;
     let setups = bench.a.setups.clone();
     let has = |s: Setup| setups.contains(&s);
     if has(Setup::Lone) || has(Setup::Router1) {

@@ -20,7 +20,15 @@ impl Bench {
             c.quantization,
             if c.on_disk { "on disk" } else { "in RAM" },
         );
-        println!("{}\n", crate::bench::machine());
+        println!(
+            "{}; {}\n",
+            self.machine,
+            match self.placement {
+                Some(_) =>
+                    "stores on the upper half of the CPUs, routers and clients on the lower (--pin)",
+                None => "every process on every core",
+            }
+        );
         println!(
             "| setup | ingest items/s | indexed after s | QPS | p50 ms | p99 ms | recall@{} | \
              RSS shards MiB | RSS B/item | vector RAM B/item | router CPU ms/q | shards CPU ms/q | \
