@@ -147,25 +147,21 @@ pub async fn drive(
     })
 }
 
-/// Every query once (`concurrency` at a time), answers dropped: pages a store has not
-/// read since its build come into memory before anything is measured. How many failed.
-pub async fn warm(
-    target: &Target,
-    data: &Arc<Data>,
+/// Every query once, `concurrency` at a time, in order: what the target answered.
+fn each_query<'a>(
+    target: &'a Target,
+    data: &'a Data,
     k: usize,
     ef: Option<usize>,
     concurrency: usize,
-) -> usize {
+) -> impl futures::Stream<Item = Result<Vec<u32>>> + 'a {
     use futures::stream::{self, StreamExt};
     stream::iter(data.queries.iter())
-        .map(|q| target.search(q, k, ef))
-        .buffer_unordered(concurrency.max(1))
-        .filter(|r| std::future::ready(r.is_err()))
-        .count()
-        .await
+        .map(move |q| target.search(q, k, ef))
+        .buffered(concurrency.max(1))
 }
 
-/// Every query once (`concurrency` at a time): what the target found.
+/// Every query once: what the target found.
 pub async fn answers(
     target: &Target,
     data: &Arc<Data>,
@@ -173,11 +169,25 @@ pub async fn answers(
     ef: Option<usize>,
     concurrency: usize,
 ) -> Result<Vec<Vec<u32>>> {
-    use futures::stream::{self, StreamExt, TryStreamExt};
-    stream::iter(data.queries.iter())
-        .map(|q| target.search(q, k, ef))
-        .buffered(concurrency.max(1))
+    use futures::TryStreamExt;
+    each_query(target, data, k, ef, concurrency)
         .try_collect()
+        .await
+}
+
+/// Every query once, answers dropped: pages a store has not read since its build come
+/// into memory before anything is measured. How many failed.
+pub async fn warm(
+    target: &Target,
+    data: &Arc<Data>,
+    k: usize,
+    ef: Option<usize>,
+    concurrency: usize,
+) -> usize {
+    use futures::StreamExt;
+    each_query(target, data, k, ef, concurrency)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
         .await
 }
 
