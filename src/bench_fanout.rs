@@ -1,9 +1,9 @@
 //! `redrec bench fanout`: the tail of a wide fan-out. One cluster of G groups (R replicas
 //! each, small data) on loopback and three routers over it: hedging off, hedging on, and
 //! hedging on with per-group k' below k. In one run: latency of `/v1/search` without
-//! faults, then with one replica slowed (a share of its reads delayed, by fault
-//! injection), with hedging off and on; then the exact merge against the k' merge (recall
-//! and bytes per query).
+//! faults and with one replica slowed (a share of its reads delayed, by fault injection),
+//! with hedging off and on, the four interleaved in rounds; then the exact merge against
+//! the k' merge (recall and bytes per query).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use indicatif::ProgressBar;
 use redrec_shard_api::faults::{FaultPlan, FAULTS_PATH};
 use serde_json::json;
 
 use crate::bench_cluster::data::{self, Data};
 use crate::bench_cluster::load::{self, Load, Target};
 use crate::bench_cluster::{bar, DIM};
+use crate::bench_load::Completed;
 use redrec::launch::{self, Layout, Proc};
 
 #[derive(Args)]
@@ -38,9 +38,15 @@ pub struct FanoutBenchArgs {
     /// Concurrent searching clients (moderate: the tail, not saturation, is measured).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Seconds each measurement is loaded (after a warm-up of a fifth of it).
+    /// Seconds each measurement is loaded in all (each round: a share of it, after a
+    /// warm-up of a fifth of that).
     #[arg(long, default_value_t = 15.0)]
     seconds: f64,
+    /// Rounds the fault and no-fault measurements are interleaved over: each round loads
+    /// every one of them for seconds / rounds, so a drift in the machine's speed during
+    /// the run lands on all of them alike instead of on whichever ran then.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     #[arg(long, default_value_t = 10)]
     k: usize,
     /// Share of the slowed replica's reads that are delayed.
@@ -57,6 +63,26 @@ pub struct FanoutBenchArgs {
     data: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+/// One setup's loads, pooled over the rounds: the latencies and the router's read
+/// counters.
+struct Pooled {
+    run: Completed,
+    reads: f64,
+    hedges: f64,
+    won: f64,
+}
+
+impl Pooled {
+    fn new() -> Self {
+        Self {
+            run: Completed::none(),
+            reads: 0.0,
+            hedges: 0.0,
+            won: 0.0,
+        }
+    }
 }
 
 /// One measurement.
@@ -97,35 +123,38 @@ impl Fanout {
         }
     }
 
-    async fn measure(&mut self, label: &str, router: &Proc) -> Result<()> {
-        let before = |name: &'static str| counter(&self.http, router, name);
-        let (reads0, hedges0, won0) = (
-            before("redrec_group_reads_total").await?,
-            before("redrec_hedged_reads_total").await?,
-            before("redrec_hedged_reads_won_total").await?,
-        );
-        let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
-        spinner.enable_steady_tick(Duration::from_millis(200));
+    /// Loads `router` for `seconds`, pooling the latencies and its read counters into
+    /// `into`.
+    async fn sample(&self, router: &Proc, seconds: f64, into: &mut Pooled) -> Result<()> {
+        let read = |name: &'static str| counter(&self.http, router, name);
+        let before = [
+            read("redrec_group_reads_total").await?,
+            read("redrec_hedged_reads_total").await?,
+            read("redrec_hedged_reads_won_total").await?,
+        ];
         let target = self.target(router);
-        let (k, c, s) = (self.a.k, self.a.concurrency, self.a.seconds);
-        let l = load::drive(&target, &self.data, k, None, c, s).await?;
-        spinner.finish_and_clear();
-        let after = |name: &'static str| counter(&self.http, router, name);
-        let reads = after("redrec_group_reads_total").await? - reads0;
-        let hedges = after("redrec_hedged_reads_total").await? - hedges0;
-        let won = after("redrec_hedged_reads_won_total").await? - won0;
-        let hedging = hedges > 0.0 || label.contains("hedging on");
+        let (k, c) = (self.a.k, self.a.concurrency);
+        let run = load::search_load(&target, &self.data, k, None, c, seconds).await?;
+        into.run.add(&run)?;
+        into.reads += read("redrec_group_reads_total").await? - before[0];
+        into.hedges += read("redrec_hedged_reads_total").await? - before[1];
+        into.won += read("redrec_hedged_reads_won_total").await? - before[2];
+        Ok(())
+    }
+
+    /// Keeps `pooled` as the row `label` (hedge shares only where the router hedges).
+    fn row(&mut self, label: &str, hedging: bool, pooled: &Pooled) {
+        let (l, p) = (Load::of(&pooled.run), pooled);
         eprintln!(
-            "  {label:<44} {:>6.0} QPS  p50 {:>6.2}  p99 {:>7.2}  p99.9 {:>7.2} ms  hedges {hedges:.0} ({won:.0} won) of {reads:.0} reads",
-            l.qps, l.p50_ms, l.p99_ms, l.p999_ms
+            "  {label:<44} {:>6.0} QPS  p50 {:>6.2}  p99 {:>7.2}  p99.9 {:>7.2} ms  hedges {:.0} ({:.0} won) of {:.0} reads",
+            l.qps, l.p50_ms, l.p99_ms, l.p999_ms, p.hedges, p.won, p.reads
         );
         self.rows.push(Row {
             label: label.into(),
             load: l,
-            extra_reads: hedging.then(|| hedges / reads.max(1.0)),
-            hedges_won: hedging.then(|| won / hedges.max(1.0)),
+            extra_reads: hedging.then(|| p.hedges / p.reads.max(1.0)),
+            hedges_won: hedging.then(|| p.won / p.hedges.max(1.0)),
         });
-        Ok(())
     }
 
     /// Every query once through `router`: the answers, and shard bytes read per query.
@@ -239,27 +268,43 @@ async fn run(bench: &mut Fanout, nodes: &[Proc], routers: [&Proc; 3]) -> Result<
         .map(|n| n.addr.clone())
         .context("group 0 has no replica in the map")?;
 
-    bench.measure("no fault, hedging off", off).await?;
-    bench.measure("no fault, hedging on", on).await?;
     let slow = FaultPlan {
         delay_share: bench.a.slow_share,
         delay_ms: bench.a.slow_ms,
         groups: vec![0],
     };
-    bench.set_faults(&slow_node, &slow).await?;
     let what = format!(
         "one replica slowed ({:.0}% +{} ms)",
         100.0 * slow.delay_share,
         slow.delay_ms
     );
-    bench.measure(&format!("{what}, hedging off"), off).await?;
-    bench.measure(&format!("{what}, hedging on"), on).await?;
+    // No fault and slowed, hedging off and on, interleaved round by round.
+    let rounds = bench.a.rounds.max(1);
+    let share = bench.a.seconds / rounds as f64;
+    let mut pooled: [Pooled; 4] = std::array::from_fn(|_| Pooled::new());
+    let progress = bar(rounds as u64, "latency rounds");
+    for _ in 0..rounds {
+        for (faults, pair) in [(&FaultPlan::default(), 0), (&slow, 2)] {
+            bench.set_faults(&slow_node, faults).await?;
+            bench.sample(off, share, &mut pooled[pair]).await?;
+            bench.sample(on, share, &mut pooled[pair + 1]).await?;
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
     bench.set_faults(&slow_node, &FaultPlan::default()).await?;
+    let [no_off, no_on, slow_off, slow_on] = &pooled;
+    bench.row("no fault, hedging off", false, no_off);
+    bench.row("no fault, hedging on", true, no_on);
+    bench.row(&format!("{what}, hedging off"), false, slow_off);
+    bench.row(&format!("{what}, hedging on"), true, slow_on);
 
     let (exact, exact_bytes) = bench.answers(on).await?;
     let (approx, approx_bytes) = bench.answers(kp).await?;
     let label = format!("no fault, k' merge (loss {})", bench.a.group_k_loss);
-    bench.measure(&label, kp).await?;
+    let mut k_prime = Pooled::new();
+    bench.sample(kp, bench.a.seconds, &mut k_prime).await?;
+    bench.row(&label, true, &k_prime);
     report(
         bench,
         &Merge {
@@ -284,7 +329,8 @@ struct Merge {
 fn report(bench: &Fanout, m: &Merge) {
     let a = &bench.a;
     println!(
-        "{} groups × R={} on loopback, {} items, {} queries, k={}, {} clients × {} s; {}",
+        "{} groups × R={} on loopback, {} items, {} queries, k={}, {} clients × {} s \
+         (the first four rows interleaved over {} rounds); {}",
         a.groups,
         a.replicas.max(2),
         a.n,
@@ -292,6 +338,7 @@ fn report(bench: &Fanout, m: &Merge) {
         a.k,
         a.concurrency,
         a.seconds,
+        a.rounds.max(1),
         crate::bench::machine()
     );
     println!("| setup | QPS | p50 ms | p99 ms | p99.9 ms | extra reads | hedges won |");
@@ -315,11 +362,15 @@ fn report(bench: &Fanout, m: &Merge) {
     println!("| ratio (same run) | value | goal |");
     println!("|---|---:|---:|");
     println!(
-        "| p99 slowed, hedging on / p99 no fault | {:.2} | ≤ 1.2 |",
+        "| p99 slowed, hedging on / p99 no fault, hedging on | {:.2} | ≤ 1.2 |",
+        p99(3) / p99(1)
+    );
+    println!(
+        "| p99 slowed, hedging on / p99 no fault, hedging off | {:.2} | ≤ 1.2 |",
         p99(3) / p99(0)
     );
     println!(
-        "| p99 slowed, hedging off / p99 no fault | {:.2} | > 2 |",
+        "| p99 slowed, hedging off / p99 no fault, hedging off | {:.2} | > 2 |",
         p99(2) / p99(0)
     );
     println!(

@@ -19,6 +19,25 @@ pub struct Completed {
 }
 
 impl Completed {
+    /// Nothing yet: what loads run one after another are added to.
+    pub fn none() -> Self {
+        Self {
+            units: 0,
+            errors: 0,
+            hist: Histogram::<u64>::new(3).expect("histogram"),
+            seconds: 0.0,
+        }
+    }
+
+    /// Pools `other` (another load on the same target) into this one.
+    pub fn add(&mut self, other: &Completed) -> Result<()> {
+        self.units += other.units;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.hist.add(&other.hist)?;
+        Ok(())
+    }
+
     pub fn per_second(&self) -> f64 {
         self.units as f64 / self.seconds
     }
@@ -70,12 +89,7 @@ where
         .collect();
     tokio::time::sleep(warmup + Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Completed {
-        units: 0,
-        errors: 0,
-        hist: Histogram::<u64>::new(3)?,
-        seconds: 0.0,
-    };
+    let mut all = Completed::none();
     for t in tasks {
         let (units, errors, hist) = t.await?;
         all.units += units;

@@ -11,6 +11,7 @@ use redrec_shard_api::ShardClient;
 use serde_json::{json, Value};
 
 use super::data::Data;
+use crate::bench_load::Completed;
 
 const CALL: Duration = Duration::from_secs(30);
 
@@ -107,6 +108,22 @@ pub async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<Val
     Ok(v)
 }
 
+/// Whether every node at `addrs` answers `/readyz` with success: each of its replicas has
+/// caught up with its group and serves reads.
+pub async fn all_ready(http: &reqwest::Client, addrs: &[String]) -> Result<bool> {
+    for addr in addrs {
+        let r = http
+            .get(format!("{addr}/readyz"))
+            .timeout(CALL)
+            .send()
+            .await;
+        if !r.is_ok_and(|r| r.status().is_success()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub struct Load {
     pub qps: f64,
     pub p50_ms: f64,
@@ -114,6 +131,19 @@ pub struct Load {
     pub p999_ms: f64,
     pub queries: u64,
     pub errors: u64,
+}
+
+impl Load {
+    pub fn of(run: &Completed) -> Self {
+        Self {
+            qps: run.per_second(),
+            p50_ms: run.ms(0.5),
+            p99_ms: run.ms(0.99),
+            p999_ms: run.ms(0.999),
+            queries: run.units,
+            errors: run.errors,
+        }
+    }
 }
 
 /// `concurrency` clients searching `data`'s queries round-robin for `seconds` (after a
@@ -126,7 +156,20 @@ pub async fn drive(
     concurrency: usize,
     seconds: f64,
 ) -> Result<Load> {
-    let run = crate::bench_load::closed_loop(concurrency, seconds, |w| {
+    let run = search_load(target, data, k, ef, concurrency, seconds).await?;
+    Ok(Load::of(&run))
+}
+
+/// What [`drive`] measures, before its percentiles are taken (to pool several loads).
+pub async fn search_load(
+    target: &Target,
+    data: &Arc<Data>,
+    k: usize,
+    ef: Option<usize>,
+    concurrency: usize,
+    seconds: f64,
+) -> Result<Completed> {
+    crate::bench_load::closed_loop(concurrency, seconds, |w| {
         let (target, data) = (target.clone(), data.clone());
         let mut i = w * 7919;
         move || {
@@ -136,15 +179,7 @@ pub async fn drive(
             async move { target.search(&q, k, ef).await.ok().map(|_| 1) }
         }
     })
-    .await?;
-    Ok(Load {
-        qps: run.per_second(),
-        p50_ms: run.ms(0.5),
-        p99_ms: run.ms(0.99),
-        p999_ms: run.ms(0.999),
-        queries: run.units,
-        errors: run.errors,
-    })
+    .await
 }
 
 /// Every query once, `concurrency` at a time, in order: what the target answered.
