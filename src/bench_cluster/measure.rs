@@ -22,35 +22,46 @@ impl Bench {
         }
     }
 
-    /// Waits until no store builds an index and each holds at most a threshold's worth of
-    /// unindexed points (searched exactly by design), three polls in a row; seconds taken.
-    pub(super) async fn settle_stores(&self, label: &str, stores: &[ShardClient]) -> Result<f64> {
+    /// Waits until `stores` hold `copies` of every item (each replica has applied every
+    /// write, not only a quorum), none builds an index and each holds at most a
+    /// threshold's worth of unindexed points (searched exactly by design), three polls in
+    /// a row; seconds taken.
+    pub(super) async fn settle_stores(
+        &self,
+        label: &str,
+        stores: &[ShardClient],
+        copies: usize,
+    ) -> Result<f64> {
         let threshold = self.collection.indexing_threshold_kb * 1024 / (DIM * 4);
         let settled = || async {
+            let mut points = 0;
             for s in stores {
                 let st = s.stats(Duration::from_secs(10)).await?;
                 if st.indexing || st.points.saturating_sub(st.indexed_vectors) > threshold {
                     return Ok::<_, anyhow::Error>(false);
                 }
+                points += st.points;
             }
-            Ok(true)
+            Ok(points == self.data.len() * copies)
         };
-        self.settle(label, settled).await
+        self.settle(&format!("{label}: indexing"), settled).await
     }
 
-    pub(super) async fn settle<F, Fut>(&self, label: &str, settled: F) -> Result<f64>
+    /// Polls `settled` until it holds three times in a row (`what` it waits for, on the
+    /// spinner); seconds taken.
+    pub(super) async fn settle<F, Fut>(&self, what: &str, settled: F) -> Result<f64>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
     {
-        let spinner = ProgressBar::new_spinner().with_message(format!("{label}: indexing"));
+        let spinner = ProgressBar::new_spinner().with_message(what.to_string());
         let started = Instant::now();
         let limit = Duration::from_secs(self.a.settle_timeout_s);
         let mut in_a_row = 0;
         while in_a_row < 3 {
             spinner.tick();
             if started.elapsed() > limit {
-                bail!("{label}: indexes not built within {limit:?}");
+                bail!("{what}: not done within {limit:?}");
             }
             in_a_row = if settled().await? { in_a_row + 1 } else { 0 };
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -98,6 +109,7 @@ impl Bench {
         shards: &[i32],
         built: Built,
     ) -> Result<()> {
+        self.place(router, shards)?;
         for ef in self.efs() {
             let label = match ef {
                 Some(ef) => format!("{label}, ef {ef}"),
@@ -108,7 +120,7 @@ impl Bench {
                 .await?;
             self.rows.push(row);
         }
-        Ok(())
+        self.unplace()
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -119,9 +119,10 @@ pub struct ClusterBenchArgs {
     /// each search's `ef`; default: none sent, the collection's default `ef`).
     #[arg(long, value_delimiter = ',')]
     search_ef: Vec<usize>,
-    /// Give the stores cores of their own: shard, node and Qdrant processes on the upper
-    /// half of the CPUs, routers and the load's clients on the lower half (as when each
-    /// tier has its own machines). Default: every process on every core.
+    /// Give the stores cores of their own while each setup is measured: shard, node and
+    /// Qdrant processes on the upper half of the CPUs, routers and the load's clients on
+    /// the lower half (as when each tier has its own machines). Loading and index builds
+    /// use every core either way. Default: every process on every core.
     #[arg(long)]
     pin: bool,
     #[command(flatten)]
@@ -181,17 +182,23 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 impl Bench {
-    /// With `--pin`: the stores' processes on their half of the CPUs.
-    fn place_stores(&self, pids: impl IntoIterator<Item = i32>) -> Result<()> {
-        match &self.placement {
-            Some(p) => pids.into_iter().try_for_each(|pid| p.store(pid)),
-            None => Ok(()),
-        }
+    /// With `--pin`, once a setup is built: its stores on their half of the CPUs, its
+    /// router and the bench itself on the other.
+    fn place(&self, router: Option<i32>, stores: &[i32]) -> Result<()> {
+        let Some(p) = &self.placement else {
+            return Ok(());
+        };
+        stores.iter().try_for_each(|&pid| p.store(pid))?;
+        router.map_or(Ok(()), |pid| p.front(pid))?;
+        p.front(std::process::id() as i32)
     }
 
-    /// With `--pin`: a router, or the bench itself, on the other half.
-    fn place_front(&self, pid: i32) -> Result<()> {
-        self.placement.as_ref().map_or(Ok(()), |p| p.front(pid))
+    /// After a setup's measurement: the bench on every CPU again, so that the next
+    /// setup's processes (which inherit its placement) load and build on all of them.
+    fn unplace(&self) -> Result<()> {
+        self.placement
+            .as_ref()
+            .map_or(Ok(()), |p| p.everywhere(std::process::id() as i32))
     }
 
     /// Vectors `from..from+len` as points (ids are their indices).
@@ -247,7 +254,6 @@ impl Bench {
             "router",
             &["router", "--listen", "127.0.0.1:0", flag, &list],
         )?;
-        self.place_front(router.pid())?;
         Ok(router)
     }
 
@@ -308,7 +314,6 @@ impl Bench {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let layout = self.layout(&label.replace([' ', ',', '+'], "-"))?;
         let shards = layout.lone_shards(1, &flags)?;
-        self.place_stores(shards.iter().map(Proc::pid))?;
         let client = ShardClient::new(shards[0].addr.clone(), self.http.clone());
         let rate = match self.loaded(std::slice::from_ref(&client), 1).await? {
             true => None,
@@ -324,7 +329,7 @@ impl Bench {
             ),
         };
         let settle = self
-            .settle_stores(label, std::slice::from_ref(&client))
+            .settle_stores(label, std::slice::from_ref(&client), 1)
             .await?;
         let vector_ram = self.vector_ram(std::slice::from_ref(&client), 1).await;
         // The rows that did not ingest carry only the memory.
@@ -395,7 +400,6 @@ impl Bench {
             true => layout.shard_nodes(3, g, &flags)?,
             false => layout.lone_shards(g, &flags)?,
         };
-        self.place_stores(shards.iter().map(Proc::pid))?;
         let addrs: Vec<String> = shards.iter().map(|s| s.addr.clone()).collect();
         let router =
             self.start_router(&layout, if raft { "--meta" } else { "--shards" }, &addrs)?;
@@ -421,7 +425,13 @@ impl Bench {
             true => None,
             false => Some(self.router_ingest(&label, &router).await?),
         };
-        let settle = self.settle_stores(&label, &stores).await?;
+        let settle = self.settle_stores(&label, &stores, copies).await?;
+        if raft {
+            self.settle(&format!("{label}: readiness"), || {
+                load::all_ready(&self.http, &addrs)
+            })
+            .await?;
+        }
         let pids: Vec<i32> = shards.iter().map(Proc::pid).collect();
         let target = self.router_target(&router);
         let built = Built {
@@ -438,7 +448,6 @@ impl Bench {
 
     async fn qdrant(&mut self, bin: &std::path::Path, shards: usize) -> Result<()> {
         let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
-        self.place_stores([q.pid()])?;
         q.create(DIM, shards, &self.collection).await?;
         let label = format!(
             "Qdrant, {shards} shard{}",
@@ -453,7 +462,9 @@ impl Bench {
                 }
             })
             .await?;
-        let settle = self.settle(&label, || q.settled()).await?;
+        let settle = self
+            .settle(&format!("{label}: indexing"), || q.settled())
+            .await?;
         q.check(DIM).await?;
         let setup = match shards {
             1 => Setup::Qdrant1,
@@ -500,7 +511,6 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
         machine,
         a,
     };
-    bench.place_front(std::process::id() as i32)?;
     let setups = bench.a.setups.clone();
     let has = |s: Setup| setups.contains(&s);
     if has(Setup::Lone) || has(Setup::Router1) {

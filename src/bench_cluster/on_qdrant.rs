@@ -35,7 +35,6 @@ impl Bench {
     pub(super) async fn router_qdrant(&mut self, bin: &Path) -> Result<()> {
         let g = self.a.groups;
         let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
-        self.place_stores([q.pid()])?;
         let layout = self.layout("router-qdrant")?;
         let mut args = vec![
             "router".to_string(),
@@ -45,10 +44,11 @@ impl Bench {
         args.extend(router_flags(&self.collection, g));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let router = layout.start("router", &args)?;
-        self.place_front(router.pid())?;
         let label = format!("router + Qdrant, {g} shards");
         let rate = self.router_ingest(&label, &router).await?;
-        let settle = self.settle(&label, || q.settled()).await?;
+        let settle = self
+            .settle(&format!("{label}: indexing"), || q.settled())
+            .await?;
         let target = self.router_target(&router);
         let built = Built {
             ingest_per_s: Some(rate),

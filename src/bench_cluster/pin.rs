@@ -1,7 +1,9 @@
-//! `--pin`: the stores on cores of their own. Shard, node and Qdrant processes run on the
-//! upper half of the machine's CPUs; routers and the bench's clients on the lower half, as
-//! when each tier has its own machine. Without it every process shares every core, and
-//! a router's work lands on the cores the shards search on.
+//! `--pin`: the stores on cores of their own while a setup is measured. Shard, node and
+//! Qdrant processes run on the upper half of the machine's CPUs; routers and the bench's
+//! clients on the lower half, as when each tier has its own machine. Without it every
+//! process shares every core, and a router's work lands on the cores the shards search on.
+//! Loading and index builds, before the measurement, use every core (a store alone on its
+//! machine would).
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -13,6 +15,7 @@ use nix::unistd::Pid;
 pub struct Placement {
     front: CpuSet,
     back: CpuSet,
+    all: CpuSet,
 }
 
 impl Placement {
@@ -31,6 +34,7 @@ impl Placement {
         Ok(Self {
             front: set(0..n / 2)?,
             back: set(n / 2..n)?,
+            all: set(0..n)?,
         })
     }
 
@@ -43,6 +47,11 @@ impl Placement {
     /// Puts process `pid` on the routers' and clients' half.
     pub fn front(&self, pid: i32) -> Result<()> {
         pin(pid, &self.front)
+    }
+
+    /// Lets process `pid` run on every CPU again.
+    pub fn everywhere(&self, pid: i32) -> Result<()> {
+        pin(pid, &self.all)
     }
 }
 

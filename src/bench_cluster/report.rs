@@ -25,7 +25,8 @@ impl Bench {
             self.machine,
             match self.placement {
                 Some(_) =>
-                    "stores on the upper half of the CPUs, routers and clients on the lower (--pin)",
+                    "measured with the stores on the upper half of the CPUs, routers and clients \
+                     on the lower (--pin)",
                 None => "every process on every core",
             }
         );
