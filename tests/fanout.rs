@@ -253,3 +253,39 @@ fn groups_sharing_nodes_are_searched_in_one_call_with_the_same_answers() {
         assert!(took < Duration::from_millis(2500), "{took:?}");
     }
 }
+
+#[test]
+fn the_fanout_bench_slows_the_replica_only_in_its_rounds() {
+    let out = redrec_cli(&[
+        "bench",
+        "fanout",
+        "--groups",
+        "4",
+        "--n",
+        "2000",
+        "--queries",
+        "30",
+        "--seconds",
+        "2",
+        "--rounds",
+        "2",
+        "--slow-share",
+        "0.5",
+        "--slow-ms",
+        "500",
+    ]);
+    assert!(out.contains("interleaved over 2 rounds"), "{out}");
+    // The slowest requests: a read of the slowed replica waits out its delay, or the
+    // attempt timeout before the other replica is tried.
+    let p999 = |label: &str| -> f64 { bench_row(&out, label)[4].parse().unwrap() };
+    let slowed = "one replica slowed (50% +500 ms)";
+    // The fault is set for the slowed rounds and lifted for the others, round after round.
+    assert!(p999(&format!("{slowed}, hedging off")) >= 300.0, "{out}");
+    assert!(p999("no fault, hedging off") < 300.0, "{out}");
+    assert!(p999("no fault, hedging on") < 300.0, "{out}");
+    // Hedges are counted on the hedging router's rows only.
+    assert_eq!(bench_row(&out, "no fault, hedging off")[5], "-", "{out}");
+    let extra = bench_row(&out, &format!("{slowed}, hedging on"))[5];
+    assert!(extra.ends_with('%'), "{out}");
+    assert!(!out.contains("searches failed"), "{out}");
+}

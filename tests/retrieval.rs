@@ -229,15 +229,6 @@ fn settings_changed_on_a_running_cluster_reach_every_replica() {
     assert!(text.contains("hedged reads"), "{text}");
 }
 
-/// The columns of the bench table's row whose setup is `label`.
-fn bench_row<'a>(table: &'a str, label: &str) -> Vec<&'a str> {
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&format!("| {label} |")))
-        .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
-    row.trim_matches('|').split('|').map(str::trim).collect()
-}
-
 #[test]
 fn the_cluster_bench_measures_each_ef_and_searches_stores_it_left() {
     let dir = tempfile::tempdir().unwrap();

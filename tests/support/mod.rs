@@ -423,6 +423,15 @@ pub fn store_alice_and_bob(base: &str) -> Vec<Value> {
 }
 
 /// Runs this build's `redrec` with `args`, which must succeed; returns its stdout.
+/// The columns of a bench table's row whose first column is `label`.
+pub fn bench_row<'a>(table: &'a str, label: &str) -> Vec<&'a str> {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
+    row.trim_matches('|').split('|').map(str::trim).collect()
+}
+
 pub fn redrec_cli(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().expect("redrec");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
