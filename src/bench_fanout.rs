@@ -134,7 +134,7 @@ impl Fanout {
         ];
         let target = self.target(router);
         let (k, c) = (self.a.k, self.a.concurrency);
-        let run = load::search_load(&target, &self.data, k, None, c, seconds).await?;
+        let run = load::drive(&target, &self.data, k, None, c, seconds).await?;
         into.run.add(&run)?;
         into.reads += read("redrec_group_reads_total").await? - before[0];
         into.hedges += read("redrec_hedged_reads_total").await? - before[1];

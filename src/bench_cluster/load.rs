@@ -147,21 +147,9 @@ impl Load {
 }
 
 /// `concurrency` clients searching `data`'s queries round-robin for `seconds` (after a
-/// warm-up of a fifth of that).
+/// warm-up of a fifth of that): every latency, to take percentiles of ([`Load::of`]) or to
+/// pool with other loads.
 pub async fn drive(
-    target: &Target,
-    data: &Arc<Data>,
-    k: usize,
-    ef: Option<usize>,
-    concurrency: usize,
-    seconds: f64,
-) -> Result<Load> {
-    let run = search_load(target, data, k, ef, concurrency, seconds).await?;
-    Ok(Load::of(&run))
-}
-
-/// What [`drive`] measures, before its percentiles are taken (to pool several loads).
-pub async fn search_load(
     target: &Target,
     data: &Arc<Data>,
     k: usize,

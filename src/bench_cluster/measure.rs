@@ -9,7 +9,7 @@ use redrec_shard_api::points::Memory;
 use redrec_shard_api::ShardClient;
 
 use super::data;
-use super::load::{self, cpu_seconds, machine_ticks, rss_bytes, Target};
+use super::load::{self, cpu_seconds, machine_ticks, rss_bytes, Load, Target};
 use super::{Bench, Built, Row, Setup, DIM};
 
 impl Bench {
@@ -149,7 +149,8 @@ impl Bench {
         let m0 = machine_ticks();
         let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
         spinner.enable_steady_tick(Duration::from_millis(200));
-        let l = load::drive(target, &self.data, k, ef, concurrency, self.a.seconds).await?;
+        let run = load::drive(target, &self.data, k, ef, concurrency, self.a.seconds).await?;
+        let l = Load::of(&run);
         let m1 = machine_ticks();
         spinner.finish_and_clear();
         // The warm-up's CPU is in the difference too: spread over its queries as well.
