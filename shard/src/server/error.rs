@@ -2,7 +2,7 @@
 //! [`redrec_shard_api::codes`] and the JSON error body; a `not_leader` answer also names
 //! the leader in [`LEADER_HEADER`].
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +11,7 @@ use redrec_shard_api::codes::{
     REPLICA_STOPPED, STORAGE_ERROR,
 };
 use redrec_wire::HttpError;
+use tokio::sync::Semaphore;
 
 use crate::node::Node;
 use crate::raft::replica::ProposeError;
@@ -102,6 +103,26 @@ pub async fn within_budget(
             Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()).into())
         }
     }
+}
+
+/// Searches running at once in this process: one per CPU it may use. More would not
+/// finish sooner, only take turns on the same cores and evict each other's graphs and
+/// vectors from the caches (a node under load ran one blocking thread per group and
+/// request in flight); the others wait their turn, in order, without holding a thread.
+static SEARCH_TURNS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+
+/// A search (`f` on `store`) off the async workers, once one of the process's search
+/// turns is free.
+pub async fn searching<T: Send + 'static>(
+    store: Arc<dyn VectorStore>,
+    f: impl FnOnce(&dyn VectorStore) -> Result<T, StoreError> + Send + 'static,
+) -> Reply<T> {
+    let _turn = SEARCH_TURNS
+        .acquire()
+        .await
+        .expect("the search turns are never closed");
+    blocking(store, f).await
 }
 
 /// Runs a store call off the async workers: the engine's calls block.

@@ -29,7 +29,9 @@ use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::{HttpError, Json, Path};
 
 use super::answer::SearchAnswer;
-use super::error::{blocking, propose_error, unavailable, within_budget, ApiError, Reply};
+use super::error::{
+    blocking, propose_error, searching, unavailable, within_budget, ApiError, Reply,
+};
 use crate::group::machine::Command;
 use crate::node::replica::Hosted;
 use crate::node::Node;
@@ -236,7 +238,7 @@ async fn search_replica(
     store: Arc<dyn VectorStore>,
     r: SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
-    let axum::Json(mut answer) = blocking(store, move |st| {
+    let axum::Json(mut answer) = searching(store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await?;

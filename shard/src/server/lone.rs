@@ -16,7 +16,7 @@ use redrec_wire::compact::{Body, Encoded};
 use redrec_wire::Json;
 
 use super::answer::SearchAnswer;
-use super::error::{blocking, within_budget, ApiError, Reply};
+use super::error::{blocking, searching, within_budget, ApiError, Reply};
 use crate::budget::MemoryBudget;
 use crate::store::VectorStore;
 
@@ -59,7 +59,7 @@ async fn search(
     State(s): State<Shared>,
     Body(r, format): Body<SearchRequest>,
 ) -> Result<Encoded<SearchAnswer>, ApiError> {
-    let axum::Json(answer) = blocking(s.store, move |st| {
+    let axum::Json(answer) = searching(s.store, move |st| {
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await?;
