@@ -67,22 +67,12 @@ pub struct FanoutBenchArgs {
 
 /// One setup's loads, pooled over the rounds: the latencies and the router's read
 /// counters.
+#[derive(Default)]
 struct Pooled {
     run: Completed,
     reads: f64,
     hedges: f64,
     won: f64,
-}
-
-impl Pooled {
-    fn new() -> Self {
-        Self {
-            run: Completed::none(),
-            reads: 0.0,
-            hedges: 0.0,
-            won: 0.0,
-        }
-    }
 }
 
 /// One measurement.
@@ -94,18 +84,31 @@ struct Row {
     hedges_won: Option<f64>,
 }
 
-/// A counter's value (summed over its labels) on a router's `/metrics`.
-async fn counter(http: &reqwest::Client, router: &Proc, name: &str) -> Result<f64> {
+/// The read counters `sample` follows.
+const READ_COUNTERS: [&str; 3] = [
+    "redrec_group_reads_total",
+    "redrec_hedged_reads_total",
+    "redrec_hedged_reads_won_total",
+];
+
+/// Counters' values (each summed over its labels) on one fetch of a router's `/metrics`.
+async fn counters<const N: usize>(
+    http: &reqwest::Client,
+    router: &Proc,
+    names: [&str; N],
+) -> Result<[f64; N]> {
     let text = http
         .get(format!("{}/metrics", router.addr))
         .send()
         .await?
         .text()
         .await?;
-    Ok(crate::cluster_top::samples(&text, name)
-        .iter()
-        .map(|(_, v)| v)
-        .sum())
+    Ok(names.map(|name| {
+        crate::cluster_top::samples(&text, name)
+            .iter()
+            .map(|(_, v)| v)
+            .sum()
+    }))
 }
 
 struct Fanout {
@@ -126,19 +129,15 @@ impl Fanout {
     /// Loads `router` for `seconds`, pooling the latencies and its read counters into
     /// `into`.
     async fn sample(&self, router: &Proc, seconds: f64, into: &mut Pooled) -> Result<()> {
-        let read = |name: &'static str| counter(&self.http, router, name);
-        let before = [
-            read("redrec_group_reads_total").await?,
-            read("redrec_hedged_reads_total").await?,
-            read("redrec_hedged_reads_won_total").await?,
-        ];
+        let before = counters(&self.http, router, READ_COUNTERS).await?;
         let target = self.target(router);
         let (k, c) = (self.a.k, self.a.concurrency);
         let run = load::drive(&target, &self.data, k, None, c, seconds).await?;
         into.run.add(&run)?;
-        into.reads += read("redrec_group_reads_total").await? - before[0];
-        into.hedges += read("redrec_hedged_reads_total").await? - before[1];
-        into.won += read("redrec_hedged_reads_won_total").await? - before[2];
+        let after = counters(&self.http, router, READ_COUNTERS).await?;
+        into.reads += after[0] - before[0];
+        into.hedges += after[1] - before[1];
+        into.won += after[2] - before[2];
         Ok(())
     }
 
@@ -159,7 +158,7 @@ impl Fanout {
 
     /// Every query once through `router`: the answers, and shard bytes read per query.
     async fn answers(&self, router: &Proc) -> Result<(Vec<Vec<u32>>, f64)> {
-        let b0 = counter(&self.http, router, "redrec_shard_read_bytes_total").await?;
+        let [b0] = counters(&self.http, router, ["redrec_shard_read_bytes_total"]).await?;
         let found = load::answers(
             &self.target(router),
             &self.data,
@@ -168,7 +167,7 @@ impl Fanout {
             self.a.concurrency,
         )
         .await?;
-        let b1 = counter(&self.http, router, "redrec_shard_read_bytes_total").await?;
+        let [b1] = counters(&self.http, router, ["redrec_shard_read_bytes_total"]).await?;
         Ok((found, (b1 - b0) / self.data.queries.len().max(1) as f64))
     }
 
@@ -281,7 +280,7 @@ async fn run(bench: &mut Fanout, nodes: &[Proc], routers: [&Proc; 3]) -> Result<
     // No fault and slowed, hedging off and on, interleaved round by round.
     let rounds = bench.a.rounds.max(1);
     let share = bench.a.seconds / rounds as f64;
-    let mut pooled: [Pooled; 4] = std::array::from_fn(|_| Pooled::new());
+    let mut pooled: [Pooled; 4] = Default::default();
     let progress = bar(rounds as u64, "latency rounds");
     for _ in 0..rounds {
         for (faults, pair) in [(&FaultPlan::default(), 0), (&slow, 2)] {
@@ -302,7 +301,7 @@ async fn run(bench: &mut Fanout, nodes: &[Proc], routers: [&Proc; 3]) -> Result<
     let (exact, exact_bytes) = bench.answers(on).await?;
     let (approx, approx_bytes) = bench.answers(kp).await?;
     let label = format!("no fault, k' merge (loss {})", bench.a.group_k_loss);
-    let mut k_prime = Pooled::new();
+    let mut k_prime = Pooled::default();
     bench.sample(kp, bench.a.seconds, &mut k_prime).await?;
     bench.row(&label, true, &k_prime);
     report(

@@ -18,9 +18,9 @@ pub struct Completed {
     pub seconds: f64,
 }
 
-impl Completed {
-    /// Nothing yet: what loads run one after another are added to.
-    pub fn none() -> Self {
+/// Nothing yet: what loads run one after another are added to.
+impl Default for Completed {
+    fn default() -> Self {
         Self {
             units: 0,
             errors: 0,
@@ -28,7 +28,9 @@ impl Completed {
             seconds: 0.0,
         }
     }
+}
 
+impl Completed {
     /// Pools `other` (another load on the same target) into this one.
     pub fn add(&mut self, other: &Completed) -> Result<()> {
         self.units += other.units;
@@ -89,7 +91,7 @@ where
         .collect();
     tokio::time::sleep(warmup + Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Completed::none();
+    let mut all = Completed::default();
     for t in tasks {
         let (units, errors, hist) = t.await?;
         all.units += units;
