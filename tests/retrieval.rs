@@ -282,3 +282,63 @@ fn the_cluster_bench_measures_each_ef_and_searches_stores_it_left() {
     assert_eq!((row[1], row[6]), ("-", "1.000"), "{row:?}");
     assert_eq!(again.contains("(--pin)"), cpus >= 2, "{again}");
 }
+
+#[test]
+fn the_stream_bench_writes_while_clients_search_and_every_write_lands() {
+    // 400 points/s for 5 s over a 64 KiB indexing threshold (256 points): builds within
+    // the first second, and several more. A debug build on shared cores may take more
+    // than the default second to answer: this checks what the bench counts, not speed.
+    let text = redrec_cli_with(
+        &[
+            "bench",
+            "cluster",
+            "--setups",
+            "stream",
+            "--n",
+            "3000",
+            "--queries",
+            "40",
+            "--seconds",
+            "1",
+            "--stream-rate",
+            "400",
+            "--stream-batch",
+            "20",
+            "--stream-seconds",
+            "5",
+            "--indexing-threshold-kb",
+            "64",
+        ],
+        &[("REDREC_DEADLINE_MS", "10000")],
+    );
+    // Every point sent was acknowledged, and the bench found each one in the store after.
+    assert!(
+        text.contains("2000 points sent, 2000 acknowledged"),
+        "{text}"
+    );
+    let quiet = bench_row(&text, "no writes");
+    let calm = bench_row(&text, "stream, no index build");
+    let build = bench_row(&text, "stream, an index build running");
+    assert_eq!(quiet[1], "1", "{text}");
+    assert_eq!(quiet[5], "-", "no writes before the stream: {text}");
+    let seconds = |row: &[&str]| row[1].parse::<usize>().unwrap();
+    // The stream's 5 s, its last partial second left out, each counted once.
+    assert!(seconds(&calm) + seconds(&build) >= 4, "{text}");
+    assert!(
+        seconds(&build) > 0,
+        "no build seen during the stream: {text}"
+    );
+    for row in [&quiet, &build] {
+        assert!(row[2].parse::<f64>().unwrap() > 0.0, "searches in {row:?}");
+    }
+    assert!(
+        build[5].parse::<f64>().unwrap() > 0.0,
+        "writes in {build:?}"
+    );
+    // The timeline: off before the stream, on during it, the store growing.
+    assert!(text.contains("| 1 | off | 3000 |"), "{text}");
+    assert!(
+        text.contains("search QPS, build running / no build") || text.contains("no ratio"),
+        "{text}"
+    );
+}

@@ -282,6 +282,10 @@ pub struct Stats {
     /// An index build is running (writes are still taken meanwhile).
     #[serde(default)]
     pub indexing: bool,
+    /// Runs of the optimisers that rebuilt segments (index builds, merges), finished since
+    /// the store opened: a build too short to be seen running still counts here.
+    #[serde(default)]
+    pub builds: u64,
     #[serde(default)]
     pub memory: Memory,
 }

@@ -13,6 +13,8 @@ pub struct Data {
     pub queries: Vec<Vec<f32>>,
     /// Item indices of each query's exact top k, best first.
     pub truth: Vec<Vec<u32>>,
+    /// The centres items are drawn around.
+    centres: Vec<Vec<f32>>,
 }
 
 /// How far a point strays from its centre, per dimension (uniform, this half-width).
@@ -83,9 +85,22 @@ impl Data {
             items,
             queries,
             truth: Vec::new(),
+            centres,
         };
         data.truth = data.exact(k);
         data
+    }
+
+    /// `count` more items around the same centres (`count × dim`, row by row), not in the
+    /// catalogue: what a write stream adds to it. Deterministic by `seed`.
+    pub fn fresh(&self, count: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .flat_map(|_| {
+                let centre = &self.centres[rng.random_range(0..self.centres.len())];
+                around(centre, &mut rng)
+            })
+            .collect()
     }
 
     /// Each query's exact top `k` by dot product.
@@ -140,5 +155,14 @@ mod tests {
         assert_eq!(better, 9);
         assert_eq!(recall(&a.truth, &a.truth), 1.0);
         assert_eq!(recall(&[vec![]], &a.truth[..1]), 0.0);
+        // Fresh items: unit vectors, deterministic, not the catalogue's.
+        let fresh = a.fresh(3, 9);
+        assert_eq!(fresh, a.fresh(3, 9));
+        assert_eq!(fresh.len(), 3 * 16);
+        let norm: f32 = fresh[16..32].iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert!(fresh
+            .chunks(16)
+            .all(|f| (0..a.len()).all(|i| a.item(i) != f)));
     }
 }

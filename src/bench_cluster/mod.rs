@@ -17,6 +17,7 @@ mod on_qdrant;
 mod pin;
 mod qdrant;
 mod report;
+mod writes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub enum Setup {
     QdrantG,
     /// A router over a Qdrant collection with G shards (`redrec router --qdrant-url`).
     RouterQdrant,
+    /// A router over one lone shard under a steady stream of new items (`--stream-*`),
+    /// the seconds with an index build running against those without (not in the
+    /// default run: it takes minutes).
+    Stream,
     /// (Measured with `lone`.)
     #[value(skip)]
     LoneCompact,
@@ -127,6 +132,8 @@ pub struct ClusterBenchArgs {
     pin: bool,
     #[command(flatten)]
     collection: CollectionArgs,
+    #[command(flatten)]
+    stream: writes::StreamArgs,
 }
 
 /// What a setup measured before its load: the same on every row of an `ef` sweep.
@@ -524,6 +531,9 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
     }
     if has(Setup::RouterRaft) {
         bench.router_raft().await?;
+    }
+    if has(Setup::Stream) {
+        bench.stream().await?;
     }
     match &qdrant_bin {
         Some(bin) => {

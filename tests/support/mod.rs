@@ -433,7 +433,16 @@ pub fn bench_row<'a>(table: &'a str, label: &str) -> Vec<&'a str> {
 }
 
 pub fn redrec_cli(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("redrec");
+    redrec_cli_with(args, &[])
+}
+
+/// [`redrec_cli`] with `env` set for it and the processes it starts.
+pub fn redrec_cli_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("redrec");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -101,6 +101,8 @@ pub(super) struct Core {
     pub(super) indexing: AtomicBool,
     /// Optimisation runs finished.
     pub(super) runs: AtomicU64,
+    /// Of those, the runs that rebuilt segments.
+    builds: AtomicU64,
     /// Where the bytes are, and when they were measured: from the files at the last
     /// flush, or during a long optimisation from the files as they are (between flushes,
     /// files written through memory maps may not show all they hold).
@@ -143,11 +145,20 @@ impl Core {
         if journal.pending() == 0 && !always {
             return Ok(());
         }
+        let started = Instant::now();
         if let Some(shard) = self.engine()?.as_ref() {
             shard.flush();
         }
+        let flushed = started.elapsed();
         *lock(&self.footprint) = (footprint::measure(&self.path), Instant::now());
-        journal.checkpoint()
+        journal.checkpoint()?;
+        // Writes wait meanwhile: how long, for whoever looks into their latency.
+        tracing::debug!(
+            flush_ms = flushed.as_millis() as u64,
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(())
     }
 
     /// Reopens the engine with `c` (searches already use it): writes and searches wait
@@ -197,6 +208,7 @@ impl Core {
         drop(guard);
         match optimized {
             Ok(true) => {
+                self.builds.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     took_ms = started.elapsed().as_millis() as u64,
                     "shard optimized"
@@ -267,6 +279,7 @@ impl EdgeStore {
             wanted: Mutex::new(None),
             indexing: AtomicBool::new(false),
             runs: AtomicU64::new(0),
+            builds: AtomicU64::new(0),
             footprint: Mutex::new((Memory::default(), Instant::now())),
         });
         core.checkpoint(true)?;
@@ -535,6 +548,7 @@ impl VectorStore for EdgeStore {
             indexed_vectors: info.indexed_vectors_count,
             dim: self.core.dim,
             indexing: self.core.indexing.load(Ordering::Relaxed),
+            builds: self.core.builds.load(Ordering::Relaxed),
             memory: self.core.memory(),
         })
     }
