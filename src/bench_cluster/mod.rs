@@ -133,7 +133,21 @@ pub struct ClusterBenchArgs {
     #[command(flatten)]
     collection: CollectionArgs,
     #[command(flatten)]
-    stream: writes::StreamArgs,
+    stream: StreamArgs,
+}
+
+/// The write stream of `--setups stream` (see `writes`).
+#[derive(Args, Clone)]
+pub struct StreamArgs {
+    /// `stream`: new points written per second while the clients search.
+    #[arg(long, default_value_t = 500)]
+    pub stream_rate: usize,
+    /// `stream`: points per write request.
+    #[arg(long, default_value_t = 10)]
+    pub stream_batch: usize,
+    /// `stream`: how long the write stream runs, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub stream_seconds: u64,
 }
 
 /// What a setup measured before its load: the same on every row of an `ef` sweep.

@@ -15,27 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use clap::Args;
 use hdrhistogram::Histogram;
 use redrec_shard_api::ShardClient;
 use serde_json::json;
 
 use super::load::{self, Target};
-use super::{Bench, DIM};
+use super::{Bench, StreamArgs, DIM};
 use redrec::launch;
-
-#[derive(Args, Clone)]
-pub struct StreamArgs {
-    /// `stream`: new points written per second while the clients search.
-    #[arg(long, default_value_t = 500)]
-    stream_rate: usize,
-    /// `stream`: points per write request.
-    #[arg(long, default_value_t = 10)]
-    stream_batch: usize,
-    /// `stream`: how long the write stream runs, in seconds.
-    #[arg(long, default_value_t = 300)]
-    stream_seconds: u64,
-}
 
 /// How often the store's stats are polled.
 const POLL: Duration = Duration::from_millis(250);

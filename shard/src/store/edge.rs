@@ -145,20 +145,11 @@ impl Core {
         if journal.pending() == 0 && !always {
             return Ok(());
         }
-        let started = Instant::now();
         if let Some(shard) = self.engine()?.as_ref() {
             shard.flush();
         }
-        let flushed = started.elapsed();
         *lock(&self.footprint) = (footprint::measure(&self.path), Instant::now());
-        journal.checkpoint()?;
-        // Writes wait meanwhile: how long, for whoever looks into their latency.
-        tracing::debug!(
-            flush_ms = flushed.as_millis() as u64,
-            took_ms = started.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
-        Ok(())
+        journal.checkpoint()
     }
 
     /// Reopens the engine with `c` (searches already use it): writes and searches wait

@@ -228,7 +228,11 @@ fn writes_are_acknowledged_during_an_index_build() {
         "the points were not indexed: {:?}",
         store.stats().unwrap()
     );
-    assert_eq!(store.stats().unwrap().points, vectors.len());
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.points, vectors.len());
+    // The builds were counted, and no more than the optimisation runs.
+    assert!(stats.builds > 0, "{stats:?}");
+    assert!(stats.builds <= store.core.runs.load(Ordering::SeqCst));
     // Every point finds itself.
     for i in (0..vectors.len()).step_by(997) {
         let hits = store
