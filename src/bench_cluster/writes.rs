@@ -116,9 +116,6 @@ impl Bench {
             .await?;
         eprintln!("  {label}: {rate:.0} items/s loaded, indexed after {settle:.0} s");
         let count = s.stream_rate * s.stream_seconds as usize;
-        let (data, seed) = (self.data.clone(), self.a.seed);
-        let fresh =
-            Arc::new(tokio::task::spawn_blocking(move || data.fresh(count, seed ^ 0x5eed)).await?);
 
         self.place(Some(router.pid()), &[shards[0].pid()])?;
         let target = self.router_target(&router);
@@ -135,7 +132,7 @@ impl Bench {
         let quiet = self.a.seconds.ceil() as usize;
         tokio::time::sleep(Duration::from_secs(quiet as u64)).await;
         let progress = super::bar(count as u64, &format!("{label}: writes"));
-        let sent = self.writes(&router.addr, &fresh, &record, &progress).await;
+        let sent = self.writes(&router.addr, count, &record, &progress).await;
         progress.finish_and_clear();
         let streamed = record.start.elapsed().as_secs() as usize;
         stop.store(true, Ordering::Relaxed);
@@ -205,13 +202,14 @@ impl Bench {
             .collect()
     }
 
-    /// Writes `fresh` through the router at `--stream-rate`, `--stream-batch` points a
-    /// request, each request on time whatever the others are doing; waits for every
-    /// answer. Points sent.
+    /// Writes `total` new items through the router at `--stream-rate`, `--stream-batch`
+    /// points a request, each request on time whatever the others are doing; waits for
+    /// every answer. Points sent. Each request's vectors are drawn when it is sent (from
+    /// a seed of its own), so memory does not grow with the stream's length.
     async fn writes(
         &self,
         router: &str,
-        fresh: &Arc<Vec<f32>>,
+        total: usize,
         record: &Arc<Record>,
         progress: &indicatif::ProgressBar,
     ) -> u64 {
@@ -220,15 +218,15 @@ impl Bench {
         let period = Duration::from_secs_f64(s.stream_batch as f64 / s.stream_rate as f64);
         let mut tick = tokio::time::interval(period);
         let mut requests = tokio::task::JoinSet::new();
-        let total = fresh.len() / DIM;
         let first_id = self.data.len();
         for from in (0..total).step_by(s.stream_batch) {
             tick.tick().await;
             let len = s.stream_batch.min(total - from);
-            let items: Vec<_> = (from..from + len)
+            let fresh = self.data.fresh(len, (self.a.seed ^ 0x5eed) + from as u64);
+            let items: Vec<_> = (0..len)
                 .map(|j| {
                     let vector = &fresh[j * DIM..(j + 1) * DIM];
-                    json!({ "id": (first_id + j).to_string(), "vector": vector })
+                    json!({ "id": (first_id + from + j).to_string(), "vector": vector })
                 })
                 .collect();
             let (http, url, record) = (self.http.clone(), url.clone(), record.clone());
