@@ -19,20 +19,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use qdrant_edge::{
-    EdgeConfig, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParamsBuilder,
-    Filter, HnswIndexConfig, JsonPath, NamedQuery, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, QuantizationConfig, QuantizationSearchParams, QueryEnum, ScrollRequest,
+    EdgeConfig, EdgeShard, Filter, JsonPath, NamedQuery, PointId, PointInsertOperations,
+    PointOperations, PointStructPersisted, QuantizationSearchParams, QueryEnum, ScrollRequest,
     SearchParams, SearchRequest as EdgeSearch, UpdateOperation, VectorInternal,
     VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use redrec_shard_api::collection::{Collection, Distance, Quantization};
+use redrec_shard_api::collection::{Collection, Quantization};
 use redrec_shard_api::points::{
     Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
+use super::config::edge_config;
 use super::footprint;
 use super::journal::{Journal, Op};
 use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
@@ -47,45 +47,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// While an optimisation runs (no checkpoints meanwhile, for minutes at millions of
 /// points), the files are measured again when the last figures are older than this.
 const MEASURE_EVERY: Duration = Duration::from_secs(5);
-
-/// The engine configuration for `dim`-d vectors under `c`.
-fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig> {
-    let distance = match c.distance {
-        Distance::Dot => qdrant_edge::Distance::Dot,
-        Distance::Cosine => qdrant_edge::Distance::Cosine,
-    };
-    let hnsw: HnswIndexConfig = serde_json::from_value(json!({
-        "m": c.hnsw_m,
-        "ef_construct": c.hnsw_ef_construct,
-        // Segments below this (KiB of vectors) are searched exactly even when indexed:
-        // half the indexing threshold, so that every segment built uses its index.
-        "full_scan_threshold": c.full_scan_threshold_kb(),
-        "max_indexing_threads": 0,
-        "on_disk": false,
-    }))
-    .map_err(engine)?;
-    let optimizers = EdgeOptimizersConfig {
-        indexing_threshold: Some(c.indexing_threshold_kb),
-        ..Default::default()
-    };
-    let mut config = EdgeConfigBuilder::new()
-        .vector(
-            "",
-            EdgeVectorParamsBuilder::new(dim, distance)
-                .on_disk(c.on_disk)
-                .build(),
-        )
-        .hnsw_config(hnsw)
-        .optimizers(optimizers);
-    if c.quantization == Quantization::Int8 {
-        let int8: QuantizationConfig = serde_json::from_value(json!({
-            "scalar": { "type": "int8", "quantile": 0.99, "always_ram": true }
-        }))
-        .map_err(engine)?;
-        config = config.quantization_config(int8);
-    }
-    Ok(config.build())
-}
 
 pub(super) struct Core {
     path: PathBuf,

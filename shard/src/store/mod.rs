@@ -1,6 +1,7 @@
 //! The vector store behind a shard: a small trait, and its implementation on Qdrant's
 //! embedded engine (`qdrant-edge`), so that the engine's version can move.
 
+mod config;
 pub mod edge;
 mod footprint;
 mod journal;
