@@ -308,6 +308,8 @@ fn the_stream_bench_writes_while_clients_search_and_every_write_lands() {
             "5",
             "--indexing-threshold-kb",
             "64",
+            "--settle-timeout-s",
+            "120",
         ],
         &[("REDREC_DEADLINE_MS", "10000")],
     );

@@ -22,27 +22,27 @@ impl Bench {
         }
     }
 
-    /// Waits until `stores` hold `copies` of every item (each replica has applied every
-    /// write, not only a quorum), none builds an index and each holds at most a
-    /// threshold's worth of unindexed points (searched exactly by design), three polls in
-    /// a row; seconds taken.
+    /// Waits until `stores` hold `points` in all (each replica has applied every write,
+    /// not only a quorum), none builds an index and each holds at most a threshold's worth
+    /// of unindexed points (searched exactly by design), three polls in a row; seconds
+    /// taken.
     pub(super) async fn settle_stores(
         &self,
         label: &str,
         stores: &[ShardClient],
-        copies: usize,
+        points: usize,
     ) -> Result<f64> {
         let threshold = self.collection.indexing_threshold_kb * 1024 / (DIM * 4);
         let settled = || async {
-            let mut points = 0;
+            let mut held = 0;
             for s in stores {
                 let st = s.stats(Duration::from_secs(10)).await?;
                 if st.indexing || st.points.saturating_sub(st.indexed_vectors) > threshold {
                     return Ok::<_, anyhow::Error>(false);
                 }
-                points += st.points;
+                held += st.points;
             }
-            Ok(points == self.data.len() * copies)
+            Ok(held == points)
         };
         self.settle(&format!("{label}: indexing"), settled).await
     }

@@ -350,7 +350,7 @@ impl Bench {
             ),
         };
         let settle = self
-            .settle_stores(label, std::slice::from_ref(&client), 1)
+            .settle_stores(label, std::slice::from_ref(&client), self.data.len())
             .await?;
         let vector_ram = self.vector_ram(std::slice::from_ref(&client), 1).await;
         // The rows that did not ingest carry only the memory.
@@ -446,7 +446,9 @@ impl Bench {
             true => None,
             false => Some(self.router_ingest(&label, &router).await?),
         };
-        let settle = self.settle_stores(&label, &stores, copies).await?;
+        let settle = self
+            .settle_stores(&label, &stores, self.data.len() * copies)
+            .await?;
         if raft {
             self.settle(&format!("{label}: readiness"), || {
                 load::all_ready(&self.http, &addrs)

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use hdrhistogram::Histogram;
 use redrec_shard_api::ShardClient;
 use serde_json::json;
 
 use super::load::{self, Target};
 use super::{Bench, StreamArgs, DIM};
+use crate::bench_load::Completed;
 use redrec::launch;
 
 /// How often the store's stats are polled.
@@ -30,13 +30,10 @@ const CALL: Duration = Duration::from_secs(30);
 
 /// What happened in one second of the run.
 struct Second {
-    /// Latencies (µs) of the searches and the write requests started in it.
-    searches: Histogram<u64>,
-    writes: Histogram<u64>,
-    /// Points acknowledged, of the writes started in it.
-    written: u64,
-    failed_searches: u64,
-    failed_writes: u64,
+    /// The searches started in it (one unit each), and the write requests (a unit per
+    /// point acknowledged): failures and latencies, over this one second.
+    searches: Completed,
+    writes: Completed,
     /// Whether any poll in it found the store building an index, or a build finished
     /// since the poll before.
     building: bool,
@@ -46,13 +43,13 @@ struct Second {
 
 impl Second {
     fn new() -> Self {
-        let hist = || Histogram::<u64>::new(3).expect("histogram");
+        let second = || Completed {
+            seconds: 1.0,
+            ..Completed::default()
+        };
         Self {
-            searches: hist(),
-            writes: hist(),
-            written: 0,
-            failed_searches: 0,
-            failed_writes: 0,
+            searches: second(),
+            writes: second(),
             building: false,
             store: None,
         }
@@ -63,6 +60,26 @@ impl Second {
             let u = points.saturating_sub(indexed);
             (u, u as f64 / points.max(1) as f64)
         })
+    }
+}
+
+/// The most unindexed points in `seconds`, and the largest share of the store.
+fn most_unindexed(seconds: &[Second]) -> (usize, f64) {
+    seconds
+        .iter()
+        .filter_map(Second::unindexed)
+        .fold((0, 0.0), |(u, f), (v, g)| (u.max(v), f.max(g)))
+}
+
+/// Records a call that started at `t0` into `c`: its latency and `units` when it
+/// succeeded, a failure when not.
+fn finished(c: &mut Completed, t0: Instant, units: Option<u64>) {
+    match units {
+        Some(n) => {
+            c.units += n;
+            let _ = c.hist.record(t0.elapsed().as_micros() as u64);
+        }
+        None => c.errors += 1,
     }
 }
 
@@ -88,10 +105,6 @@ impl Record {
     }
 }
 
-fn micros(since: Instant) -> u64 {
-    since.elapsed().as_micros() as u64
-}
-
 impl Bench {
     pub(super) async fn stream(&mut self) -> Result<()> {
         let s = self.a.stream.clone();
@@ -112,7 +125,7 @@ impl Bench {
         let label = "stream: router + 1 lone shard";
         let rate = self.router_ingest(label, &router).await?;
         let settle = self
-            .settle_stores(label, std::slice::from_ref(&store), 1)
+            .settle_stores(label, std::slice::from_ref(&store), self.data.len())
             .await?;
         eprintln!("  {label}: {rate:.0} items/s loaded, indexed after {settle:.0} s");
         let count = s.stream_rate * s.stream_seconds as usize;
@@ -132,7 +145,7 @@ impl Bench {
         let quiet = self.a.seconds.ceil() as usize;
         tokio::time::sleep(Duration::from_secs(quiet as u64)).await;
         let progress = super::bar(count as u64, &format!("{label}: writes"));
-        let sent = self.writes(&router.addr, count, &record, &progress).await;
+        self.writes(&router.addr, count, &record, &progress).await;
         progress.finish_and_clear();
         let streamed = record.start.elapsed().as_secs() as usize;
         stop.store(true, Ordering::Relaxed);
@@ -143,7 +156,7 @@ impl Bench {
 
         // Every acknowledged point is there at once (a write is applied when acknowledged),
         // then indexed.
-        let written: u64 = record.seconds().iter().map(|s| s.written).sum();
+        let written: u64 = record.seconds().iter().map(|s| s.writes.units).sum();
         let expected = self.data.len() + written as usize;
         let points = store.stats(CALL).await?.points;
         if points != expected {
@@ -151,20 +164,20 @@ impl Bench {
                 "the store holds {points} points after the stream, not the {expected} acknowledged"
             );
         }
-        let threshold = self.collection.indexing_threshold_kb * 1024 / (DIM * 4);
         let after = self
-            .settle(&format!("{label}: indexing after the stream"), || async {
-                let st = store.stats(CALL).await?;
-                Ok(!st.indexing && st.points.saturating_sub(st.indexed_vectors) <= threshold)
-            })
+            .settle_stores(
+                &format!("{label} after the stream"),
+                std::slice::from_ref(&store),
+                expected,
+            )
             .await?;
         let seconds = std::mem::take(&mut *record.seconds());
-        report(&s, &seconds, quiet, streamed, sent, written, after);
+        report(&s, &seconds, quiet, streamed, written, after);
         launch::stop_all(vec![router]);
         launch::stop_all(shards);
         let failed: u64 = seconds
             .iter()
-            .map(|s| s.failed_searches + s.failed_writes)
+            .map(|s| s.searches.errors + s.writes.errors)
             .sum();
         if failed > 0 {
             bail!("{failed} searches or writes failed during the stream");
@@ -189,13 +202,8 @@ impl Bench {
                         let q = &data.queries[i % data.queries.len()];
                         i += 1;
                         let t0 = Instant::now();
-                        let ok = target.search(q, k, None).await.is_ok();
-                        record.at(t0, |s| match ok {
-                            true => {
-                                let _ = s.searches.record(micros(t0));
-                            }
-                            false => s.failed_searches += 1,
-                        });
+                        let done = target.search(q, k, None).await.ok().map(|_| 1);
+                        record.at(t0, |s| finished(&mut s.searches, t0, done));
                     }
                 })
             })
@@ -204,15 +212,15 @@ impl Bench {
 
     /// Writes `total` new items through the router at `--stream-rate`, `--stream-batch`
     /// points a request, each request on time whatever the others are doing; waits for
-    /// every answer. Points sent. Each request's vectors are drawn when it is sent (from
-    /// a seed of its own), so memory does not grow with the stream's length.
+    /// every answer. Each request's vectors are drawn when it is sent (from a seed of its
+    /// own), so memory does not grow with the stream's length.
     async fn writes(
         &self,
         router: &str,
         total: usize,
         record: &Arc<Record>,
         progress: &indicatif::ProgressBar,
-    ) -> u64 {
+    ) {
         let s = &self.a.stream;
         let url = format!("{router}/v1/items/vectors");
         let period = Duration::from_secs_f64(s.stream_batch as f64 / s.stream_rate as f64);
@@ -223,31 +231,24 @@ impl Bench {
             tick.tick().await;
             let len = s.stream_batch.min(total - from);
             let fresh = self.data.fresh(len, (self.a.seed ^ 0x5eed) + from as u64);
-            let items: Vec<_> = (0..len)
-                .map(|j| {
-                    let vector = &fresh[j * DIM..(j + 1) * DIM];
-                    json!({ "id": (first_id + from + j).to_string(), "vector": vector })
-                })
+            let items: Vec<_> = fresh
+                .chunks_exact(DIM)
+                .enumerate()
+                .map(|(j, vector)| json!({ "id": (first_id + from + j).to_string(), "vector": vector }))
                 .collect();
             let (http, url, record) = (self.http.clone(), url.clone(), record.clone());
             let progress = progress.clone();
             requests.spawn(async move {
                 let t0 = Instant::now();
-                let ok = load::post(&http, &url, &json!({ "items": items }))
+                let done = load::post(&http, &url, &json!({ "items": items }))
                     .await
-                    .is_ok();
+                    .ok()
+                    .map(|_| len as u64);
                 progress.inc(len as u64);
-                record.at(t0, |s| match ok {
-                    true => {
-                        let _ = s.writes.record(micros(t0));
-                        s.written += len as u64;
-                    }
-                    false => s.failed_writes += 1,
-                });
+                record.at(t0, |s| finished(&mut s.writes, t0, done));
             });
         }
         while requests.join_next().await.is_some() {}
-        total as u64
     }
 }
 
@@ -275,55 +276,53 @@ fn poller(
     })
 }
 
-/// Seconds pooled: how many, searches and their latencies, writes and theirs.
+/// Seconds pooled: their searches and their writes.
+#[derive(Default)]
 struct Pool {
-    seconds: usize,
-    searches: Histogram<u64>,
-    writes: Histogram<u64>,
-    written: u64,
+    searches: Completed,
+    writes: Completed,
 }
 
 impl Pool {
     fn of<'a>(seconds: impl Iterator<Item = &'a Second>) -> Pool {
-        let mut pool = Pool {
-            seconds: 0,
-            searches: Histogram::new(3).expect("histogram"),
-            writes: Histogram::new(3).expect("histogram"),
-            written: 0,
-        };
+        let mut pool = Pool::default();
         for s in seconds {
-            pool.seconds += 1;
             let _ = pool.searches.add(&s.searches);
             let _ = pool.writes.add(&s.writes);
-            pool.written += s.written;
         }
         pool
     }
 
-    fn qps(&self) -> f64 {
-        self.searches.len() as f64 / self.seconds.max(1) as f64
+    /// How many seconds were pooled.
+    fn seconds(&self) -> usize {
+        self.searches.seconds as usize
     }
 
-    fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-        h.value_at_quantile(q) as f64 / 1000.0
+    fn qps(&self) -> f64 {
+        self.searches.units as f64 / self.searches.seconds.max(1.0)
+    }
+
+    /// A latency column: `-` where there were none.
+    fn ms(c: &Completed, q: f64) -> String {
+        match c.hist.is_empty() {
+            true => "-".into(),
+            false => format!("{:.2}", c.ms(q)),
+        }
     }
 
     fn row(&self, what: &str) {
-        let writes = match self.writes.is_empty() {
-            true => "- | - | -".to_string(),
-            false => format!(
-                "{:.0} | {:.2} | {:.2}",
-                self.written as f64 / self.seconds.max(1) as f64,
-                Pool::ms(&self.writes, 0.5),
-                Pool::ms(&self.writes, 0.99)
-            ),
+        let written = match self.writes.hist.is_empty() {
+            true => "-".into(),
+            false => format!("{:.0}", self.writes.per_second()),
         };
         println!(
-            "| {what} | {} | {:.0} | {:.2} | {:.2} | {writes} |",
-            self.seconds,
+            "| {what} | {} | {:.0} | {:.2} | {:.2} | {written} | {} | {} |",
+            self.seconds(),
             self.qps(),
-            Pool::ms(&self.searches, 0.5),
-            Pool::ms(&self.searches, 0.99),
+            self.searches.ms(0.5),
+            self.searches.ms(0.99),
+            Pool::ms(&self.writes, 0.5),
+            Pool::ms(&self.writes, 0.99),
         );
     }
 }
@@ -336,10 +335,10 @@ fn report(
     seconds: &[Second],
     quiet: usize,
     streamed: usize,
-    sent: u64,
     written: u64,
     indexed_after: f64,
 ) {
+    let sent = s.stream_rate as u64 * s.stream_seconds;
     let stream = &seconds[quiet.min(seconds.len())..streamed.min(seconds.len())];
     println!(
         "\nwrite stream: {} points/s asked in requests of {} for {} s, through a router to \
@@ -358,26 +357,20 @@ fn report(
         .enumerate()
     {
         let pool = Pool::of(chunk.iter());
-        let (unindexed, share) = chunk
-            .iter()
-            .filter_map(Second::unindexed)
-            .fold((0, 0.0f64), |(u, f), (v, g)| (u.max(v), f.max(g)));
+        let (unindexed, share) = most_unindexed(chunk);
         let points = chunk.iter().rev().find_map(|s| s.store).map_or(0, |s| s.0);
         let writes = match (w + 1) * window > quiet {
             true => "on",
             false => "off",
         };
-        let write_p99 = match pool.writes.is_empty() {
-            true => "-".to_string(),
-            false => format!("{:.2}", Pool::ms(&pool.writes, 0.99)),
-        };
         println!(
-            "| {} | {writes} | {points} | {unindexed} | {:.1}% | {} | {:.0} | {:.2} | {write_p99} |",
+            "| {} | {writes} | {points} | {unindexed} | {:.1}% | {} | {:.0} | {:.2} | {} |",
             (w + 1) * window,
             100.0 * share,
             chunk.iter().filter(|s| s.building).count(),
             pool.qps(),
-            Pool::ms(&pool.searches, 0.99),
+            pool.searches.ms(0.99),
+            Pool::ms(&pool.writes, 0.99),
         );
     }
     let none = Pool::of(seconds[..quiet.min(seconds.len())].iter());
@@ -391,15 +384,12 @@ fn report(
     none.row("no writes");
     calm.row("stream, no index build");
     build.row("stream, an index build running");
-    let (unindexed, share) = stream
-        .iter()
-        .filter_map(Second::unindexed)
-        .fold((0, 0.0f64), |(u, f), (v, g)| (u.max(v), f.max(g)));
+    let (unindexed, share) = most_unindexed(stream);
     println!(
         "\nunindexed during the stream: at most {unindexed} points, {:.1}% of the store",
         100.0 * share
     );
-    if build.seconds == 0 || calm.seconds == 0 {
+    if build.seconds() == 0 || calm.seconds() == 0 {
         println!("no ratio: the stream had no seconds with a build running, or none without");
         return;
     }
@@ -410,6 +400,6 @@ fn report(
     );
     println!(
         "write p99, build running / no build: {:.2}",
-        Pool::ms(&build.writes, 0.99) / Pool::ms(&calm.writes, 0.99)
+        build.writes.ms(0.99) / calm.writes.ms(0.99)
     );
 }
