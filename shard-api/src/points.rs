@@ -286,6 +286,10 @@ pub struct Stats {
     /// the store opened: a build too short to be seen running still counts here.
     #[serde(default)]
     pub builds: u64,
+    /// Writes have paused and the optimisers found nothing left to do: the segments are
+    /// what the store settles into (a build or merge may still start with the next write).
+    #[serde(default)]
+    pub settled: bool,
     #[serde(default)]
     pub memory: Memory,
 }

@@ -32,7 +32,7 @@ use redrec_shard_api::points::{
     Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
-use super::config::edge_config;
+use super::config::{edge_config, set_merge_cap, Writes, QUIET};
 use super::footprint;
 use super::journal::{Journal, Op};
 use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
@@ -64,6 +64,10 @@ pub(super) struct Core {
     pub(super) runs: AtomicU64,
     /// Of those, the runs that rebuilt segments.
     builds: AtomicU64,
+    /// When the last write came (`None`: none since the store opened).
+    last_write: Mutex<Option<Instant>>,
+    /// Writes are quiet and the optimisers, run since, found nothing left to do.
+    settled: AtomicBool,
     /// Where the bytes are, and when they were measured: from the files at the last
     /// flush, or during a long optimisation from the files as they are (between flushes,
     /// files written through memory maps may not show all they hold).
@@ -94,6 +98,8 @@ impl Core {
     fn write(&self, op: Op, apply: impl FnOnce(&EdgeShard) -> StoreResult<()>) -> StoreResult<()> {
         let mut journal = lock(&self.journal);
         journal.append(&op)?;
+        *lock(&self.last_write) = Some(Instant::now());
+        self.settled.store(false, Ordering::Relaxed);
         let guard = self.engine()?;
         apply(guard.as_ref().expect("checked by engine()"))
     }
@@ -154,10 +160,17 @@ impl Core {
         }
         let Ok(guard) = self.engine() else { return };
         let Some(shard) = guard.as_ref() else { return };
+        let streaming = lock(&self.last_write).is_some_and(|at| at.elapsed() < QUIET);
+        let writes = set_merge_cap(shard, self.dim, streaming);
         self.indexing.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let optimized = shard.optimize();
         drop(guard);
+        let written = lock(&self.last_write).is_some_and(|at| at >= started);
+        self.settled.store(
+            writes == Writes::Quiet && matches!(optimized, Ok(false)) && !written,
+            Ordering::Relaxed,
+        );
         match optimized {
             Ok(true) => {
                 self.builds.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +186,14 @@ impl Core {
         }
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.indexing.store(false, Ordering::Relaxed);
+    }
+
+    /// The engine's merge cap now (KiB).
+    #[cfg(test)]
+    pub(super) fn merge_cap(&self) -> Option<usize> {
+        let guard = self.engine().ok()?;
+        let cap = guard.as_ref()?.config().optimizers.max_segment_size;
+        cap
     }
 
     fn checkpoint_now(&self, always: bool, last: &mut Instant) {
@@ -232,6 +253,8 @@ impl EdgeStore {
             indexing: AtomicBool::new(false),
             runs: AtomicU64::new(0),
             builds: AtomicU64::new(0),
+            last_write: Mutex::new(None),
+            settled: AtomicBool::new(false),
             footprint: Mutex::new((Memory::default(), Instant::now())),
         });
         core.checkpoint(true)?;
@@ -501,6 +524,7 @@ impl VectorStore for EdgeStore {
             dim: self.core.dim,
             indexing: self.core.indexing.load(Ordering::Relaxed),
             builds: self.core.builds.load(Ordering::Relaxed),
+            settled: self.core.settled.load(Ordering::Relaxed),
             memory: self.core.memory(),
         })
     }
@@ -515,13 +539,16 @@ impl VectorStore for EdgeStore {
             .check_change(collection)
             .map_err(StoreError::BadRequest)?;
         let config = edge_config(self.core.dim, collection)?;
-        let stale = *self
+        let mut current = self
             .core
             .engine()?
             .as_ref()
             .expect("checked by engine()")
             .config()
-            != config;
+            .clone();
+        // The merge cap follows the writes, not the settings.
+        current.optimizers.max_segment_size = config.optimizers.max_segment_size;
+        let stale = current != config;
         *self
             .core
             .settings

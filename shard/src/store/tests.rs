@@ -340,3 +340,38 @@ fn int8_on_disk_takes_effect_and_cuts_vector_ram() {
         Err(StoreError::BadRequest(_))
     ));
 }
+
+#[test]
+fn a_stream_caps_merges_and_the_store_settles_once_writes_pause() {
+    use super::config::{segment_cap_kb, Writes, QUIET};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 32, &small_threshold()).unwrap();
+    let vectors = clustered(6_000, 32, 4);
+    let mut capped = false;
+    for (i, chunk) in vectors.chunks(300).enumerate() {
+        store.upsert(points(chunk, i * 300)).unwrap();
+        assert!(!store.stats().unwrap().settled, "a write just came");
+        let streaming = segment_cap_kb(Writes::Streaming {
+            vector_bytes: store.stats().unwrap().points as u64 * 32 * 4,
+        });
+        // The indexer sets the cap at its next turn (the shard grows meanwhile, and at
+        // this size the cap is the floor whatever it holds).
+        assert_ne!(streaming, segment_cap_kb(Writes::Quiet));
+        capped |= store.core.merge_cap() == Some(streaming);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    assert!(capped, "the stream's merge cap was never set");
+    assert!(
+        wait_for(QUIET + std::time::Duration::from_secs(60), || {
+            store.stats().unwrap().settled
+        }),
+        "the store never settled: {:?}",
+        store.stats().unwrap()
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.points, vectors.len());
+    assert!(!stats.indexing);
+    assert_eq!(store.core.merge_cap(), Some(segment_cap_kb(Writes::Quiet)));
+    store.upsert(points(&vectors[..1], 0)).unwrap();
+    assert!(!store.stats().unwrap().settled);
+}
