@@ -23,9 +23,9 @@ impl Bench {
     }
 
     /// Waits until `stores` hold `points` in all (each replica has applied every write,
-    /// not only a quorum), none builds an index and each holds at most a threshold's worth
-    /// of unindexed points (searched exactly by design), three polls in a row; seconds
-    /// taken.
+    /// not only a quorum), none builds an index, each has settled (merged what it merges
+    /// once writes pause) and holds at most a threshold's worth of unindexed points
+    /// (searched exactly by design), three polls in a row; seconds taken.
     pub(super) async fn settle_stores(
         &self,
         label: &str,
@@ -37,7 +37,10 @@ impl Bench {
             let mut held = 0;
             for s in stores {
                 let st = s.stats(Duration::from_secs(10)).await?;
-                if st.indexing || st.points.saturating_sub(st.indexed_vectors) > threshold {
+                if st.indexing
+                    || !st.settled
+                    || st.points.saturating_sub(st.indexed_vectors) > threshold
+                {
                     return Ok::<_, anyhow::Error>(false);
                 }
                 held += st.points;
