@@ -1,6 +1,7 @@
 //! The engine's configuration for a collection's settings: what every store opens (and
 //! reopens) its engine with.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use qdrant_edge::{
@@ -66,6 +67,10 @@ const STREAM_SHARE: u64 = 4;
 const STREAM_FLOOR_KB: usize = 64 * 1024;
 /// At rest, the engine's own cap: 256 MB of vectors per indexing thread (1 to 8).
 const AT_REST_PER_THREAD_KB: usize = 256_000;
+/// The cap at rest on this machine: read once (the CPU count comes from cgroup files).
+static AT_REST_KB: LazyLock<usize> = LazyLock::new(|| {
+    AT_REST_PER_THREAD_KB * std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8))
+});
 
 /// How writes stand, for the merge policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +94,7 @@ pub(super) enum Writes {
 /// are merged among themselves (size-tiered: a segment is only merged with ones of its
 /// tier), and the shard settles into large segments once the writes pause.
 pub(super) fn segment_cap_kb(writes: Writes) -> usize {
-    let at_rest = AT_REST_PER_THREAD_KB
-        * std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    let at_rest = *AT_REST_KB;
     match writes {
         Writes::Quiet => at_rest,
         Writes::Streaming { vector_bytes } => {
@@ -101,7 +105,7 @@ pub(super) fn segment_cap_kb(writes: Writes) -> usize {
 }
 
 /// Sets `shard`'s merge cap for how writes stand (see [`segment_cap_kb`]).
-pub(super) fn set_merge_cap(shard: &EdgeShard, dim: usize, streaming: bool) -> Writes {
+pub(super) fn set_merge_cap(shard: &EdgeShard, dim: usize, streaming: bool) {
     let writes = if streaming {
         let vectors = shard.info().points_count as u64;
         Writes::Streaming {
@@ -118,7 +122,6 @@ pub(super) fn set_merge_cap(shard: &EdgeShard, dim: usize, streaming: bool) -> W
             tracing::warn!("setting the merge cap: {e}");
         }
     }
-    writes
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use redrec_shard_api::points::{
     Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
-use super::config::{edge_config, set_merge_cap, Writes, QUIET};
+use super::config::{edge_config, set_merge_cap, QUIET};
 use super::footprint;
 use super::journal::{Journal, Op};
 use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
@@ -161,14 +161,14 @@ impl Core {
         let Ok(guard) = self.engine() else { return };
         let Some(shard) = guard.as_ref() else { return };
         let streaming = lock(&self.last_write).is_some_and(|at| at.elapsed() < QUIET);
-        let writes = set_merge_cap(shard, self.dim, streaming);
+        set_merge_cap(shard, self.dim, streaming);
         self.indexing.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let optimized = shard.optimize();
         drop(guard);
         let written = lock(&self.last_write).is_some_and(|at| at >= started);
         self.settled.store(
-            writes == Writes::Quiet && matches!(optimized, Ok(false)) && !written,
+            !streaming && matches!(optimized, Ok(false)) && !written,
             Ordering::Relaxed,
         );
         match optimized {
