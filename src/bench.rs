@@ -302,14 +302,10 @@ fn python_baseline(r: PyRun<'_>) -> Result<PyResult> {
 }
 
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    use procfs::Current;
+    let cpu = procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
+        .and_then(|c| c.model_name(0).map(|m| m.trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} cores available")

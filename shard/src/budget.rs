@@ -85,10 +85,8 @@ impl MemoryBudget {
 
 /// The process's resident memory, from `/proc/self/status` (Linux).
 pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let status = procfs::process::Process::myself().ok()?.status().ok()?;
+    Some(status.vmrss? * 1024)
 }
 
 /// Refuses `adding` points beside `stores` under `budget`, as the API says it.

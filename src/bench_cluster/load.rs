@@ -214,55 +214,34 @@ pub async fn warm(
         .await
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat` (0 once it
+/// is gone).
 pub fn cpu_seconds(pid: i32) -> f64 {
-    // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
-    const TICKS: f64 = 100.0;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) else {
         return 0.0;
     };
-    // The fields after the command name, which may hold spaces, in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime: fields 14 and 15 of the line, 11 and 12 counting from the state.
-    (field(11) + field(12)) / TICKS
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
 /// The machine's CPU time so far, in ticks: (busy, all), from `/proc/stat` (idle and I/O
 /// wait are not busy).
 pub fn machine_ticks() -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+    use procfs::CurrentSI;
+    let Ok(stats) = procfs::KernelStats::current() else {
         return (0, 0);
     };
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let all: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let t = stats.total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let all = t.user + t.nice + t.system + idle;
+    let all = all + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0) + t.steal.unwrap_or(0);
     (all.saturating_sub(idle), all)
 }
 
-/// A process's resident memory in bytes, from `/proc/<pid>/status`.
+/// A process's resident memory in bytes, from `/proc/<pid>/status` (0 once it is gone).
 pub fn rss_bytes(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
         .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
+        .and_then(|s| s.vmrss)
         .map_or(0, |kib| kib * 1024)
 }

@@ -56,12 +56,11 @@ impl Placement {
 }
 
 fn pin(pid: i32, cpus: &CpuSet) -> Result<()> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let tasks = procfs::process::Process::new(pid)
+        .and_then(|p| p.tasks())
         .with_context(|| format!("the threads of process {pid}"))?;
-    for task in tasks {
-        let Ok(tid) = task?.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    // A thread that ends while they are listed is skipped.
+    for tid in tasks.flatten().map(|t| t.tid) {
         match sched_setaffinity(Pid::from_raw(tid), cpus) {
             // A thread that ended meanwhile.
             Ok(()) | Err(Errno::ESRCH) => {}
