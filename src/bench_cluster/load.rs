@@ -146,6 +146,23 @@ impl Load {
     }
 }
 
+/// Client `w`'s turn through the queries: round-robin, each client starting at a place of
+/// its own (a prime stride apart) so that the clients do not search the same query at once.
+pub struct Turns(usize);
+
+impl Turns {
+    pub fn of_client(w: usize) -> Self {
+        Self(w * 7919)
+    }
+
+    /// The next query of `queries` (not empty).
+    pub fn next<'a, T>(&mut self, queries: &'a [T]) -> &'a T {
+        let q = &queries[self.0 % queries.len()];
+        self.0 += 1;
+        q
+    }
+}
+
 /// `concurrency` clients searching `data`'s queries round-robin for `seconds` (after a
 /// warm-up of a fifth of that): every latency, to take percentiles of ([`Load::of`]) or to
 /// pool with other loads.
@@ -159,10 +176,9 @@ pub async fn drive(
 ) -> Result<Completed> {
     crate::bench_load::closed_loop(concurrency, seconds, |w| {
         let (target, data) = (target.clone(), data.clone());
-        let mut i = w * 7919;
+        let mut turns = Turns::of_client(w);
         move || {
-            let q = data.queries[i % data.queries.len()].clone();
-            i += 1;
+            let q = turns.next(&data.queries).clone();
             let target = target.clone();
             async move { target.search(&q, k, ef).await.ok().map(|_| 1) }
         }

@@ -197,10 +197,9 @@ impl Bench {
                 let (target, data, k) = (target.clone(), self.data.clone(), self.a.k);
                 let (record, stop) = (record.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let mut i = w * 7919;
+                    let mut turns = load::Turns::of_client(w);
                     while !stop.load(Ordering::Relaxed) {
-                        let q = &data.queries[i % data.queries.len()];
-                        i += 1;
+                        let q = turns.next(&data.queries);
                         let t0 = Instant::now();
                         let done = target.search(q, k, None).await.ok().map(|_| 1);
                         record.at(t0, |s| finished(&mut s.searches, t0, done));
