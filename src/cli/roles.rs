@@ -233,9 +233,16 @@ pub struct ReadArgs {
     #[arg(long, env = "REDREC_GROUP_K_LOSS")]
     pub group_k_loss: Option<f64>,
     /// Search groups whose replicas share nodes in one call per node (`on`), or one call
-    /// per group (`off`). Reads of any replica only: strong reads go to each leader.
-    #[arg(long, env = "REDREC_BATCH_GROUPS", default_value = "off", value_parser = ["on", "off"])]
-    pub batch_groups: String,
+    /// per group (`off`; also true/false, yes/no, 1/0). Reads of any replica only: strong
+    /// reads go to each leader.
+    #[arg(
+        long,
+        env = "REDREC_BATCH_GROUPS",
+        default_value = "off",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub batch_groups: bool,
 }
 
 impl ReadArgs {
@@ -521,8 +528,37 @@ impl RouterArgs {
             tls_ca,
             reads: Arc::new(self.reads.policy()?),
             group_k_loss: self.reads.group_k_loss()?,
-            batch_groups: self.reads.batch_groups == "on",
+            batch_groups: self.reads.batch_groups,
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ReadArgs;
+
+    #[derive(Parser)]
+    struct Reads {
+        #[command(flatten)]
+        reads: ReadArgs,
+    }
+
+    #[test]
+    fn batch_groups_takes_on_and_off_and_the_usual_booleans_and_refuses_anything_else() {
+        let parse = |args: &[&str]| {
+            Reads::try_parse_from(std::iter::once("router").chain(args.iter().copied()))
+                .map(|r| r.reads.batch_groups)
+        };
+        assert!(parse(&["--batch-groups", "on"]).unwrap());
+        assert!(!parse(&["--batch-groups", "off"]).unwrap());
+        assert!(parse(&["--batch-groups", "true"]).unwrap());
+        assert!(!parse(&["--batch-groups", "0"]).unwrap());
+        assert!(parse(&["--batch-groups", "sometimes"]).is_err());
+        if std::env::var_os("REDREC_BATCH_GROUPS").is_none() {
+            assert!(!parse(&[]).unwrap(), "off unless asked for");
+        }
     }
 }
