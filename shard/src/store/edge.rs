@@ -32,7 +32,7 @@ use redrec_shard_api::points::{
     Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
-use super::config::{edge_config, set_merge_cap, QUIET};
+use super::config::{edge_config, set_merge_cap, Writes, QUIET};
 use super::footprint;
 use super::journal::{Journal, Op};
 use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
@@ -68,6 +68,8 @@ pub(super) struct Core {
     last_write: Mutex<Option<Instant>>,
     /// Writes are quiet and the optimisers, run since, found nothing left to do.
     settled: AtomicBool,
+    /// Points held when the store opened or last settled: what writes stream onto.
+    catalogue: AtomicU64,
     /// Where the bytes are, and when they were measured: from the files at the last
     /// flush, or during a long optimisation from the files as they are (between flushes,
     /// files written through memory maps may not show all they hold).
@@ -160,17 +162,24 @@ impl Core {
         }
         let Ok(guard) = self.engine() else { return };
         let Some(shard) = guard.as_ref() else { return };
-        let streaming = lock(&self.last_write).is_some_and(|at| at.elapsed() < QUIET);
-        set_merge_cap(shard, self.dim, streaming);
+        let recent = lock(&self.last_write).is_some_and(|at| at.elapsed() < QUIET);
+        let points = || shard.info().points_count as u64;
+        let writes = if recent {
+            Writes::recent(points(), self.catalogue.load(Ordering::Relaxed), self.dim)
+        } else {
+            Writes::Quiet
+        };
+        set_merge_cap(shard, writes);
         self.indexing.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let optimized = shard.optimize();
-        drop(guard);
         let written = lock(&self.last_write).is_some_and(|at| at >= started);
-        self.settled.store(
-            !streaming && matches!(optimized, Ok(false)) && !written,
-            Ordering::Relaxed,
-        );
+        let settled = !recent && matches!(optimized, Ok(false)) && !written;
+        let was_settled = self.settled.swap(settled, Ordering::Relaxed);
+        if settled && !was_settled {
+            self.catalogue.store(points(), Ordering::Relaxed);
+        }
+        drop(guard);
         match optimized {
             Ok(true) => {
                 self.builds.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +252,7 @@ impl EdgeStore {
         for op in replay {
             apply(&shard, op)?;
         }
+        let catalogue = shard.info().points_count as u64;
         let core = Arc::new(Core {
             path: path.to_path_buf(),
             dim,
@@ -255,6 +265,7 @@ impl EdgeStore {
             builds: AtomicU64::new(0),
             last_write: Mutex::new(None),
             settled: AtomicBool::new(false),
+            catalogue: AtomicU64::new(catalogue),
             footprint: Mutex::new((Memory::default(), Instant::now())),
         });
         core.checkpoint(true)?;

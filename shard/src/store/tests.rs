@@ -342,36 +342,49 @@ fn int8_on_disk_takes_effect_and_cuts_vector_ram() {
 }
 
 #[test]
-fn a_stream_caps_merges_and_the_store_settles_once_writes_pause() {
+fn a_stream_onto_a_settled_catalogue_caps_merges_and_a_load_does_not() {
     use super::config::{segment_cap_kb, Writes, QUIET};
     let dir = tempfile::tempdir().unwrap();
     let store = EdgeStore::open(dir.path(), 32, &small_threshold()).unwrap();
     let vectors = clustered(6_000, 32, 4);
-    let mut capped = false;
-    for (i, chunk) in vectors.chunks(300).enumerate() {
+    let (load, stream) = vectors.split_at(3_000);
+    let quiet = Some(segment_cap_kb(Writes::Quiet));
+    let settle = || {
+        assert!(
+            wait_for(QUIET + std::time::Duration::from_secs(60), || {
+                store.stats().unwrap().settled
+            }),
+            "the store never settled: {:?}",
+            store.stats().unwrap()
+        );
+    };
+    // A load into an empty store is not a stream: the engine merges as it would at rest.
+    for (i, chunk) in load.chunks(300).enumerate() {
         store.upsert(points(chunk, i * 300)).unwrap();
+        assert!(!store.stats().unwrap().settled, "a write just came");
+        assert_eq!(store.core.merge_cap(), quiet, "a load was capped");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    settle();
+    let mut capped = false;
+    for (i, chunk) in stream.chunks(300).enumerate() {
+        store.upsert(points(chunk, load.len() + i * 300)).unwrap();
         assert!(!store.stats().unwrap().settled, "a write just came");
         let streaming = segment_cap_kb(Writes::Streaming {
             vector_bytes: store.stats().unwrap().points as u64 * 32 * 4,
         });
         // The indexer sets the cap at its next turn (the shard grows meanwhile, and at
         // this size the cap is the floor whatever it holds).
-        assert_ne!(streaming, segment_cap_kb(Writes::Quiet));
+        assert_ne!(Some(streaming), quiet);
         capped |= store.core.merge_cap() == Some(streaming);
         std::thread::sleep(std::time::Duration::from_millis(150));
     }
     assert!(capped, "the stream's merge cap was never set");
-    assert!(
-        wait_for(QUIET + std::time::Duration::from_secs(60), || {
-            store.stats().unwrap().settled
-        }),
-        "the store never settled: {:?}",
-        store.stats().unwrap()
-    );
+    settle();
     let stats = store.stats().unwrap();
     assert_eq!(stats.points, vectors.len());
     assert!(!stats.indexing);
-    assert_eq!(store.core.merge_cap(), Some(segment_cap_kb(Writes::Quiet)));
+    assert_eq!(store.core.merge_cap(), quiet);
     store.upsert(points(&vectors[..1], 0)).unwrap();
     assert!(!store.stats().unwrap().settled);
 }
