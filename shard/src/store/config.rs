@@ -111,8 +111,8 @@ impl Writes {
 /// stream, the cap is a quarter of the shard: big segments are left alone, fresh ones
 /// are merged among themselves (size-tiered: a segment is only merged with ones of its
 /// tier), and the shard settles into large segments once the writes pause. A load is not
-/// a stream: capped, it would build the catalogue as many small graphs and merge them
-/// after (slower to settle, and the merged graph cost 25% more CPU per query at 1M).
+/// a stream (see [`Writes::recent`]): capped, it built its catalogue as 64 MiB segments
+/// and merged them after it ended, slower to settle and slower to search.
 pub(super) fn segment_cap_kb(writes: Writes) -> usize {
     let at_rest = *AT_REST_KB;
     match writes {
