@@ -36,7 +36,7 @@ pub(super) fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig>
     .map_err(engine)?;
     let optimizers = EdgeOptimizersConfig {
         indexing_threshold: Some(c.indexing_threshold_kb),
-        max_segment_size: Some(segment_cap_kb(Writes::Quiet)),
+        max_segment_size: Some(segment_cap_kb(Writes::AtRest)),
         ..Default::default()
     };
     let mut config = EdgeConfigBuilder::new()
@@ -61,8 +61,8 @@ pub(super) fn edge_config(dim: usize, c: &Collection) -> StoreResult<EdgeConfig>
 /// Writes stop counting as a stream once none has come for this long.
 pub(super) const QUIET: Duration = Duration::from_secs(5);
 /// Writes count as a stream only while they have not grown the shard past this many times
-/// the catalogue it held when it last settled; beyond that (or into an empty shard) they
-/// are a load, which builds its segments as the engine would at rest.
+/// the catalogue it held when its indexer last caught up with them; beyond that (or into
+/// an empty shard) they are a load, which builds its segments as the engine would at rest.
 const LOAD_GROWTH: u64 = 2;
 /// While writes stream, a segment grows by merges to at most this share of the shard's
 /// vectors...
@@ -79,23 +79,23 @@ static AT_REST_KB: LazyLock<usize> = LazyLock::new(|| {
 /// How writes stand, for the merge policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Writes {
-    /// Writes came within [`QUIET`] and add to a settled catalogue; the shard holds this
-    /// many bytes of vectors.
+    /// Writes came within [`QUIET`] and add to the catalogue the indexer last caught up
+    /// with; the shard holds this many bytes of vectors.
     Streaming { vector_bytes: u64 },
-    /// No write within [`QUIET`], or the writes are a load.
-    Quiet,
+    /// No write within [`QUIET`], or the writes are a load: segments merge as at rest.
+    AtRest,
 }
 
 impl Writes {
     /// Writes that came within [`QUIET`] to a shard of `points` `dim`-d vectors, of which
-    /// `catalogue` were there when it last settled.
+    /// `catalogue` were there when its indexer last caught up.
     pub(super) fn recent(points: u64, catalogue: u64, dim: usize) -> Self {
         if catalogue > 0 && points <= catalogue.saturating_mul(LOAD_GROWTH) {
             Writes::Streaming {
                 vector_bytes: points * dim as u64 * 4,
             }
         } else {
-            Writes::Quiet
+            Writes::AtRest
         }
     }
 }
@@ -116,7 +116,7 @@ impl Writes {
 pub(super) fn segment_cap_kb(writes: Writes) -> usize {
     let at_rest = *AT_REST_KB;
     match writes {
-        Writes::Quiet => at_rest,
+        Writes::AtRest => at_rest,
         Writes::Streaming { vector_bytes } => {
             let share = usize::try_from(vector_bytes / STREAM_SHARE / 1024).unwrap_or(usize::MAX);
             share.max(STREAM_FLOOR_KB).min(at_rest)
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_stream_caps_merges_at_a_quarter_of_the_shard_within_the_floor_and_the_rest_cap() {
-        let at_rest = segment_cap_kb(Writes::Quiet);
+        let at_rest = segment_cap_kb(Writes::AtRest);
         assert!(at_rest >= AT_REST_PER_THREAD_KB);
         let streaming = |points: u64| {
             segment_cap_kb(Writes::Streaming {
@@ -164,7 +164,7 @@ mod tests {
         let streaming = |points: u64| Writes::Streaming {
             vector_bytes: points * 64 * 4,
         };
-        assert_eq!(Writes::recent(5_000, 0, 64), Writes::Quiet);
+        assert_eq!(Writes::recent(5_000, 0, 64), Writes::AtRest);
         assert_eq!(
             Writes::recent(1_000_000, 1_000_000, 64),
             streaming(1_000_000)
@@ -173,7 +173,7 @@ mod tests {
             Writes::recent(2_000_000, 1_000_000, 64),
             streaming(2_000_000)
         );
-        assert_eq!(Writes::recent(2_000_001, 1_000_000, 64), Writes::Quiet);
+        assert_eq!(Writes::recent(2_000_001, 1_000_000, 64), Writes::AtRest);
         // Deletes shrink the shard below its catalogue: still a stream.
         assert_eq!(Writes::recent(900, 1_000, 64), streaming(900));
     }

@@ -68,7 +68,8 @@ pub(super) struct Core {
     last_write: Mutex<Option<Instant>>,
     /// Writes are quiet and the optimisers, run since, found nothing left to do.
     settled: AtomicBool,
-    /// Points held when the store opened or last settled: what writes stream onto.
+    /// Points held when the store opened or its indexer last caught up with the writes
+    /// (settling, or while they continue): what writes stream onto.
     catalogue: AtomicU64,
     /// Where the bytes are, and when they were measured: from the files at the last
     /// flush, or during a long optimisation from the files as they are (between flushes,
@@ -167,16 +168,18 @@ impl Core {
         let writes = if recent {
             Writes::recent(points(), self.catalogue.load(Ordering::Relaxed), self.dim)
         } else {
-            Writes::Quiet
+            Writes::AtRest
         };
         set_merge_cap(shard, writes);
         self.indexing.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let optimized = shard.optimize();
         let written = lock(&self.last_write).is_some_and(|at| at >= started);
-        let settled = !recent && matches!(optimized, Ok(false)) && !written;
-        let was_settled = self.settled.swap(settled, Ordering::Relaxed);
-        if settled && !was_settled {
+        let caught_up = matches!(optimized, Ok(false)) && !written;
+        let was_settled = self.settled.swap(caught_up && !recent, Ordering::Relaxed);
+        // Writes the indexer keeps up with stream onto what it has caught up with; writes
+        // that outrun it (a load) leave the catalogue where it was.
+        if caught_up && (recent || !was_settled) {
             self.catalogue.store(points(), Ordering::Relaxed);
         }
         drop(guard);
@@ -200,9 +203,7 @@ impl Core {
     /// The engine's merge cap now (KiB).
     #[cfg(test)]
     pub(super) fn merge_cap(&self) -> Option<usize> {
-        let guard = self.engine().ok()?;
-        let cap = guard.as_ref()?.config().optimizers.max_segment_size;
-        cap
+        (self.engine().ok()).and_then(|guard| guard.as_ref()?.config().optimizers.max_segment_size)
     }
 
     fn checkpoint_now(&self, always: bool, last: &mut Instant) {

@@ -342,49 +342,76 @@ fn int8_on_disk_takes_effect_and_cuts_vector_ram() {
 }
 
 #[test]
-fn a_stream_onto_a_settled_catalogue_caps_merges_and_a_load_does_not() {
+fn a_stream_onto_the_indexed_catalogue_caps_merges_and_a_load_does_not() {
     use super::config::{segment_cap_kb, Writes, QUIET};
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let store = EdgeStore::open(dir.path(), 32, &small_threshold()).unwrap();
-    let vectors = clustered(6_000, 32, 4);
-    let (load, stream) = vectors.split_at(3_000);
-    let quiet = Some(segment_cap_kb(Writes::Quiet));
+    let vectors = clustered(9_000, 32, 4);
+    let at_rest = Some(segment_cap_kb(Writes::AtRest));
+    let stream_cap = |store: &EdgeStore| {
+        Some(segment_cap_kb(Writes::Streaming {
+            vector_bytes: store.stats().unwrap().points as u64 * 32 * 4,
+        }))
+    };
     let settle = || {
         assert!(
-            wait_for(QUIET + std::time::Duration::from_secs(60), || {
+            wait_for(QUIET + Duration::from_secs(60), || {
                 store.stats().unwrap().settled
             }),
             "the store never settled: {:?}",
             store.stats().unwrap()
         );
     };
-    // A load into an empty store is not a stream: the engine merges as it would at rest.
-    for (i, chunk) in load.chunks(300).enumerate() {
-        store.upsert(points(chunk, i * 300)).unwrap();
-        assert!(!store.stats().unwrap().settled, "a write just came");
-        assert_eq!(store.core.merge_cap(), quiet, "a load was capped");
-        std::thread::sleep(std::time::Duration::from_millis(150));
+    // A load into an empty store is not a stream: until its first build is done, the
+    // engine merges as it would at rest.
+    store.upsert(points(&vectors[..3_000], 0)).unwrap();
+    let built = wait_for(Duration::from_secs(60), || {
+        // The cap is read first: if no build had finished after it, it was the load's.
+        let cap = store.core.merge_cap();
+        let built = store.stats().unwrap().builds > 0;
+        assert!(built || cap == at_rest, "a load was capped");
+        built
+    });
+    assert!(
+        built,
+        "the load was never built: {:?}",
+        store.stats().unwrap()
+    );
+    // Writes that go on at once, without a pause, stream onto what the indexer caught up
+    // with: at this size the cap is the floor whatever the store holds.
+    assert_ne!(stream_cap(&store), at_rest);
+    let mut next = 3_000;
+    while next < 6_000 && store.core.merge_cap() != stream_cap(&store) {
+        store
+            .upsert(points(&vectors[next..next + 30], next))
+            .unwrap();
+        next += 30;
+        std::thread::sleep(Duration::from_millis(150));
     }
+    assert_eq!(
+        store.core.merge_cap(),
+        stream_cap(&store),
+        "a stream that followed a load without a pause was never capped"
+    );
+    assert!(!store.stats().unwrap().settled, "writes kept coming");
     settle();
+    // After it settled, a stream onto the settled catalogue is capped too.
     let mut capped = false;
-    for (i, chunk) in stream.chunks(300).enumerate() {
-        store.upsert(points(chunk, load.len() + i * 300)).unwrap();
+    for chunk in vectors[6_000..].chunks(300) {
+        store.upsert(points(chunk, next)).unwrap();
+        next += chunk.len();
         assert!(!store.stats().unwrap().settled, "a write just came");
-        let streaming = segment_cap_kb(Writes::Streaming {
-            vector_bytes: store.stats().unwrap().points as u64 * 32 * 4,
-        });
-        // The indexer sets the cap at its next turn (the shard grows meanwhile, and at
-        // this size the cap is the floor whatever it holds).
-        assert_ne!(Some(streaming), quiet);
-        capped |= store.core.merge_cap() == Some(streaming);
-        std::thread::sleep(std::time::Duration::from_millis(150));
+        // The indexer sets the cap at its next turn.
+        capped |= store.core.merge_cap() == stream_cap(&store);
+        std::thread::sleep(Duration::from_millis(150));
     }
     assert!(capped, "the stream's merge cap was never set");
     settle();
     let stats = store.stats().unwrap();
-    assert_eq!(stats.points, vectors.len());
+    assert_eq!(stats.points, next);
     assert!(!stats.indexing);
-    assert_eq!(store.core.merge_cap(), quiet);
+    assert_eq!(store.core.merge_cap(), at_rest);
     store.upsert(points(&vectors[..1], 0)).unwrap();
     assert!(!store.stats().unwrap().settled);
 }
