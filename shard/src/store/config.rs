@@ -160,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_stream_onto_a_settled_catalogue_and_load_into_an_empty_or_outgrown_one() {
+    fn writes_stream_onto_a_catalogue_and_load_into_an_empty_or_outgrown_one() {
         let streaming = |points: u64| Writes::Streaming {
             vector_bytes: points * 64 * 4,
         };
