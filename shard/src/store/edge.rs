@@ -163,24 +163,24 @@ impl Core {
         }
         let Ok(guard) = self.engine() else { return };
         let Some(shard) = guard.as_ref() else { return };
+        let started = Instant::now();
         let recent = lock(&self.last_write).is_some_and(|at| at.elapsed() < QUIET);
-        let points = || shard.info().points_count as u64;
-        let writes = if recent {
-            Writes::recent(points(), self.catalogue.load(Ordering::Relaxed), self.dim)
-        } else {
-            Writes::AtRest
-        };
+        let was_settled = self.settled.load(Ordering::Relaxed);
+        // Read once, and only while writes are recent or on a turn that may settle the store.
+        let points = (recent || !was_settled).then(|| shard.info().points_count as u64);
+        let catalogue = self.catalogue.load(Ordering::Relaxed);
+        let writes = (points.filter(|_| recent))
+            .map_or(Writes::AtRest, |p| Writes::recent(p, catalogue, self.dim));
         set_merge_cap(shard, writes);
         self.indexing.store(true, Ordering::Relaxed);
-        let started = Instant::now();
         let optimized = shard.optimize();
         let written = lock(&self.last_write).is_some_and(|at| at >= started);
         let caught_up = matches!(optimized, Ok(false)) && !written;
-        let was_settled = self.settled.swap(caught_up && !recent, Ordering::Relaxed);
-        // Writes the indexer keeps up with stream onto what it has caught up with; writes
-        // that outrun it (a load) leave the catalogue where it was.
-        if caught_up && (recent || !was_settled) {
-            self.catalogue.store(points(), Ordering::Relaxed);
+        self.settled.store(caught_up && !recent, Ordering::Relaxed);
+        // Writes the indexer keeps up with stream onto what it has caught up with (no write
+        // came since `points` was read); writes that outrun it (a load) leave it as it was.
+        if let Some(points) = points.filter(|_| caught_up) {
+            self.catalogue.store(points, Ordering::Relaxed);
         }
         drop(guard);
         match optimized {
