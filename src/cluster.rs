@@ -155,6 +155,7 @@ pub async fn run(cmd: ClusterCommand, http: reqwest::Client) -> Result<()> {
                 id: a.node,
                 addr: a.addr.trim_end_matches('/').to_string(),
                 spare: true,
+                cpus: None,
             };
             change(&a.meta, cmd, &http).await
         }

@@ -20,6 +20,10 @@ pub struct NodeInfo {
     /// Joined to host new groups (started with seeds and no groups of its own).
     #[serde(default)]
     pub spare: bool,
+    /// The CPUs the node runs on, as [`NodeInfo::cpus`] says them: nodes that name the
+    /// same ones compete for them (`None`: not said, a CPU pool of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,10 +124,14 @@ pub enum MetaCommand {
         groups: BTreeMap<u64, Vec<u64>>,
         settings: Settings,
     },
+    /// A node joins, or says again where it listens and what CPUs it runs on.
     AddNode {
         id: u64,
         addr: String,
         spare: bool,
+        /// `None` leaves what the map has (the admin command cannot know it).
+        #[serde(default)]
+        cpus: Option<String>,
     },
     /// A new group on spare nodes that host no group yet.
     CreateGroup {
@@ -274,7 +282,17 @@ impl ClusterMap {
                 self.slots = (0..SLOTS).map(|s| ids[s * ids.len() / SLOTS]).collect();
                 self.nodes = nodes
                     .into_iter()
-                    .map(|(id, addr)| (id, NodeInfo { addr, spare: false }))
+                    .map(|(id, addr)| {
+                        let spare = false;
+                        (
+                            id,
+                            NodeInfo {
+                                addr,
+                                spare,
+                                cpus: None,
+                            },
+                        )
+                    })
                     .collect();
                 self.groups = groups
                     .into_iter()
@@ -290,14 +308,23 @@ impl ClusterMap {
                     .collect();
                 self.settings = settings;
             }
-            AddNode { id, addr, spare } => {
+            AddNode {
+                id,
+                addr,
+                spare,
+                cpus,
+            } => {
                 // A node once spare stays spare: its groups were formed from it.
                 let node = self.nodes.entry(id).or_insert(NodeInfo {
                     addr: addr.clone(),
                     spare,
+                    cpus: None,
                 });
                 node.addr = addr;
                 node.spare |= spare;
+                if cpus.is_some() {
+                    node.cpus = cpus;
+                }
             }
             CreateGroup { id, replicas } => {
                 if self.groups.contains_key(&id) {
@@ -404,6 +431,7 @@ mod tests {
                 id: n,
                 addr: format!("http://n{n}"),
                 spare: true,
+                cpus: None,
             })
             .unwrap();
         }
@@ -437,6 +465,34 @@ mod tests {
         }
         assert!(map.apply(MetaCommand::Rebalance).is_ok());
         assert_eq!(map.version, 2);
+    }
+
+    #[test]
+    fn a_node_says_its_cpus_and_an_admin_add_keeps_them() {
+        let mut map = two_groups();
+        let add = |cpus: Option<&str>| MetaCommand::AddNode {
+            id: 1,
+            addr: "http://n1".into(),
+            spare: false,
+            cpus: cpus.map(str::to_string),
+        };
+        assert_eq!(map.nodes[&1].cpus, None, "not said yet");
+        map.apply(add(Some("boot-a cpus 0-3"))).unwrap();
+        map.apply(add(None)).unwrap();
+        assert_eq!(map.nodes[&1].cpus.as_deref(), Some("boot-a cpus 0-3"));
+        map.apply(add(Some("boot-a cpus 2"))).unwrap();
+        assert_eq!(map.nodes[&1].cpus.as_deref(), Some("boot-a cpus 2"));
+        // Commands and maps written before nodes said their CPUs still read.
+        let old: MetaCommand =
+            serde_json::from_str(r#"{"add_node":{"id":4,"addr":"http://n4","spare":true}}"#)
+                .unwrap();
+        let said_nothing = MetaCommand::AddNode {
+            id: 4,
+            addr: "http://n4".into(),
+            spare: true,
+            cpus: None,
+        };
+        assert_eq!(old, said_nothing);
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Node {
     }
 
     /// One look at the cluster map: learn node addresses, register this node if the map
-    /// does not know it (as it is), and open the replicas the map gives it.
+    /// does not know it (as it is: where it listens, what CPUs it runs on), and open the replicas the map gives it.
     async fn sync_with_map(self: &Arc<Self>) {
         let members = self.meta_addrs();
         // The first member that answers: a map a little behind is caught up next time.
@@ -77,15 +77,17 @@ impl Node {
             }
         }
         let spare = self.cfg.groups.is_empty() && !self.cfg.seeds.is_empty();
-        let known = map
-            .nodes
-            .get(&self.id)
-            .is_some_and(|n| n.addr == self.advertise && n.spare >= spare);
+        // Read each time: a node can be moved onto other CPUs while it runs.
+        let cpus = super::cpus::pool();
+        let known = map.nodes.get(&self.id).is_some_and(|n| {
+            n.addr == self.advertise && n.spare >= spare && (cpus.is_none() || n.cpus == cpus)
+        });
         if !known {
             let cmd = MetaCommand::AddNode {
                 id: self.id,
                 addr: self.advertise.clone(),
                 spare,
+                cpus,
             };
             match meta::propose(&self.http, &members, &cmd).await {
                 Ok(_) => tracing::info!(node = self.id, spare, "registered with the cluster"),

@@ -12,6 +12,7 @@
 //! shard group's replica is opened through the [`GroupFactory`] the node is given; the
 //! node itself never names the storage engine.
 
+mod cpus;
 mod follow;
 pub mod replica;
 
