@@ -1,8 +1,8 @@
 //! Fan-out on real processes: a replica slowed by fault injection no longer sets a
 //! recommend's latency once reads are hedged (and the hedge metrics say so), while a
 //! router without hedging waits for it; a group whose every replica is slower than the
-//! attempt timeout still answers within the deadline; and payloads fetched after the merge are the ones
-//! that come with the hits.
+//! attempt timeout still answers within the deadline; payloads fetched after the merge are the ones
+//! that come with the hits; and nodes on the same CPUs are read as one.
 
 mod support;
 
@@ -252,6 +252,78 @@ fn groups_sharing_nodes_are_searched_in_one_call_with_the_same_answers() {
         assert_eq!(b["coverage"]["answered"], 3, "{b}");
         assert!(took < Duration::from_millis(2500), "{took:?}");
     }
+}
+
+#[test]
+fn nodes_on_the_same_cpus_are_read_as_one_unless_told_to_spread() {
+    let fleet = Fleet::start(2, 2);
+    let addrs = &fleet.addrs;
+    // Both nodes run on this machine's CPUs, and say so in the map.
+    support::raft::eventually(Duration::from_secs(30), "the nodes said their CPUs", || {
+        let (_, map) = get(&format!("{}/v1/meta/map", addrs[0]));
+        let said: Vec<&str> = ["1", "2"]
+            .iter()
+            .filter_map(|n| map["nodes"][n]["cpus"].as_str())
+            .collect();
+        said.len() == 2 && said[0] == said[1]
+    });
+    let router = |name: &str, spread: &str| {
+        let flags = [
+            "--batch-groups",
+            "on",
+            "--hedge",
+            "off",
+            "--read-spread",
+            spread,
+        ];
+        fleet.router(name, &flags)
+    };
+    let (by_cpus, by_replicas) = (
+        router("router-cpus", "cpus"),
+        router("router-replicas", "replicas"),
+    );
+    let (s, b) = post(
+        &format!("{}/v1/items/vectors", by_cpus.addr),
+        &vector_items(0, 300),
+    );
+    assert_eq!(s, 200, "{b}");
+    fleet.wait_replicated(2, 300);
+
+    // Four clients at once, 30 searches each: each node's share of the calls.
+    let calls = |router: &str| -> Vec<f64> {
+        let before: Vec<f64> = addrs
+            .iter()
+            .map(|a| requests_on(a, "/v1/search/groups"))
+            .collect();
+        std::thread::scope(|scope| {
+            for c in 0..4 {
+                scope.spawn(move || {
+                    for i in 0..30 {
+                        let body = json!({"vectors": [vector(c * 30 + i)], "k": 10});
+                        let (s, b) = post(&format!("{router}/v1/search"), &body);
+                        assert_eq!(s, 200, "{b}");
+                        assert_eq!(b["coverage"]["answered"], 2, "{b}");
+                    }
+                });
+            }
+        });
+        addrs
+            .iter()
+            .zip(before)
+            .map(|(a, b)| requests_on(a, "/v1/search/groups") - b)
+            .collect()
+    };
+    // On the same CPUs: every call to the set's own node, however many are in flight.
+    let mut one = calls(&by_cpus.addr);
+    one.sort_by(f64::total_cmp);
+    assert_eq!(one, [0.0, 120.0], "calls per node");
+    // Spread over the replicas: the other node takes calls while the first is busy.
+    let spread = calls(&by_replicas.addr);
+    assert_eq!(spread.iter().sum::<f64>(), 120.0, "{spread:?}");
+    assert!(
+        spread.iter().all(|&n| n > 0.0),
+        "calls per node: {spread:?}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use redrec_shard_api::map::NodeInfo;
 use redrec_shard_api::meta::fetch_map;
 use redrec_shard_api::reads::ReadPolicy;
 use redrec_shard_api::ClusterMap;
@@ -39,13 +40,31 @@ pub struct CoHosted {
     pub nodes: Group,
 }
 
+/// Each replica's CPU pool, from what its node says of its CPUs (`cpus[i]`, replica
+/// `i`'s): replicas naming the same CPUs share a pool; one naming none has its own.
+fn pools(cpus: &[Option<&str>]) -> Vec<usize> {
+    let mut named: Vec<Option<&str>> = Vec::with_capacity(cpus.len());
+    cpus.iter()
+        .map(
+            |c| match c.and_then(|c| named.iter().position(|&n| n == Some(c))) {
+                Some(pool) => pool,
+                None => {
+                    named.push(*c);
+                    named.len() - 1
+                }
+            },
+        )
+        .collect()
+}
+
 /// The co-hosted sets of `groups` (by their replicas' addresses).
-/// `ids[i]` is group `i`'s id.
+/// `ids[i]` is group `i`'s id; `cpus` what a node at an address says of its CPUs.
 fn co_hosted(
     groups: &[Arc<Group>],
     ids: &[u64],
     http: &reqwest::Client,
     reads: &Arc<ReadPolicy>,
+    cpus: impl Fn(&str) -> Option<String>,
 ) -> Vec<Arc<CoHosted>> {
     let mut by_nodes: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
     for g in groups {
@@ -57,11 +76,14 @@ fn co_hosted(
         .into_iter()
         .filter(|(_, groups)| groups.len() > 1)
         .map(|(nodes, groups)| {
+            let named: Vec<Option<String>> = nodes.iter().map(|a| cpus(a)).collect();
+            let named: Vec<Option<&str>> = named.iter().map(Option::as_deref).collect();
             let nodes = nodes
                 .into_iter()
                 .map(|a| ShardClient::new(a, http.clone()))
                 .collect();
-            let mut set = Group::with_policy(groups[0], nodes, reads.clone());
+            let mut set =
+                Group::with_policy(groups[0], nodes, reads.clone()).in_pools(pools(&named));
             set.label = groups
                 .iter()
                 .map(usize::to_string)
@@ -208,29 +230,43 @@ impl Cluster {
     }
 
     /// The groups of a cluster map, in group-id order; slot owners index into them.
+    /// Replicas whose nodes say they run on the same CPUs are read as one when the read
+    /// policy says so.
     pub fn from_map(map: ClusterMap, http: &reqwest::Client, reads: &Arc<ReadPolicy>) -> Self {
         let ids: Vec<u64> = map.groups.keys().copied().collect();
+        fn said(n: &NodeInfo, by_cpus: bool) -> Option<&str> {
+            n.cpus.as_deref().filter(|_| by_cpus)
+        }
+        let cpus = |n| said(n, reads.by_cpus);
         let groups: Vec<Arc<Group>> = map
             .groups
             .iter()
             .enumerate()
             .map(|(i, (&g, info))| {
-                let replicas = info
+                let nodes: Vec<&NodeInfo> = info
                     .replicas
                     .iter()
                     .filter_map(|n| map.nodes.get(n))
+                    .collect();
+                let replicas = nodes
+                    .iter()
                     .map(|n| ShardClient::replica(n.addr.clone(), g, http.clone()))
                     .collect();
-                Arc::new(Group::with_policy(i, replicas, reads.clone()))
+                let named: Vec<Option<&str>> = nodes.iter().map(|n| cpus(n)).collect();
+                Arc::new(Group::with_policy(i, replicas, reads.clone()).in_pools(pools(&named)))
             })
             .collect();
+        let cpus_at = |addr: &str| {
+            let node = map.nodes.values().find(|n| n.addr == addr);
+            node.and_then(cpus).map(str::to_string)
+        };
         let owners = map
             .slots
             .iter()
             .map(|g| ids.binary_search(g).unwrap_or(0))
             .collect();
         Self {
-            co_hosted: co_hosted(&groups, &ids, http, reads),
+            co_hosted: co_hosted(&groups, &ids, http, reads, cpus_at),
             groups,
             slots: SlotTable::from_owners(owners),
             replicated: true,
@@ -257,7 +293,7 @@ impl Cluster {
             .collect();
         let ids: Vec<u64> = (0..groups.len() as u64).collect();
         Self {
-            co_hosted: co_hosted(&groups, &ids, &http, reads),
+            co_hosted: co_hosted(&groups, &ids, &http, reads, |_| None),
             slots: SlotTable::even(groups.len()),
             groups,
             replicated: true,
@@ -350,5 +386,47 @@ mod tests {
         let others = ids.iter().filter(|id| slot_of(id) as u16 != moving).count();
         let total: usize = split.iter().map(Vec::len).sum();
         assert_eq!(total, others + 2 * (ids.len() - others));
+    }
+
+    #[test]
+    fn replicas_on_the_same_cpus_share_a_pool_when_the_policy_says_so() {
+        assert_eq!(pools(&[Some("a"), Some("b"), Some("a")]), [0, 1, 0]);
+        assert_eq!(pools(&[None, None, Some("a"), Some("a")]), [0, 1, 2, 2]);
+
+        let mut map = ClusterMap::default();
+        let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
+        let groups = [(0, vec![1, 2, 3]), (1, vec![3, 2, 1])].into();
+        let settings = Settings::new(64, 3);
+        map.apply(MetaCommand::Init {
+            nodes,
+            groups,
+            settings,
+        })
+        .unwrap();
+        for (id, cpus) in [(1, "m1 cpus 0-3"), (2, "m1 cpus 0-3"), (3, "m2 cpus 0-3")] {
+            let addr = format!("http://n{id}");
+            let (spare, cpus) = (false, Some(cpus.to_string()));
+            map.apply(MetaCommand::AddNode {
+                id,
+                addr,
+                spare,
+                cpus,
+            })
+            .unwrap();
+        }
+        let http = reqwest::Client::new();
+        let by_cpus = Arc::new(ReadPolicy {
+            by_cpus: true,
+            ..ReadPolicy::default()
+        });
+        let pooled = Cluster::from_map(map.clone(), &http, &by_cpus);
+        assert_eq!(pooled.groups[0].pools(), [0, 0, 1]);
+        assert_eq!(pooled.groups[1].pools(), [0, 1, 1], "nodes 3, 2, 1");
+        // The set of both groups on nodes 1-3, by address.
+        assert_eq!(pooled.co_hosted[0].nodes.pools(), [0, 0, 1]);
+
+        let apart = Cluster::from_map(map, &http, &Arc::default());
+        assert_eq!(apart.groups[0].pools(), [0, 1, 2]);
+        assert_eq!(apart.co_hosted[0].nodes.pools(), [0, 1, 2]);
     }
 }

@@ -1,7 +1,8 @@
 //! One shard group as its callers see it: a lone shard, or the replicas of a Raft group.
 //! Writes find the leader (following `not_leader` hints, backing off while there is
-//! none); reads go to the replica with the fewest requests in flight (the group's own
-//! replica among equals), fail over to the next, and are hedged as [`ReadPolicy`] says.
+//! none); reads go to the replica with the fewest requests in flight (replicas on the
+//! same CPUs as one, the group's own replica among equals), fail over to the next, and
+//! are hedged as [`ReadPolicy`] says.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,8 @@ pub struct Group {
     /// Answered reads' latency, and requests in flight per replica.
     latency: Latency,
     outstanding: Vec<Outstanding>,
+    /// Each replica's CPU pool: replicas in one are read as one (see [`reads::order`]).
+    pools: Vec<usize>,
 }
 
 impl Group {
@@ -43,11 +46,24 @@ impl Group {
             label: index.to_string(),
             index,
             outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
+            pools: (0..replicas.len()).collect(),
             replicas,
             leader: AtomicUsize::new(0),
             latency: Latency::new(),
             policy,
         }
+    }
+
+    /// The group with each replica's CPU pool (`pools[i]`, replica `i`'s): replicas on
+    /// the same CPUs are read as one. Without it each replica is a pool of its own.
+    pub fn in_pools(mut self, pools: Vec<usize>) -> Self {
+        assert_eq!(pools.len(), self.replicas.len(), "one pool per replica");
+        self.pools = pools;
+        self
+    }
+
+    pub fn pools(&self) -> &[usize] {
+        &self.pools
     }
 
     pub fn leader_hint(&self) -> usize {
@@ -125,10 +141,11 @@ impl Group {
     /// goes to the next replica as well (if the budget allows): the first answer wins and
     /// the other call is dropped, which cancels it.
     ///
-    /// Replicas are tried fewest requests in flight first. Among equals the group's own
-    /// replica, its index modulo the replicas, comes first: groups spread over the nodes,
-    /// and each node's copy of a group stays hot in memory for that group's reads instead
-    /// of every node paging in every group.
+    /// Replicas are tried fewest requests in flight first, replicas on the same CPUs as
+    /// one ([`reads::order`]). Among equals the group's own replica, its index modulo the
+    /// replicas, comes first: groups spread over the nodes, and each node's copy of a
+    /// group stays hot in memory for that group's reads instead of every node paging in
+    /// every group.
     pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
     where
         F: Fn(ShardClient, Duration) -> Fut,
@@ -139,7 +156,7 @@ impl Group {
             return Err(self.deadline_passed());
         }
         let in_flight: Vec<usize> = self.outstanding.iter().map(Outstanding::get).collect();
-        let order = reads::order(&in_flight, self.index % n.max(1));
+        let order = reads::order(&in_flight, self.index % n.max(1), &self.pools);
         let policy = &*self.policy;
         metrics::counter!("redrec_group_reads_total").increment(1);
         let hedge = policy.hedge.as_ref().filter(|_| n > 1);

@@ -24,6 +24,9 @@ pub struct ReadPolicy {
     pub hedge: Option<Hedge>,
     /// Every group's read latency together: what bounds one group's hedge delay.
     pub all_groups: Latency,
+    /// Read replicas whose nodes run on the same CPUs as one (as the cluster map says
+    /// them); `false`: every replica is a place to read of its own.
+    pub by_cpus: bool,
 }
 
 #[derive(Debug)]
@@ -74,6 +77,7 @@ impl Default for ReadPolicy {
             attempt_timeout: Duration::MAX,
             hedge: None,
             all_groups: Latency::new(),
+            by_cpus: false,
         }
     }
 }
@@ -180,14 +184,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The order to try replicas in: fewest requests in flight first, ties in the group's
-/// own order starting at `first` (so an idle cluster reads each group from one replica,
-/// which keeps that copy hot).
-pub fn order(outstanding: &[usize], first: usize) -> Vec<usize> {
+/// The order to try replicas in. Replicas in one CPU pool (`pools[i]`: replica `i`'s;
+/// nodes on the same CPUs) are read as one: each pool by its first replica in the group's
+/// own order starting at `first`, the pools fewest requests in flight first (their
+/// replicas' together), ties in that order; the pools' other replicas follow, for
+/// failover. Spreading reads over replicas that share CPUs adds no CPU to search with,
+/// only memory for the reads to touch; and an idle cluster reads each group from one
+/// replica, which keeps that copy hot.
+pub fn order(outstanding: &[usize], first: usize, pools: &[usize]) -> Vec<usize> {
     let n = outstanding.len();
-    let mut order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
-    order.sort_by_key(|&i| outstanding[i]); // stable: ties keep the rotation
-    order
+    let (mut heads, mut rest) = (Vec::with_capacity(n), Vec::new());
+    for i in (0..n).map(|k| (first + k) % n) {
+        match heads.iter().any(|&h: &usize| pools[h] == pools[i]) {
+            true => rest.push(i),
+            false => heads.push(i),
+        }
+    }
+    let load = |pool: usize| -> usize {
+        (0..n)
+            .filter(|&i| pools[i] == pool)
+            .map(|i| outstanding[i])
+            .sum()
+    };
+    heads.sort_by_key(|&i| load(pools[i])); // stable: ties keep the rotation
+    heads.extend(rest);
+    heads
 }
 
 #[cfg(test)]
@@ -213,9 +234,22 @@ mod tests {
 
     #[test]
     fn replicas_with_fewer_requests_in_flight_come_first() {
-        assert_eq!(order(&[0, 0, 0], 1), [1, 2, 0]);
-        assert_eq!(order(&[2, 0, 1], 0), [1, 2, 0]);
-        assert_eq!(order(&[1, 1, 0], 2), [2, 0, 1]);
+        let own = [0, 1, 2];
+        assert_eq!(order(&[0, 0, 0], 1, &own), [1, 2, 0]);
+        assert_eq!(order(&[2, 0, 1], 0, &own), [1, 2, 0]);
+        assert_eq!(order(&[1, 1, 0], 2, &own), [2, 0, 1]);
+    }
+
+    #[test]
+    fn replicas_on_the_same_cpus_are_read_as_one() {
+        // All three on one machine's CPUs: the group's own replica however busy, the
+        // others only to fail over to.
+        assert_eq!(order(&[9, 0, 0], 0, &[0, 0, 0]), [0, 1, 2]);
+        assert_eq!(order(&[0, 5, 0], 1, &[4, 4, 4]), [1, 2, 0]);
+        // Replicas 0 and 1 share CPUs, 2 has its own: the two pools by their load (9
+        // against 4), each read through its first replica from the group's own.
+        assert_eq!(order(&[5, 4, 4], 0, &[0, 0, 1]), [2, 0, 1]);
+        assert_eq!(order(&[1, 1, 4], 1, &[0, 0, 1]), [1, 2, 0]);
     }
 
     #[test]

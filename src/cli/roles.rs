@@ -243,6 +243,12 @@ pub struct ReadArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub batch_groups: bool,
+    /// Which replicas a group's reads spread over: `cpus`, one per set of CPUs (replicas
+    /// whose nodes run on the same CPUs of one machine are read as one, the group's own
+    /// first: reading more of them adds no CPU to search with, only memory for the reads
+    /// to touch); `replicas`, every replica.
+    #[arg(long, env = "REDREC_READ_SPREAD", default_value = "cpus", value_parser = ["cpus", "replicas"])]
+    pub read_spread: String,
 }
 
 impl ReadArgs {
@@ -266,6 +272,7 @@ impl ReadArgs {
         Ok(ReadPolicy {
             attempt_timeout: Duration::from_millis(self.read_attempt_ms.max(1)),
             hedge,
+            by_cpus: self.read_spread == "cpus",
             ..ReadPolicy::default()
         })
     }
