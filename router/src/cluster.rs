@@ -347,6 +347,21 @@ mod tests {
     use super::*;
     use redrec_shard_api::map::{MetaCommand, Settings};
 
+    /// A map of nodes 1-3 at `http://n1`…, group `g` on `replicas[g]`.
+    fn three_nodes(replicas: &[Vec<u64>]) -> ClusterMap {
+        let mut map = ClusterMap::default();
+        let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
+        let groups = (0..).zip(replicas.iter().cloned()).collect();
+        let settings = Settings::new(64, 3);
+        map.apply(MetaCommand::Init {
+            nodes,
+            groups,
+            settings,
+        })
+        .unwrap();
+        map
+    }
+
     #[test]
     fn excluded_ids_go_to_the_groups_that_may_hold_them() {
         let http = reqwest::Client::new();
@@ -362,16 +377,7 @@ mod tests {
         }
 
         // While a slot moves, its ids go to every group.
-        let mut map = ClusterMap::default();
-        let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
-        let groups = [(0, vec![1, 2, 3]), (1, vec![1, 2, 3])].into();
-        let settings = Settings::new(64, 3);
-        map.apply(MetaCommand::Init {
-            nodes,
-            groups,
-            settings,
-        })
-        .unwrap();
+        let mut map = three_nodes(&[vec![1, 2, 3], vec![1, 2, 3]]);
         let moving = slot_of(&ids[0]) as u16;
         let (from, to) = (map.slots[moving as usize], 1 - map.slots[moving as usize]);
         map.apply(MetaCommand::BeginMove {
@@ -393,16 +399,7 @@ mod tests {
         assert_eq!(pools(&[Some("a"), Some("b"), Some("a")]), [0, 1, 0]);
         assert_eq!(pools(&[None, None, Some("a"), Some("a")]), [0, 1, 2, 2]);
 
-        let mut map = ClusterMap::default();
-        let nodes = (1..=3).map(|n| (n, format!("http://n{n}"))).collect();
-        let groups = [(0, vec![1, 2, 3]), (1, vec![3, 2, 1])].into();
-        let settings = Settings::new(64, 3);
-        map.apply(MetaCommand::Init {
-            nodes,
-            groups,
-            settings,
-        })
-        .unwrap();
+        let mut map = three_nodes(&[vec![1, 2, 3], vec![3, 2, 1]]);
         for (id, cpus) in [(1, "m1 cpus 0-3"), (2, "m1 cpus 0-3"), (3, "m2 cpus 0-3")] {
             let addr = format!("http://n{id}");
             let (spare, cpus) = (false, Some(cpus.to_string()));
