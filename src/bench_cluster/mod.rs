@@ -110,9 +110,10 @@ pub struct ClusterBenchArgs {
     /// Where the processes keep their data (default: a temporary directory).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Search the redrec stores an earlier run left under --data (same --n, --seed and
-    /// collection flags) without loading them again: a setup whose stores hold --n items
-    /// skips its ingest (its ingest rate is left blank), then waits for its indexes.
+    /// Search the stores an earlier run left under --data (same --n, --seed and
+    /// collection flags) without loading them again: a setup whose stores (or Qdrant
+    /// collection) hold --n items skips its ingest (its ingest rate is left blank), then
+    /// waits for its indexes.
     #[arg(long, requires = "data")]
     reuse: bool,
     #[arg(long, default_value_t = 1)]
@@ -470,21 +471,40 @@ impl Bench {
     }
 
     async fn qdrant(&mut self, bin: &std::path::Path, shards: usize) -> Result<()> {
-        let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
-        q.create(DIM, shards, &self.collection).await?;
+        let dir = self.root.join(format!("qdrant-{shards}"));
+        let mut q = Qdrant::start(bin, &dir, !self.a.reuse, self.http.clone()).await?;
         let label = format!(
             "Qdrant, {shards} shard{}",
             if shards > 1 { "s" } else { "" }
         );
-        let rate = self
-            .ingest(&label, |from, len| {
-                let (q, data) = (&q, self.data.clone());
-                async move {
-                    let vectors: Vec<&[f32]> = (from..from + len).map(|i| data.item(i)).collect();
-                    q.upsert(from, &vectors).await
-                }
-            })
-            .await?;
+        let wanted = (self.data.len() as u64, shards as u64);
+        let reused = self.a.reuse && q.holds().await? == Some(wanted);
+        if self.a.reuse && !reused {
+            eprintln!(
+                "  --reuse: {label} does not hold the {} items: loading them",
+                wanted.0
+            );
+            drop(q);
+            q = Qdrant::start(bin, &dir, true, self.http.clone()).await?;
+        }
+        let rate = match reused {
+            true => None,
+            false => {
+                q.create(DIM, shards, &self.collection).await?;
+                let q = &q;
+                let rate = self
+                    .ingest(&label, |from, len| {
+                        let data = self.data.clone();
+                        async move {
+                            let vectors: Vec<&[f32]> =
+                                (from..from + len).map(|i| data.item(i)).collect();
+                            q.upsert(from, &vectors).await
+                        }
+                    })
+                    .await?;
+                Some(rate)
+            }
+        };
         let settle = self
             .settle(&format!("{label}: indexing"), || q.settled())
             .await?;
@@ -494,7 +514,7 @@ impl Bench {
             _ => Setup::QdrantG,
         };
         let built = Built {
-            ingest_per_s: Some(rate),
+            ingest_per_s: rate,
             settle_s: Some(settle),
             vector_ram_per_item: None,
         };

@@ -34,7 +34,8 @@ impl Bench {
     /// backend, over gRPC): ingest through the router, wait for Qdrant's indexes, measure.
     pub(super) async fn router_qdrant(&mut self, bin: &Path) -> Result<()> {
         let g = self.a.groups;
-        let q = Qdrant::start(bin, &self.root, self.http.clone()).await?;
+        let dir = self.root.join("router-qdrant");
+        let q = Qdrant::start(bin, &dir, true, self.http.clone()).await?;
         let layout = self.layout("router-qdrant")?;
         let mut args = vec![
             "router".to_string(),

@@ -1,6 +1,6 @@
-//! A Qdrant server (the binary given, on free ports, with throwaway storage) and the
-//! collection the bench loads into it, with the same HNSW and quantization settings the
-//! redrec setups use.
+//! A Qdrant server (the binary given, on free ports, its storage under the bench's data
+//! directory) and the collection the bench loads into it, with the same HNSW and
+//! quantization settings the redrec setups use.
 
 use std::path::Path;
 
@@ -21,14 +21,22 @@ pub struct Qdrant {
     pub grpc: String,
     server: QdrantServer,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
 }
 
 impl Qdrant {
-    /// Starts `bin` with its storage in a temporary directory under `under`.
-    pub async fn start(bin: &Path, under: &Path, http: reqwest::Client) -> Result<Qdrant> {
-        let dir = tempfile::tempdir_in(under)?;
-        let (bin, path) = (bin.to_path_buf(), dir.path().to_path_buf());
+    /// Starts `bin` with its storage in `dir`: emptied first if `fresh`, else what an
+    /// earlier run left there.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        fresh: bool,
+        http: reqwest::Client,
+    ) -> Result<Qdrant> {
+        if fresh && dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let (bin, path) = (bin.to_path_buf(), dir.to_path_buf());
         let server =
             tokio::task::spawn_blocking(move || QdrantServer::start(&bin, &path)).await??;
         Ok(Qdrant {
@@ -36,8 +44,21 @@ impl Qdrant {
             grpc: server.grpc.clone(),
             server,
             http,
-            _dir: dir,
         })
+    }
+
+    /// The points and shards of the collection, if it exists.
+    pub async fn holds(&self) -> Result<Option<(u64, u64)>> {
+        let url = format!("{}/collections/{COLLECTION}", self.addr);
+        let r = self.http.get(&url).send().await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let info: Value = r.error_for_status()?.json().await?;
+        let result = &info["result"];
+        let points = result["points_count"].as_u64();
+        let shards = result["config"]["params"]["shard_number"].as_u64();
+        Ok(points.zip(shards))
     }
 
     pub fn pid(&self) -> i32 {
