@@ -3,7 +3,7 @@
 //! when it moves on (periodically, and at once when a shard says a write reached the wrong
 //! group).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -58,13 +58,13 @@ fn pools(cpus: &[Option<&str>]) -> Vec<usize> {
 }
 
 /// The co-hosted sets of `groups` (by their replicas' addresses).
-/// `ids[i]` is group `i`'s id; `cpus` what a node at an address says of its CPUs.
+/// `ids[i]` is group `i`'s id; `cpus` what the node at an address says of its CPUs.
 fn co_hosted(
     groups: &[Arc<Group>],
     ids: &[u64],
     http: &reqwest::Client,
     reads: &Arc<ReadPolicy>,
-    cpus: impl Fn(&str) -> Option<String>,
+    cpus: &HashMap<&str, &str>,
 ) -> Vec<Arc<CoHosted>> {
     let mut by_nodes: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
     for g in groups {
@@ -76,8 +76,10 @@ fn co_hosted(
         .into_iter()
         .filter(|(_, groups)| groups.len() > 1)
         .map(|(nodes, groups)| {
-            let named: Vec<Option<String>> = nodes.iter().map(|a| cpus(a)).collect();
-            let named: Vec<Option<&str>> = named.iter().map(Option::as_deref).collect();
+            let named: Vec<Option<&str>> = nodes
+                .iter()
+                .map(|a| cpus.get(a.as_str()).copied())
+                .collect();
             let nodes = nodes
                 .into_iter()
                 .map(|a| ShardClient::new(a, http.clone()))
@@ -234,10 +236,11 @@ impl Cluster {
     /// policy says so.
     pub fn from_map(map: ClusterMap, http: &reqwest::Client, reads: &Arc<ReadPolicy>) -> Self {
         let ids: Vec<u64> = map.groups.keys().copied().collect();
-        fn said(n: &NodeInfo, by_cpus: bool) -> Option<&str> {
-            n.cpus.as_deref().filter(|_| by_cpus)
-        }
-        let cpus = |n| said(n, reads.by_cpus);
+        // What each node says of its CPUs, by address (nothing: each a pool of its own).
+        let cpus: HashMap<&str, &str> = (map.nodes.values())
+            .filter(|_| reads.by_cpus)
+            .filter_map(|n| Some((n.addr.as_str(), n.cpus.as_deref()?)))
+            .collect();
         let groups: Vec<Arc<Group>> = map
             .groups
             .iter()
@@ -252,21 +255,20 @@ impl Cluster {
                     .iter()
                     .map(|n| ShardClient::replica(n.addr.clone(), g, http.clone()))
                     .collect();
-                let named: Vec<Option<&str>> = nodes.iter().map(|n| cpus(n)).collect();
+                let named: Vec<Option<&str>> = nodes
+                    .iter()
+                    .map(|n| cpus.get(n.addr.as_str()).copied())
+                    .collect();
                 Arc::new(Group::with_policy(i, replicas, reads.clone()).in_pools(pools(&named)))
             })
             .collect();
-        let cpus_at = |addr: &str| {
-            let node = map.nodes.values().find(|n| n.addr == addr);
-            node.and_then(cpus).map(str::to_string)
-        };
         let owners = map
             .slots
             .iter()
             .map(|g| ids.binary_search(g).unwrap_or(0))
             .collect();
         Self {
-            co_hosted: co_hosted(&groups, &ids, http, reads, cpus_at),
+            co_hosted: co_hosted(&groups, &ids, http, reads, &cpus),
             groups,
             slots: SlotTable::from_owners(owners),
             replicated: true,
@@ -293,7 +295,7 @@ impl Cluster {
             .collect();
         let ids: Vec<u64> = (0..groups.len() as u64).collect();
         Self {
-            co_hosted: co_hosted(&groups, &ids, &http, reads, |_| None),
+            co_hosted: co_hosted(&groups, &ids, &http, reads, &HashMap::new()),
             slots: SlotTable::even(groups.len()),
             groups,
             replicated: true,

@@ -26,6 +26,17 @@ pub struct NodeInfo {
     pub cpus: Option<String>,
 }
 
+impl NodeInfo {
+    /// A node listening at `addr` that has not said its CPUs.
+    fn at(addr: String, spare: bool) -> Self {
+        Self {
+            addr,
+            spare,
+            cpus: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
     pub replicas: Vec<u64>,
@@ -282,17 +293,7 @@ impl ClusterMap {
                 self.slots = (0..SLOTS).map(|s| ids[s * ids.len() / SLOTS]).collect();
                 self.nodes = nodes
                     .into_iter()
-                    .map(|(id, addr)| {
-                        let spare = false;
-                        (
-                            id,
-                            NodeInfo {
-                                addr,
-                                spare,
-                                cpus: None,
-                            },
-                        )
-                    })
+                    .map(|(id, addr)| (id, NodeInfo::at(addr, false)))
                     .collect();
                 self.groups = groups
                     .into_iter()
@@ -315,11 +316,8 @@ impl ClusterMap {
                 cpus,
             } => {
                 // A node once spare stays spare: its groups were formed from it.
-                let node = self.nodes.entry(id).or_insert(NodeInfo {
-                    addr: addr.clone(),
-                    spare,
-                    cpus: None,
-                });
+                let node =
+                    (self.nodes.entry(id)).or_insert_with(|| NodeInfo::at(addr.clone(), spare));
                 node.addr = addr;
                 node.spare |= spare;
                 if cpus.is_some() {

@@ -200,13 +200,11 @@ pub fn order(outstanding: &[usize], first: usize, pools: &[usize]) -> Vec<usize>
             false => heads.push(i),
         }
     }
-    let load = |pool: usize| -> usize {
-        (0..n)
-            .filter(|&i| pools[i] == pool)
-            .map(|i| outstanding[i])
-            .sum()
-    };
-    heads.sort_by_key(|&i| load(pools[i])); // stable: ties keep the rotation
+    let mut load = vec![0; pools.iter().max().map_or(0, |&p| p + 1)]; // per pool
+    for (&pool, &o) in pools.iter().zip(outstanding) {
+        load[pool] += o;
+    }
+    heads.sort_by_key(|&i| load[pools[i]]); // stable: ties keep the rotation
     heads.extend(rest);
     heads
 }

@@ -472,7 +472,7 @@ impl Bench {
 
     async fn qdrant(&mut self, bin: &std::path::Path, shards: usize) -> Result<()> {
         let dir = self.root.join(format!("qdrant-{shards}"));
-        let mut q = Qdrant::start(bin, &dir, !self.a.reuse, self.http.clone()).await?;
+        let q = Qdrant::start(bin, &dir, !self.a.reuse, self.http.clone()).await?;
         let label = format!(
             "Qdrant, {shards} shard{}",
             if shards > 1 { "s" } else { "" }
@@ -484,8 +484,7 @@ impl Bench {
                 "  --reuse: {label} does not hold the {} items: loading them",
                 wanted.0
             );
-            drop(q);
-            q = Qdrant::start(bin, &dir, true, self.http.clone()).await?;
+            q.remove().await?;
         }
         let rate = match reused {
             true => None,

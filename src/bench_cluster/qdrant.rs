@@ -47,6 +47,16 @@ impl Qdrant {
         })
     }
 
+    /// Removes the collection, if it exists.
+    pub async fn remove(&self) -> Result<()> {
+        let url = format!("{}/collections/{COLLECTION}", self.addr);
+        let r = self.http.delete(&url).send().await?;
+        if !r.status().is_success() && r.status() != reqwest::StatusCode::NOT_FOUND {
+            bail!("removing the collection: {}", r.text().await?);
+        }
+        Ok(())
+    }
+
     /// The points and shards of the collection, if it exists.
     pub async fn holds(&self) -> Result<Option<(u64, u64)>> {
         let url = format!("{}/collections/{COLLECTION}", self.addr);

@@ -6,18 +6,26 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+/// The machine's boot id, which does not change while the process runs.
+static BOOT_ID: LazyLock<Option<String>> = LazyLock::new(|| {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
+});
 
 /// This node's CPUs as the cluster map records them, or `None` where they cannot be told
-/// (no `/proc`).
+/// (no `/proc`). The CPU set and the cgroup are read again each call: both can change
+/// while the node runs.
 pub fn pool() -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = BOOT_ID.as_deref()?;
     // This thread's: pinning a process pins each of its threads.
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
     let cpus = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
         .trim();
-    let mut pool = format!("{} cpus {cpus}", boot.trim());
+    let mut pool = format!("{boot} cpus {cpus}");
     if let Some(cgroup) = capped_cgroup() {
         pool.push_str(&format!(" cgroup {cgroup}"));
     }

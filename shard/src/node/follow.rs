@@ -56,7 +56,8 @@ impl Node {
     }
 
     /// One look at the cluster map: learn node addresses, register this node if the map
-    /// does not know it (as it is: where it listens, what CPUs it runs on), and open the replicas the map gives it.
+    /// does not know it (as it is: where it listens, what CPUs it runs on), and open the
+    /// replicas the map gives it.
     async fn sync_with_map(self: &Arc<Self>) {
         let members = self.meta_addrs();
         // The first member that answers: a map a little behind is caught up next time.
