@@ -5,6 +5,7 @@
 //! replicas as a whole is [`crate::group::Group`].
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redrec_wire::compact::{self, Format, MSGPACK};
@@ -12,12 +13,13 @@ use redrec_wire::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codes::{LEADER_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
+use crate::codes::{LEADER_HEADER, SEARCH_QUEUE_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
 use crate::points::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, GroupsFound, GroupsSearch,
     PackedResults, Page, Point, ScrollRequest, SearchRequest, SearchResponse, Stats, StoredPoint,
     UpsertRequest, UpsertResponse,
 };
+use crate::reads::Load;
 use crate::slots::{DropSlotsRequest, MigrateRequest, SetSlotsRequest, SlotState, WriteResponse};
 use crate::status::{Digest, GroupStatus, NodeStatus};
 use crate::users::{EventsRequest, Keyspace, UserHistory, UsersRequest, UsersResponse};
@@ -88,6 +90,8 @@ pub struct ShardClient {
     /// `addr` plus the API prefix: `/v1` for a lone shard, `/v1/groups/{g}` for a replica.
     base: String,
     http: reqwest::Client,
+    /// What this replica's search answers said of its load (shared by the clones).
+    load: Arc<Load>,
 }
 
 impl ShardClient {
@@ -99,6 +103,7 @@ impl ShardClient {
             base: format!("{addr}/v1"),
             addr,
             http,
+            load: Arc::default(),
         }
     }
 
@@ -109,11 +114,17 @@ impl ShardClient {
             base: format!("{addr}/v1/groups/{group}"),
             addr,
             http,
+            load: Arc::default(),
         }
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// What the replica's search answers said of its load.
+    pub fn load(&self) -> &Load {
+        &self.load
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -163,6 +174,7 @@ impl ShardClient {
             Some(&body),
             timeout,
             Format::Json,
+            None,
         )
         .await?;
         metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
@@ -205,6 +217,7 @@ impl ShardClient {
             Some(body),
             timeout,
             Format::Msgpack,
+            Some(&self.load),
         )
         .await?;
         metrics::counter!("redrec_shard_read_bytes_total").increment(bytes as u64);
@@ -335,13 +348,14 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
     body: Option<&B>,
     timeout: Duration,
 ) -> Result<T, ShardClientError> {
-    Ok(exchange(http, addr, url, body, timeout, Format::Json)
+    Ok(exchange(http, addr, url, body, timeout, Format::Json, None)
         .await?
         .0)
 }
 
 /// [`request`] with the body sent in `format`; the answer decoded as its `Content-Type`
-/// says, with its size in bytes.
+/// says, with its size in bytes. A successful answer's [`SEARCH_QUEUE_HEADER`] goes to
+/// `load`, if given.
 async fn exchange<B: Serialize, T: DeserializeOwned>(
     http: &reqwest::Client,
     addr: &str,
@@ -349,6 +363,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
     body: Option<&B>,
     timeout: Duration,
     format: Format,
+    load: Option<&Load>,
 ) -> Result<(T, usize), ShardClientError> {
     let unavailable = |e: &dyn std::fmt::Display| ShardClientError::Unavailable {
         addr: addr.to_string(),
@@ -385,10 +400,17 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
+    let waiting = resp
+        .headers()
+        .get(SEARCH_QUEUE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| unavailable(&redrec_wire::error::with_causes(&e)))?;
+    if let (Some(load), Some(waiting), true) = (load, waiting, status.is_success()) {
+        load.answered(waiting);
+    }
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),

@@ -1,8 +1,13 @@
 //! Error codes of the shard API, written by the server and matched by clients: each one
-//! is a constant here, never a string typed twice. Also the header naming a leader.
+//! is a constant here, never a string typed twice. Also the headers naming a leader and a
+//! node's queue of searches.
 
 /// Header naming the leader's address on a `not_leader` answer (status 421).
 pub const LEADER_HEADER: &str = "x-redrec-leader";
+
+/// Header on a node's search answers: how many of its searches were waiting for a turn
+/// on its CPUs as it answered (what tells a busy replica from a stalled one).
+pub const SEARCH_QUEUE_HEADER: &str = "x-redrec-search-queue";
 
 /// 421: this replica does not lead its group; [`LEADER_HEADER`] says who does, if known.
 pub const NOT_LEADER: &str = "not_leader";

@@ -139,7 +139,10 @@ impl Group {
     /// were tried; each attempt but the last within the policy's attempt timeout. With
     /// hedging, once the first attempt has taken the group's hedge delay, the same read
     /// goes to the next replica as well (if the budget allows): the first answer wins and
-    /// the other call is dropped, which cancels it.
+    /// the other call is dropped, which cancels it. A hedge to a replica on the same CPUs
+    /// as the first waits one more delay if the first went on answering other reads with
+    /// searches queued for its CPUs meanwhile: it is busy, not stalled, and a hedge then
+    /// mostly adds a search to the same busy CPUs.
     ///
     /// Replicas are tried fewest requests in flight first, replicas on the same CPUs as
     /// one ([`reads::order`]). Among equals the group's own replica, its index modulo the
@@ -186,9 +189,9 @@ impl Group {
         let mut attempts = FuturesUnordered::new();
         attempts.push(attempt(0, false));
         let mut next = 1;
-        let mut hedge_at = hedge
-            .and_then(|h| h.delay(&self.latency, &policy.all_groups))
-            .map(|d| tokio::time::Instant::now() + d);
+        let delay = hedge.and_then(|h| h.delay(&self.latency, &policy.all_groups));
+        let mut hedge_at = delay.map(|d| tokio::time::Instant::now() + d);
+        let (started, mut held) = (Instant::now(), false);
         let mut last = None;
         loop {
             let timer = async {
@@ -222,7 +225,21 @@ impl Group {
                 },
                 () = timer => {
                     hedge_at = None;
-                    if hedge.is_some_and(|h| h.try_spend()) {
+                    let (from, to) = (order[next - 1], order[next]);
+                    if !held
+                        && self.pools[from] == self.pools[to]
+                        && self.replicas[from].load().queuing_since(started)
+                    {
+                        // The replica went on answering with searches queued for its
+                        // CPUs: this read is likely waiting its turn there, and a hedge to
+                        // a replica on the same CPUs would only queue one more search on
+                        // them. One more delay, then the hedge (the read may be slow for
+                        // its own reasons).
+                        metrics::counter!("redrec_hedged_reads_held_total",
+                            "group" => self.label.clone()).increment(1);
+                        held = true;
+                        hedge_at = delay.map(|d| tokio::time::Instant::now() + d);
+                    } else if hedge.is_some_and(|h| h.try_spend()) {
                         metrics::counter!("redrec_hedged_reads_total",
                             "group" => self.label.clone()).increment(1);
                         attempts.push(attempt(next, true));
@@ -237,5 +254,87 @@ impl Group {
             }
         }
         Err(last.unwrap_or_else(|| self.deadline_passed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::reads::Hedge;
+
+    /// Reads group 0 of replicas `a` (answers after `a_takes`) and `b` (at once) in
+    /// `pools`, hedging after 40 ms, while `a` answers other reads with searches queued
+    /// if `a_queuing`; which answered, and which replicas were called.
+    async fn hedged_read(
+        pools: Vec<usize>,
+        a_queuing: bool,
+        a_takes: Duration,
+    ) -> (&'static str, Vec<&'static str>) {
+        let http = reqwest::Client::new();
+        let replicas = ["http://a", "http://b"]
+            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
+            .to_vec();
+        let policy = ReadPolicy {
+            hedge: Some(Hedge::new(Some(Duration::from_millis(40)), 1.0)),
+            by_cpus: true,
+            ..ReadPolicy::default()
+        };
+        let group = Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools);
+        let a = group.replicas[0].clone();
+        let answers = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(2));
+            loop {
+                every.tick().await;
+                if a_queuing {
+                    a.load().answered(2);
+                }
+            }
+        });
+        let called = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let answer = group
+            .read(deadline, |replica, _| {
+                let addr = *BOTH.iter().find(|&&a| a == replica.addr()).unwrap();
+                called.lock().unwrap().push(addr);
+                async move {
+                    if replica.addr() == "http://a" {
+                        tokio::time::sleep(a_takes).await;
+                        Ok("a")
+                    } else {
+                        Ok("b")
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        answers.abort();
+        let called = called.lock().unwrap().clone();
+        (answer, called)
+    }
+
+    const BOTH: [&str; 2] = ["http://a", "http://b"];
+
+    #[tokio::test]
+    async fn a_replica_queuing_for_its_cpus_gets_one_more_delay_before_a_hedge_onto_them() {
+        // Answers at 60 ms: hedged at 40 ms without the hold, 80 ms with it.
+        let (answer, called) = hedged_read(vec![0, 0], true, Duration::from_millis(60)).await;
+        assert_eq!((answer, called), ("a", BOTH[..1].to_vec()));
+        // Still not answered at 80 ms: hedged then.
+        let (answer, called) = hedged_read(vec![0, 0], true, Duration::from_secs(2)).await;
+        assert_eq!((answer, called), ("b", BOTH.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_replica_is_hedged_on_the_same_cpus_at_once() {
+        let (answer, called) = hedged_read(vec![0, 0], false, Duration::from_millis(60)).await;
+        assert_eq!((answer, called), ("b", BOTH.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_queuing_replica_is_hedged_onto_other_cpus_at_once() {
+        let (answer, called) = hedged_read(vec![0, 1], true, Duration::from_millis(60)).await;
+        assert_eq!((answer, called), ("b", BOTH.to_vec()));
     }
 }

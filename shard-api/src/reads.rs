@@ -2,9 +2,9 @@
 //! read goes to a second replica (a hedged read, after "The Tail at Scale"): once the
 //! first has taken longer than the group usually takes, within a budget of extra reads.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -184,6 +184,40 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What a replica's answers say of its load: when it last answered a search, and how
+/// many of its node's searches were then waiting for a turn on its CPUs
+/// ([`crate::codes::SEARCH_QUEUE_HEADER`]).
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Microseconds since [`EPOCH`] of the last answer (0: none yet).
+    answered_us: AtomicU64,
+    waiting: AtomicU32,
+}
+
+/// Where [`Load`]'s clock starts.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn micros_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(*EPOCH).as_micros() as u64 + 1
+}
+
+impl Load {
+    /// An answer now, with `waiting` searches queued behind it.
+    pub fn answered(&self, waiting: u32) {
+        self.waiting.store(waiting, Ordering::Relaxed);
+        self.answered_us
+            .store(micros_since_epoch(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Whether the replica answered since `since` and its searches were queuing for the
+    /// CPUs then: a read it has not answered yet is waiting its turn on busy CPUs, not
+    /// stuck on a stalled replica.
+    pub fn queuing_since(&self, since: Instant) -> bool {
+        self.answered_us.load(Ordering::Relaxed) >= micros_since_epoch(since)
+            && self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
 /// The order to try replicas in. Replicas in one CPU pool (`pools[i]`: replica `i`'s;
 /// nodes on the same CPUs) are read as one: each pool by its first replica in the group's
 /// own order starting at `first`, the pools fewest requests in flight first (their
@@ -267,5 +301,21 @@ mod tests {
         );
         let fixed = Hedge::new(Some(Duration::from_millis(30)), 0.05);
         assert_eq!(fixed.delay(&group, &all), Some(Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn a_replica_is_queuing_only_while_it_answers_with_searches_waiting() {
+        let load = Load::default();
+        let before = Instant::now();
+        assert!(!load.queuing_since(before), "no answer yet");
+        load.answered(0);
+        assert!(!load.queuing_since(before), "answering, nothing waiting");
+        load.answered(3);
+        assert!(load.queuing_since(before));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            !load.queuing_since(Instant::now()),
+            "no answer since: stalled, not queuing"
+        );
     }
 }

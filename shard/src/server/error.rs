@@ -2,13 +2,14 @@
 //! [`redrec_shard_api::codes`] and the JSON error body; a `not_leader` answer also names
 //! the leader in [`LEADER_HEADER`].
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use redrec_shard_api::codes::{
     INTERNAL, INVALID_REQUEST, LEADER_HEADER, MEMORY_BUDGET, NOT_LEADER, OUTCOME_UNKNOWN,
-    REPLICA_STOPPED, STORAGE_ERROR,
+    REPLICA_STOPPED, SEARCH_QUEUE_HEADER, STORAGE_ERROR,
 };
 use redrec_wire::HttpError;
 use tokio::sync::Semaphore;
@@ -112,17 +113,62 @@ pub async fn within_budget(
 static SEARCH_TURNS: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
+/// Searches waiting for one of [`SEARCH_TURNS`].
+static WAITING: AtomicU32 = AtomicU32::new(0);
+
+/// Counts a search in [`WAITING`] while it lives (a search dropped while it waits, its
+/// caller gone, counts out too).
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Self {
+        WAITING.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `f`, searches, off the async workers once one of the process's search turns is free.
+pub async fn on_a_search_turn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let waiting = Waiting::enter();
+    let _turn = SEARCH_TURNS
+        .acquire()
+        .await
+        .expect("the search turns are never closed");
+    drop(waiting);
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()).into()
+    })
+}
+
+/// Search turns no search holds now.
+pub fn search_turns_free() -> usize {
+    SEARCH_TURNS.available_permits()
+}
+
 /// A search (`f` on `store`) off the async workers, once one of the process's search
 /// turns is free.
 pub async fn searching<T: Send + 'static>(
     store: Arc<dyn VectorStore>,
     f: impl FnOnce(&dyn VectorStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Reply<T> {
-    let _turn = SEARCH_TURNS
-        .acquire()
-        .await
-        .expect("the search turns are never closed");
-    blocking(store, f).await
+    let found = on_a_search_turn(move || f(store.as_ref())).await?;
+    found.map(axum::Json).map_err(ApiError::from)
+}
+
+/// A search answer with [`SEARCH_QUEUE_HEADER`]: the searches waiting for a turn now.
+pub type Queued<T> = ([(&'static str, String); 1], T);
+
+pub fn queued<T>(answer: T) -> Queued<T> {
+    let waiting = WAITING.load(Ordering::Relaxed);
+    ([(SEARCH_QUEUE_HEADER, waiting.to_string())], answer)
 }
 
 /// Runs a store call off the async workers: the engine's calls block.

@@ -30,7 +30,8 @@ use redrec_wire::{HttpError, Json, Path};
 
 use super::answer::SearchAnswer;
 use super::error::{
-    blocking, propose_error, searching, unavailable, within_budget, ApiError, Reply,
+    blocking, on_a_search_turn, propose_error, queued, search_turns_free, searching, unavailable,
+    within_budget, ApiError, Queued, Reply,
 };
 use crate::group::machine::Command;
 use crate::node::replica::Hosted;
@@ -207,7 +208,7 @@ async fn search(
     State(node): State<Shared>,
     Path(g): Path<u64>,
     Body(r, format): Body<SearchRequest>,
-) -> Result<Encoded<SearchAnswer>, ApiError> {
+) -> Result<Queued<Encoded<SearchAnswer>>, ApiError> {
     node.faults.delay(g).await;
     let (group, store) = match r.consistency {
         Consistency::Any => readable(&node, g)?,
@@ -228,11 +229,10 @@ async fn search(
         }
     };
     let answer = search_replica(&group, store, r).await?;
-    Ok(Encoded(SearchAnswer::new(answer, format), format))
+    Ok(queued(Encoded(SearchAnswer::new(answer, format), format)))
 }
 
-/// `r` on a replica, its hits kept to the slots the group serves here (slots being copied
-/// in, or already dropped here, are not this group's to serve).
+/// `r` on a replica, its hits kept to the slots the group serves here.
 async fn search_replica(
     group: &Hosted,
     store: Arc<dyn VectorStore>,
@@ -242,6 +242,13 @@ async fn search_replica(
         st.search(&r).map(|results| SearchResponse { results })
     })
     .await?;
+    keep_served(group, &mut answer);
+    Ok(answer)
+}
+
+/// Keeps `answer`'s hits to the slots the group serves here (slots being copied in, or
+/// already dropped here, are not this group's to serve).
+fn keep_served(group: &Hosted, answer: &mut SearchResponse) {
     group.with_slots(|slots| {
         if slots.states.is_some() {
             for list in &mut answer.results {
@@ -249,7 +256,6 @@ async fn search_replica(
             }
         }
     });
-    Ok(answer)
 }
 
 /// `POST /v1/search/groups`: several groups' searches in one call, each on this node's
@@ -257,7 +263,7 @@ async fn search_replica(
 async fn search_groups(
     State(node): State<Shared>,
     Body(r, format): Body<GroupsSearch>,
-) -> Result<Encoded<GroupsFound>, ApiError> {
+) -> Result<Queued<Encoded<GroupsFound>>, ApiError> {
     if r.exclude.len() != r.groups.len() {
         return Err(
             HttpError::bad_request(INVALID_REQUEST, "exclude needs one list per group").into(),
@@ -270,33 +276,55 @@ async fn search_groups(
         )
         .into());
     }
-    let searches = r.groups.iter().zip(r.exclude).map(|(&g, exclude)| {
-        let node = node.clone();
-        let mut search = r.search.clone();
-        search.exclude = exclude;
-        async move {
-            node.faults.delay(g).await;
-            let found = async {
-                let (group, store) = readable(&node, g)?;
-                search_replica(&group, store, search).await
+    futures::future::join_all(r.groups.iter().map(|&g| node.faults.delay(g))).await;
+    let searches: Vec<_> = (r.groups.iter().zip(r.exclude))
+        .map(|(&g, exclude)| {
+            let (group, store) = readable(&node, g)?;
+            let mut search = r.search.clone();
+            search.exclude = exclude;
+            Ok((group, store, search))
+        })
+        .collect();
+    let searchable = searches.iter().filter(|s| s.is_ok()).count();
+    // With a turn free for each, the groups are searched at once; otherwise one after
+    // another on one turn: the call waits no longer, and its searches take one hand-off
+    // to a blocking thread and back instead of one each.
+    let found: Vec<Result<SearchResponse, ApiError>> = if search_turns_free() >= searchable {
+        let at_once = searches.into_iter().map(|s| async move {
+            let (group, store, search) = s?;
+            search_replica(&group, store, search).await
+        });
+        futures::future::join_all(at_once).await
+    } else {
+        on_a_search_turn(move || {
+            let search = |(group, store, search): (Arc<Hosted>, Arc<dyn VectorStore>, _)| {
+                let mut answer = SearchResponse {
+                    results: store.search(&search)?,
+                };
+                keep_served(&group, &mut answer);
+                Ok(answer)
             };
-            match found.await {
-                Ok(answer) => GroupFound {
-                    lists: Some(answer.into()),
-                    error: None,
-                },
-                Err(e) => {
-                    let e = e.into_http();
-                    GroupFound {
-                        lists: None,
-                        error: Some((e.status.as_u16(), e.code.to_string(), e.message)),
-                    }
+            searches.into_iter().map(|s| s.and_then(search)).collect()
+        })
+        .await?
+    };
+    let groups = found
+        .into_iter()
+        .map(|found| match found {
+            Ok(answer) => GroupFound {
+                lists: Some(answer.into()),
+                error: None,
+            },
+            Err(e) => {
+                let e = e.into_http();
+                GroupFound {
+                    lists: None,
+                    error: Some((e.status.as_u16(), e.code.to_string(), e.message)),
                 }
             }
-        }
-    });
-    let groups = futures::future::join_all(searches).await;
-    Ok(Encoded(GroupsFound { groups }, format))
+        })
+        .collect();
+    Ok(queued(Encoded(GroupsFound { groups }, format)))
 }
 
 async fn stats(State(node): State<Shared>, Path(g): Path<u64>) -> Reply<Stats> {
