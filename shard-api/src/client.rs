@@ -6,14 +6,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redrec_wire::compact::{self, Format, MSGPACK};
 use redrec_wire::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codes::{LEADER_HEADER, SEARCH_QUEUE_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
+use crate::codes::{LEADER_HEADER, SEARCH_WAIT_HEADER, SLOT_MOVING, UNKNOWN_GROUP, WRONG_SLOT};
 use crate::points::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, GroupsFound, GroupsSearch,
     PackedResults, Page, Point, ScrollRequest, SearchRequest, SearchResponse, Stats, StoredPoint,
@@ -354,8 +354,8 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
 }
 
 /// [`request`] with the body sent in `format`; the answer decoded as its `Content-Type`
-/// says, with its size in bytes. A successful answer's [`SEARCH_QUEUE_HEADER`] goes to
-/// `load`, if given.
+/// says, with its size in bytes. A successful answer's [`SEARCH_WAIT_HEADER`] goes to
+/// `load`, if given, with the time the request was sent.
 async fn exchange<B: Serialize, T: DeserializeOwned>(
     http: &reqwest::Client,
     addr: &str,
@@ -378,6 +378,7 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
         (None, _) => http.get(url),
     };
     let req = redrec_wire::trace::inject(req);
+    let sent = Instant::now();
     let resp = req
         .timeout(timeout)
         .send()
@@ -400,16 +401,17 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let waiting = resp
+    let waited = resp
         .headers()
-        .get(SEARCH_QUEUE_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+        .get(SEARCH_WAIT_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(Duration::from_micros);
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| unavailable(&redrec_wire::error::with_causes(&e)))?;
-    if let (Some(load), Some(waiting), true) = (load, waiting, status.is_success()) {
-        load.answered(waiting);
+    if let (Some(load), Some(waited), true) = (load, waited, status.is_success()) {
+        load.answered(sent, waited);
     }
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {

@@ -1,13 +1,13 @@
 //! Error codes of the shard API, written by the server and matched by clients: each one
-//! is a constant here, never a string typed twice. Also the headers naming a leader and a
-//! node's queue of searches.
+//! is a constant here, never a string typed twice. Also the headers naming a leader and
+//! how long a node's searches wait for their turn.
 
 /// Header naming the leader's address on a `not_leader` answer (status 421).
 pub const LEADER_HEADER: &str = "x-redrec-leader";
 
-/// Header on a node's search answers: how many of its searches were waiting for a turn
-/// on its CPUs as it answered (what tells a busy replica from a stalled one).
-pub const SEARCH_QUEUE_HEADER: &str = "x-redrec-search-queue";
+/// Header on a node's search answers: how long, in microseconds, its latest search waited
+/// for a turn on its CPUs (what tells a busy replica from a stalled one).
+pub const SEARCH_WAIT_HEADER: &str = "x-redrec-search-wait-us";
 
 /// 421: this replica does not lead its group; [`LEADER_HEADER`] says who does, if known.
 pub const NOT_LEADER: &str = "not_leader";

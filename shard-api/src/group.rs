@@ -28,9 +28,11 @@ pub struct Group {
     /// The replica that last accepted a write.
     leader: AtomicUsize,
     policy: Arc<ReadPolicy>,
-    /// Answered reads' latency, and requests in flight per replica.
+    /// Answered reads' latency, requests in flight per replica, and of those the reads
+    /// past their hedge delay.
     latency: Latency,
     outstanding: Vec<Outstanding>,
+    overdue: Vec<Outstanding>,
     /// Each replica's CPU pool: replicas in one are read as one (see [`reads::order`]).
     pools: Vec<usize>,
 }
@@ -46,6 +48,7 @@ impl Group {
             label: index.to_string(),
             index,
             outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
+            overdue: replicas.iter().map(|_| Outstanding::default()).collect(),
             pools: (0..replicas.len()).collect(),
             replicas,
             leader: AtomicUsize::new(0),
@@ -140,12 +143,14 @@ impl Group {
     /// hedging, once the first attempt has taken the group's hedge delay, the same read
     /// goes to the next replica as well (if the budget allows): the first answer wins and
     /// the other call is dropped, which cancels it. A hedge to a replica on the same CPUs
-    /// as the first waits one more delay if the first went on answering other reads with
-    /// searches queued for its CPUs meanwhile: it is busy, not stalled, and a hedge then
-    /// mostly adds a search to the same busy CPUs.
+    /// as the first waits one more delay if the first went on answering reads sent before
+    /// this one (none sent after), its searches waiting at least half the delay for a turn
+    /// on its CPUs: it is busy, not stalled, and a hedge then mostly adds a search to the
+    /// same busy CPUs.
     ///
     /// Replicas are tried fewest requests in flight first, replicas on the same CPUs as
-    /// one ([`reads::order`]). Among equals the group's own replica, its index modulo the
+    /// one, a replica with a read past its hedge delay after the others of its CPUs
+    /// ([`reads::order`]). Among equals the group's own replica, its index modulo the
     /// replicas, comes first: groups spread over the nodes, and each node's copy of a
     /// group stays hot in memory for that group's reads instead of every node paging in
     /// every group.
@@ -159,7 +164,8 @@ impl Group {
             return Err(self.deadline_passed());
         }
         let in_flight: Vec<usize> = self.outstanding.iter().map(Outstanding::get).collect();
-        let order = reads::order(&in_flight, self.index % n.max(1), &self.pools);
+        let overdue: Vec<usize> = self.overdue.iter().map(Outstanding::get).collect();
+        let order = reads::order(&in_flight, &overdue, self.index % n.max(1), &self.pools);
         let policy = &*self.policy;
         metrics::counter!("redrec_group_reads_total").increment(1);
         let hedge = policy.hedge.as_ref().filter(|_| n > 1);
@@ -192,6 +198,8 @@ impl Group {
         let delay = hedge.and_then(|h| h.delay(&self.latency, &policy.all_groups));
         let mut hedge_at = delay.map(|d| tokio::time::Instant::now() + d);
         let (started, mut held) = (Instant::now(), false);
+        // The replicas this read has waited on past the hedge delay, until it returns.
+        let mut overdue = Vec::new();
         let mut last = None;
         loop {
             let timer = async {
@@ -226,15 +234,19 @@ impl Group {
                 () = timer => {
                     hedge_at = None;
                     let (from, to) = (order[next - 1], order[next]);
+                    if overdue.len() < next {
+                        overdue.push(self.overdue[from].enter());
+                    }
+                    let wait = delay.unwrap_or_default() / 2;
                     if !held
                         && self.pools[from] == self.pools[to]
-                        && self.replicas[from].load().queuing_since(started)
+                        && self.replicas[from].load().queued_since(started, wait)
                     {
-                        // The replica went on answering with searches queued for its
-                        // CPUs: this read is likely waiting its turn there, and a hedge to
-                        // a replica on the same CPUs would only queue one more search on
-                        // them. One more delay, then the hedge (the read may be slow for
-                        // its own reasons).
+                        // The replica went on answering reads sent before this one, its
+                        // searches waiting for their turn about as long as this read has:
+                        // it is likely queued there, and a hedge to a replica on the same
+                        // CPUs would only queue one more search on them. One more delay,
+                        // then the hedge (the read may be slow for its own reasons).
                         metrics::counter!("redrec_hedged_reads_held_total",
                             "group" => self.label.clone()).increment(1);
                         held = true;
@@ -265,15 +277,16 @@ mod tests {
     use crate::reads::Hedge;
 
     /// Reads group 0 of replicas `a` (answers after `a_takes`) and `b` (at once) in
-    /// `pools`, hedging after 40 ms, while `a` answers other reads with searches queued
-    /// if `a_queuing`; which answered, and which replicas were called.
+    /// `pools`, hedging after 40 ms, while `a` answers reads sent before it every 2 ms,
+    /// its searches having waited `a_waits` for a turn (`None`: `a` answers nothing else);
+    /// which answered, and which replicas were called.
     async fn hedged_read(
         pools: Vec<usize>,
-        a_queuing: bool,
+        a_waits: Option<Duration>,
         a_takes: Duration,
     ) -> (&'static str, Vec<&'static str>) {
         let http = reqwest::Client::new();
-        let replicas = ["http://a", "http://b"]
+        let replicas = BOTH
             .map(|addr| ShardClient::replica(addr, 0, http.clone()))
             .to_vec();
         let policy = ReadPolicy {
@@ -283,12 +296,15 @@ mod tests {
         };
         let group = Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools);
         let a = group.replicas[0].clone();
+        // Reads sent before this one, answered while it waits.
+        let earlier = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
         let answers = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(2));
             loop {
                 every.tick().await;
-                if a_queuing {
-                    a.load().answered(2);
+                if let Some(waited) = a_waits {
+                    a.load().answered(earlier, waited);
                 }
             }
         });
@@ -299,7 +315,7 @@ mod tests {
                 let addr = *BOTH.iter().find(|&&a| a == replica.addr()).unwrap();
                 called.lock().unwrap().push(addr);
                 async move {
-                    if replica.addr() == "http://a" {
+                    if addr == BOTH[0] {
                         tokio::time::sleep(a_takes).await;
                         Ok("a")
                     } else {
@@ -315,26 +331,81 @@ mod tests {
     }
 
     const BOTH: [&str; 2] = ["http://a", "http://b"];
+    const MS: fn(u64) -> Duration = Duration::from_millis;
 
     #[tokio::test]
-    async fn a_replica_queuing_for_its_cpus_gets_one_more_delay_before_a_hedge_onto_them() {
-        // Answers at 60 ms: hedged at 40 ms without the hold, 80 ms with it.
-        let (answer, called) = hedged_read(vec![0, 0], true, Duration::from_millis(60)).await;
+    async fn a_replica_queued_on_its_cpus_gets_one_more_delay_before_a_hedge_onto_them() {
+        // Its searches wait 30 ms for a turn, over half the 40 ms delay. It answers at
+        // 60 ms: hedged at 40 ms without the hold, 80 ms with it.
+        let (answer, called) = hedged_read(vec![0, 0], Some(MS(30)), MS(60)).await;
         assert_eq!((answer, called), ("a", BOTH[..1].to_vec()));
         // Still not answered at 80 ms: hedged then.
-        let (answer, called) = hedged_read(vec![0, 0], true, Duration::from_secs(2)).await;
+        let (answer, called) = hedged_read(vec![0, 0], Some(MS(30)), MS(2000)).await;
         assert_eq!((answer, called), ("b", BOTH.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_answers_without_long_waits_is_hedged_on_the_same_cpus_at_once() {
+        // Its other searches wait 5 ms for a turn: the queue does not explain this read.
+        let (answer, called) = hedged_read(vec![0, 0], Some(MS(5)), MS(60)).await;
+        assert_eq!((answer, called), ("b", BOTH.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn reads_go_round_a_replica_sitting_on_an_overdue_read() {
+        let http = reqwest::Client::new();
+        let replicas = BOTH
+            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
+            .to_vec();
+        let policy = ReadPolicy {
+            hedge: Some(Hedge::new(Some(MS(40)), 1.0)),
+            by_cpus: true,
+            ..ReadPolicy::default()
+        };
+        let group =
+            Arc::new(Group::with_policy(0, replicas, Arc::new(policy)).in_pools(vec![0, 0]));
+        let called = Arc::new(Mutex::new(Vec::new()));
+        let read = |group: Arc<Group>, called: Arc<Mutex<Vec<&'static str>>>| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            group
+                .read(deadline, |replica, _| {
+                    let addr = *BOTH.iter().find(|&&a| a == replica.addr()).unwrap();
+                    let nth = {
+                        let mut called = called.lock().unwrap();
+                        called.push(addr);
+                        called.len()
+                    };
+                    async move {
+                        // The first read's two calls hang; later ones answer at once.
+                        if nth <= 2 {
+                            tokio::time::sleep(MS(2000)).await;
+                        }
+                        Ok::<_, ShardClientError>(addr)
+                    }
+                })
+                .await
+        };
+        // The first read goes to the group's own replica, a, and is hedged to b at 40 ms.
+        let first = tokio::spawn(read(group.clone(), called.clone()));
+        tokio::time::sleep(MS(60)).await;
+        assert_eq!(*called.lock().unwrap(), BOTH.to_vec());
+        // a sits on a read past its delay: the next read starts on b.
+        assert_eq!(read(group.clone(), called.clone()).await.unwrap(), BOTH[1]);
+        first.abort();
+        let _ = first.await;
+        // Once that read is gone, a leads again.
+        assert_eq!(read(group.clone(), called.clone()).await.unwrap(), BOTH[0]);
     }
 
     #[tokio::test]
     async fn a_stalled_replica_is_hedged_on_the_same_cpus_at_once() {
-        let (answer, called) = hedged_read(vec![0, 0], false, Duration::from_millis(60)).await;
+        let (answer, called) = hedged_read(vec![0, 0], None, MS(60)).await;
         assert_eq!((answer, called), ("b", BOTH.to_vec()));
     }
 
     #[tokio::test]
-    async fn a_queuing_replica_is_hedged_onto_other_cpus_at_once() {
-        let (answer, called) = hedged_read(vec![0, 1], true, Duration::from_millis(60)).await;
+    async fn a_queued_replica_is_hedged_onto_other_cpus_at_once() {
+        let (answer, called) = hedged_read(vec![0, 1], Some(MS(30)), MS(60)).await;
         assert_eq!((answer, called), ("b", BOTH.to_vec()));
     }
 }

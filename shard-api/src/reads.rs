@@ -2,7 +2,7 @@
 //! read goes to a second replica (a hedged read, after "The Tail at Scale"): once the
 //! first has taken longer than the group usually takes, within a budget of extra reads.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -184,14 +184,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What a replica's answers say of its load: when it last answered a search, and how
-/// many of its node's searches were then waiting for a turn on its CPUs
-/// ([`crate::codes::SEARCH_QUEUE_HEADER`]).
+/// What a replica's answers say of its load: when it last answered a search, how long
+/// its node's latest search had waited for a turn on its CPUs then
+/// ([`crate::codes::SEARCH_WAIT_HEADER`]), and the latest time a read it answered was sent.
 #[derive(Debug, Default)]
 pub struct Load {
-    /// Microseconds since [`EPOCH`] of the last answer (0: none yet).
+    /// Microseconds since [`EPOCH`] (0: none yet).
     answered_us: AtomicU64,
-    waiting: AtomicU32,
+    waited_us: AtomicU64,
+    sent_us: AtomicU64,
 }
 
 /// Where [`Load`]'s clock starts.
@@ -202,33 +203,51 @@ fn micros_since_epoch(t: Instant) -> u64 {
 }
 
 impl Load {
-    /// An answer now, with `waiting` searches queued behind it.
-    pub fn answered(&self, waiting: u32) {
-        self.waiting.store(waiting, Ordering::Relaxed);
+    /// An answer now to a read sent at `sent`, its node's latest search having waited
+    /// `waited` for a turn.
+    pub fn answered(&self, sent: Instant, waited: Duration) {
+        self.waited_us
+            .store(waited.as_micros() as u64, Ordering::Relaxed);
+        self.sent_us
+            .fetch_max(micros_since_epoch(sent), Ordering::Relaxed);
         self.answered_us
             .store(micros_since_epoch(Instant::now()), Ordering::Relaxed);
     }
 
-    /// Whether the replica answered since `since` and its searches were queuing for the
-    /// CPUs then: a read it has not answered yet is waiting its turn on busy CPUs, not
-    /// stuck on a stalled replica.
-    pub fn queuing_since(&self, since: Instant) -> bool {
-        self.answered_us.load(Ordering::Relaxed) >= micros_since_epoch(since)
-            && self.waiting.load(Ordering::Relaxed) > 0
+    /// Whether a read sent at `sent` and not answered yet is likely queued behind the
+    /// replica's other searches on busy CPUs, not stuck on a stalled replica or slow for
+    /// its own reasons: the replica answered since, its searches waiting at least `wait`
+    /// for a turn, and none of the reads it answered was sent after this one (searches
+    /// take their turns in order).
+    pub fn queued_since(&self, sent: Instant, wait: Duration) -> bool {
+        let sent = micros_since_epoch(sent);
+        self.answered_us.load(Ordering::Relaxed) >= sent
+            && self.sent_us.load(Ordering::Relaxed) < sent
+            && self.waited_us.load(Ordering::Relaxed) >= wait.as_micros() as u64
     }
 }
 
 /// The order to try replicas in. Replicas in one CPU pool (`pools[i]`: replica `i`'s;
 /// nodes on the same CPUs) are read as one: each pool by its first replica in the group's
-/// own order starting at `first`, the pools fewest requests in flight first (their
-/// replicas' together), ties in that order; the pools' other replicas follow, for
+/// own order starting at `first`, a replica with a read `overdue` (one past its hedge
+/// delay, not answered yet) after the others; the pools fewest requests in flight first
+/// (their replicas' together), ties in that order; the pools' other replicas follow, for
 /// failover. Spreading reads over replicas that share CPUs adds no CPU to search with,
 /// only memory for the reads to touch; and an idle cluster reads each group from one
-/// replica, which keeps that copy hot.
-pub fn order(outstanding: &[usize], first: usize, pools: &[usize]) -> Vec<usize> {
+/// replica, which keeps that copy hot. A replica sitting on an overdue read is likely
+/// slow for its own reasons (a pause, a fault), not for its CPUs' load: the next reads go
+/// round it while that lasts.
+pub fn order(
+    outstanding: &[usize],
+    overdue: &[usize],
+    first: usize,
+    pools: &[usize],
+) -> Vec<usize> {
     let n = outstanding.len();
+    let mut rotation: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+    rotation.sort_by_key(|&i| overdue[i] > 0); // stable: the rotation within each kind
     let (mut heads, mut rest) = (Vec::with_capacity(n), Vec::new());
-    for i in (0..n).map(|k| (first + k) % n) {
+    for i in rotation {
         match heads.iter().any(|&h: &usize| pools[h] == pools[i]) {
             true => rest.push(i),
             false => heads.push(i),
@@ -266,22 +285,34 @@ mod tests {
 
     #[test]
     fn replicas_with_fewer_requests_in_flight_come_first() {
-        let own = [0, 1, 2];
-        assert_eq!(order(&[0, 0, 0], 1, &own), [1, 2, 0]);
-        assert_eq!(order(&[2, 0, 1], 0, &own), [1, 2, 0]);
-        assert_eq!(order(&[1, 1, 0], 2, &own), [2, 0, 1]);
+        let (own, none) = ([0, 1, 2], [0, 0, 0]);
+        assert_eq!(order(&[0, 0, 0], &none, 1, &own), [1, 2, 0]);
+        assert_eq!(order(&[2, 0, 1], &none, 0, &own), [1, 2, 0]);
+        assert_eq!(order(&[1, 1, 0], &none, 2, &own), [2, 0, 1]);
     }
 
     #[test]
     fn replicas_on_the_same_cpus_are_read_as_one() {
         // All three on one machine's CPUs: the group's own replica however busy, the
         // others only to fail over to.
-        assert_eq!(order(&[9, 0, 0], 0, &[0, 0, 0]), [0, 1, 2]);
-        assert_eq!(order(&[0, 5, 0], 1, &[4, 4, 4]), [1, 2, 0]);
+        let none = [0, 0, 0];
+        assert_eq!(order(&[9, 0, 0], &none, 0, &[0, 0, 0]), [0, 1, 2]);
+        assert_eq!(order(&[0, 5, 0], &none, 1, &[4, 4, 4]), [1, 2, 0]);
         // Replicas 0 and 1 share CPUs, 2 has its own: the two pools by their load (9
         // against 4), each read through its first replica from the group's own.
-        assert_eq!(order(&[5, 4, 4], 0, &[0, 0, 1]), [2, 0, 1]);
-        assert_eq!(order(&[1, 1, 4], 1, &[0, 0, 1]), [1, 2, 0]);
+        assert_eq!(order(&[5, 4, 4], &none, 0, &[0, 0, 1]), [2, 0, 1]);
+        assert_eq!(order(&[1, 1, 4], &none, 1, &[0, 0, 1]), [1, 2, 0]);
+    }
+
+    #[test]
+    fn a_replica_with_an_overdue_read_is_read_after_the_others_of_its_pool() {
+        let one_pool = [0, 0, 0];
+        // The group's own replica (1) sits on an overdue read: 2 leads its pool, 1 last.
+        assert_eq!(order(&[1, 0, 0], &[0, 1, 0], 1, &one_pool), [2, 0, 1]);
+        // Every replica overdue: the rotation as usual.
+        assert_eq!(order(&[1, 1, 1], &[1, 1, 1], 1, &one_pool), [1, 2, 0]);
+        // Pools of their own: the overdue replica's pool still ranks by its load.
+        assert_eq!(order(&[1, 2, 2], &[1, 0, 0], 0, &[0, 1, 2]), [0, 1, 2]);
     }
 
     #[test]
@@ -304,18 +335,26 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_is_queuing_only_while_it_answers_with_searches_waiting() {
+    fn a_read_is_queued_only_while_earlier_reads_are_answered_after_long_waits() {
         let load = Load::default();
-        let before = Instant::now();
-        assert!(!load.queuing_since(before), "no answer yet");
-        load.answered(0);
-        assert!(!load.queuing_since(before), "answering, nothing waiting");
-        load.answered(3);
-        assert!(load.queuing_since(before));
-        std::thread::sleep(Duration::from_millis(2));
+        let ms = Duration::from_millis;
+        let earlier = Instant::now();
+        std::thread::sleep(ms(1));
+        let read = Instant::now();
+        assert!(!load.queued_since(read, ms(10)), "no answer yet");
+        load.answered(earlier, ms(2));
+        assert!(!load.queued_since(read, ms(10)), "answering, short waits");
+        load.answered(earlier, ms(12));
+        assert!(load.queued_since(read, ms(10)));
+        load.answered(Instant::now(), ms(12));
         assert!(
-            !load.queuing_since(Instant::now()),
-            "no answer since: stalled, not queuing"
+            !load.queued_since(read, ms(10)),
+            "a read sent later was answered first: this one is not in the queue"
+        );
+        std::thread::sleep(ms(2));
+        assert!(
+            !load.queued_since(Instant::now(), ms(10)),
+            "no answer since: stalled, not queued"
         );
     }
 }

@@ -2,14 +2,15 @@
 //! [`redrec_shard_api::codes`] and the JSON error body; a `not_leader` answer also names
 //! the leader in [`LEADER_HEADER`].
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use redrec_shard_api::codes::{
     INTERNAL, INVALID_REQUEST, LEADER_HEADER, MEMORY_BUDGET, NOT_LEADER, OUTCOME_UNKNOWN,
-    REPLICA_STOPPED, SEARCH_QUEUE_HEADER, STORAGE_ERROR,
+    REPLICA_STOPPED, SEARCH_WAIT_HEADER, STORAGE_ERROR,
 };
 use redrec_wire::HttpError;
 use tokio::sync::Semaphore;
@@ -113,36 +114,20 @@ pub async fn within_budget(
 static SEARCH_TURNS: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
-/// Searches waiting for one of [`SEARCH_TURNS`].
-static WAITING: AtomicU32 = AtomicU32::new(0);
-
-/// Counts a search in [`WAITING`] while it lives (a search dropped while it waits, its
-/// caller gone, counts out too).
-struct Waiting;
-
-impl Waiting {
-    fn enter() -> Self {
-        WAITING.fetch_add(1, Ordering::Relaxed);
-        Self
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        WAITING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// How long the latest search to get one of [`SEARCH_TURNS`] waited for it, in
+/// microseconds.
+static LAST_WAIT_US: AtomicU64 = AtomicU64::new(0);
 
 /// `f`, searches, off the async workers once one of the process's search turns is free.
 pub async fn on_a_search_turn<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let waiting = Waiting::enter();
+    let asked = Instant::now();
     let _turn = SEARCH_TURNS
         .acquire()
         .await
         .expect("the search turns are never closed");
-    drop(waiting);
+    LAST_WAIT_US.store(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()).into()
     })
@@ -163,12 +148,13 @@ pub async fn searching<T: Send + 'static>(
     found.map(axum::Json).map_err(ApiError::from)
 }
 
-/// A search answer with [`SEARCH_QUEUE_HEADER`]: the searches waiting for a turn now.
+/// A search answer with [`SEARCH_WAIT_HEADER`].
 pub type Queued<T> = ([(&'static str, String); 1], T);
 
+/// `answer`, saying how long the latest search waited for its turn.
 pub fn queued<T>(answer: T) -> Queued<T> {
-    let waiting = WAITING.load(Ordering::Relaxed);
-    ([(SEARCH_QUEUE_HEADER, waiting.to_string())], answer)
+    let waited = LAST_WAIT_US.load(Ordering::Relaxed);
+    ([(SEARCH_WAIT_HEADER, waited.to_string())], answer)
 }
 
 /// Runs a store call off the async workers: the engine's calls block.
