@@ -28,11 +28,9 @@ pub struct Group {
     /// The replica that last accepted a write.
     leader: AtomicUsize,
     policy: Arc<ReadPolicy>,
-    /// Answered reads' latency, requests in flight per replica, and of those the reads
-    /// past their hedge delay.
+    /// Answered reads' latency, and requests in flight per replica.
     latency: Latency,
     outstanding: Vec<Outstanding>,
-    overdue: Vec<Outstanding>,
     /// Each replica's CPU pool: replicas in one are read as one (see [`reads::order`]).
     pools: Vec<usize>,
 }
@@ -48,7 +46,6 @@ impl Group {
             label: index.to_string(),
             index,
             outstanding: replicas.iter().map(|_| Outstanding::default()).collect(),
-            overdue: replicas.iter().map(|_| Outstanding::default()).collect(),
             pools: (0..replicas.len()).collect(),
             replicas,
             leader: AtomicUsize::new(0),
@@ -149,8 +146,7 @@ impl Group {
     /// same busy CPUs.
     ///
     /// Replicas are tried fewest requests in flight first, replicas on the same CPUs as
-    /// one, a replica with a read past its hedge delay after the others of its CPUs
-    /// ([`reads::order`]). Among equals the group's own replica, its index modulo the
+    /// one ([`reads::order`]). Among equals the group's own replica, its index modulo the
     /// replicas, comes first: groups spread over the nodes, and each node's copy of a
     /// group stays hot in memory for that group's reads instead of every node paging in
     /// every group.
@@ -164,8 +160,7 @@ impl Group {
             return Err(self.deadline_passed());
         }
         let in_flight: Vec<usize> = self.outstanding.iter().map(Outstanding::get).collect();
-        let overdue: Vec<usize> = self.overdue.iter().map(Outstanding::get).collect();
-        let order = reads::order(&in_flight, &overdue, self.index % n.max(1), &self.pools);
+        let order = reads::order(&in_flight, self.index % n.max(1), &self.pools);
         let policy = &*self.policy;
         metrics::counter!("redrec_group_reads_total").increment(1);
         let hedge = policy.hedge.as_ref().filter(|_| n > 1);
@@ -198,8 +193,6 @@ impl Group {
         let delay = hedge.and_then(|h| h.delay(&self.latency, &policy.all_groups));
         let mut hedge_at = delay.map(|d| tokio::time::Instant::now() + d);
         let (started, mut held) = (Instant::now(), false);
-        // The replicas this read has waited on past the hedge delay, until it returns.
-        let mut overdue = Vec::new();
         let mut last = None;
         loop {
             let timer = async {
@@ -234,9 +227,6 @@ impl Group {
                 () = timer => {
                     hedge_at = None;
                     let (from, to) = (order[next - 1], order[next]);
-                    if overdue.len() < next {
-                        overdue.push(self.overdue[from].enter());
-                    }
                     let wait = delay.unwrap_or_default() / 2;
                     if !held
                         && self.pools[from] == self.pools[to]
@@ -349,52 +339,6 @@ mod tests {
         // Its other searches wait 5 ms for a turn: the queue does not explain this read.
         let (answer, called) = hedged_read(vec![0, 0], Some(MS(5)), MS(60)).await;
         assert_eq!((answer, called), ("b", BOTH.to_vec()));
-    }
-
-    #[tokio::test]
-    async fn reads_go_round_a_replica_sitting_on_an_overdue_read() {
-        let http = reqwest::Client::new();
-        let replicas = BOTH
-            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
-            .to_vec();
-        let policy = ReadPolicy {
-            hedge: Some(Hedge::new(Some(MS(40)), 1.0)),
-            by_cpus: true,
-            ..ReadPolicy::default()
-        };
-        let group =
-            Arc::new(Group::with_policy(0, replicas, Arc::new(policy)).in_pools(vec![0, 0]));
-        let called = Arc::new(Mutex::new(Vec::new()));
-        let read = |group: Arc<Group>, called: Arc<Mutex<Vec<&'static str>>>| async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            group
-                .read(deadline, |replica, _| {
-                    let addr = *BOTH.iter().find(|&&a| a == replica.addr()).unwrap();
-                    let nth = {
-                        let mut called = called.lock().unwrap();
-                        called.push(addr);
-                        called.len()
-                    };
-                    async move {
-                        // The first read's two calls hang; later ones answer at once.
-                        if nth <= 2 {
-                            tokio::time::sleep(MS(2000)).await;
-                        }
-                        Ok::<_, ShardClientError>(addr)
-                    }
-                })
-                .await
-        };
-        // The first read goes to the group's own replica, a, and is hedged to b at 40 ms.
-        let first = tokio::spawn(read(group.clone(), called.clone()));
-        tokio::time::sleep(MS(60)).await;
-        assert_eq!(*called.lock().unwrap(), BOTH.to_vec());
-        // a sits on a read past its delay: the next read starts on b.
-        assert_eq!(read(group.clone(), called.clone()).await.unwrap(), BOTH[1]);
-        first.abort();
-        let _ = first.await;
-        // Once that read is gone, a leads again.
-        assert_eq!(read(group.clone(), called.clone()).await.unwrap(), BOTH[0]);
     }
 
     #[tokio::test]

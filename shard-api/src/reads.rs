@@ -229,25 +229,15 @@ impl Load {
 
 /// The order to try replicas in. Replicas in one CPU pool (`pools[i]`: replica `i`'s;
 /// nodes on the same CPUs) are read as one: each pool by its first replica in the group's
-/// own order starting at `first`, a replica with a read `overdue` (one past its hedge
-/// delay, not answered yet) after the others; the pools fewest requests in flight first
-/// (their replicas' together), ties in that order; the pools' other replicas follow, for
+/// own order starting at `first`, the pools fewest requests in flight first (their
+/// replicas' together), ties in that order; the pools' other replicas follow, for
 /// failover. Spreading reads over replicas that share CPUs adds no CPU to search with,
 /// only memory for the reads to touch; and an idle cluster reads each group from one
-/// replica, which keeps that copy hot. A replica sitting on an overdue read is likely
-/// slow for its own reasons (a pause, a fault), not for its CPUs' load: the next reads go
-/// round it while that lasts.
-pub fn order(
-    outstanding: &[usize],
-    overdue: &[usize],
-    first: usize,
-    pools: &[usize],
-) -> Vec<usize> {
+/// replica, which keeps that copy hot.
+pub fn order(outstanding: &[usize], first: usize, pools: &[usize]) -> Vec<usize> {
     let n = outstanding.len();
-    let mut rotation: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
-    rotation.sort_by_key(|&i| overdue[i] > 0); // stable: the rotation within each kind
     let (mut heads, mut rest) = (Vec::with_capacity(n), Vec::new());
-    for i in rotation {
+    for i in (0..n).map(|k| (first + k) % n) {
         match heads.iter().any(|&h: &usize| pools[h] == pools[i]) {
             true => rest.push(i),
             false => heads.push(i),
@@ -285,34 +275,22 @@ mod tests {
 
     #[test]
     fn replicas_with_fewer_requests_in_flight_come_first() {
-        let (own, none) = ([0, 1, 2], [0, 0, 0]);
-        assert_eq!(order(&[0, 0, 0], &none, 1, &own), [1, 2, 0]);
-        assert_eq!(order(&[2, 0, 1], &none, 0, &own), [1, 2, 0]);
-        assert_eq!(order(&[1, 1, 0], &none, 2, &own), [2, 0, 1]);
+        let own = [0, 1, 2];
+        assert_eq!(order(&[0, 0, 0], 1, &own), [1, 2, 0]);
+        assert_eq!(order(&[2, 0, 1], 0, &own), [1, 2, 0]);
+        assert_eq!(order(&[1, 1, 0], 2, &own), [2, 0, 1]);
     }
 
     #[test]
     fn replicas_on_the_same_cpus_are_read_as_one() {
         // All three on one machine's CPUs: the group's own replica however busy, the
         // others only to fail over to.
-        let none = [0, 0, 0];
-        assert_eq!(order(&[9, 0, 0], &none, 0, &[0, 0, 0]), [0, 1, 2]);
-        assert_eq!(order(&[0, 5, 0], &none, 1, &[4, 4, 4]), [1, 2, 0]);
+        assert_eq!(order(&[9, 0, 0], 0, &[0, 0, 0]), [0, 1, 2]);
+        assert_eq!(order(&[0, 5, 0], 1, &[4, 4, 4]), [1, 2, 0]);
         // Replicas 0 and 1 share CPUs, 2 has its own: the two pools by their load (9
         // against 4), each read through its first replica from the group's own.
-        assert_eq!(order(&[5, 4, 4], &none, 0, &[0, 0, 1]), [2, 0, 1]);
-        assert_eq!(order(&[1, 1, 4], &none, 1, &[0, 0, 1]), [1, 2, 0]);
-    }
-
-    #[test]
-    fn a_replica_with_an_overdue_read_is_read_after_the_others_of_its_pool() {
-        let one_pool = [0, 0, 0];
-        // The group's own replica (1) sits on an overdue read: 2 leads its pool, 1 last.
-        assert_eq!(order(&[1, 0, 0], &[0, 1, 0], 1, &one_pool), [2, 0, 1]);
-        // Every replica overdue: the rotation as usual.
-        assert_eq!(order(&[1, 1, 1], &[1, 1, 1], 1, &one_pool), [1, 2, 0]);
-        // Pools of their own: the overdue replica's pool still ranks by its load.
-        assert_eq!(order(&[1, 2, 2], &[1, 0, 0], 0, &[0, 1, 2]), [0, 1, 2]);
+        assert_eq!(order(&[5, 4, 4], 0, &[0, 0, 1]), [2, 0, 1]);
+        assert_eq!(order(&[1, 1, 4], 1, &[0, 0, 1]), [1, 2, 0]);
     }
 
     #[test]
