@@ -401,16 +401,15 @@ async fn exchange<B: Serialize, T: DeserializeOwned>(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let waited = resp
-        .headers()
-        .get(SEARCH_WAIT_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .map(Duration::from_micros);
+    let waited = load.filter(|_| status.is_success()).and_then(|load| {
+        let us = resp.headers().get(SEARCH_WAIT_HEADER)?.to_str().ok()?;
+        Some((load, Duration::from_micros(us.parse().ok()?)))
+    });
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| unavailable(&redrec_wire::error::with_causes(&e)))?;
-    if let (Some(load), Some(waited), true) = (load, waited, status.is_success()) {
+    if let Some((load, waited)) = waited {
         load.answered(sent, waited);
     }
     if !status.is_success() {

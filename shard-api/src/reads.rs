@@ -189,9 +189,11 @@ impl Drop for InFlight<'_> {
 /// ([`crate::codes::SEARCH_WAIT_HEADER`]), and the latest time a read it answered was sent.
 #[derive(Debug, Default)]
 pub struct Load {
-    /// Microseconds since [`EPOCH`] (0: none yet).
+    /// When the last answer came, microseconds since [`EPOCH`] (0: none yet).
     answered_us: AtomicU64,
+    /// How long the node's latest search waited for a turn, in microseconds.
     waited_us: AtomicU64,
+    /// When the latest-sent read answered was sent, microseconds since [`EPOCH`].
     sent_us: AtomicU64,
 }
 

@@ -30,14 +30,14 @@ use redrec_wire::{HttpError, Json, Path};
 
 use super::answer::SearchAnswer;
 use super::error::{
-    blocking, on_a_search_turn, propose_error, queued, search_turns_free, searching, unavailable,
+    blocking, on_a_search_turn, propose_error, queued, search_turns_free, unavailable,
     within_budget, ApiError, Queued, Reply,
 };
 use crate::group::machine::Command;
 use crate::node::replica::Hosted;
 use crate::node::Node;
 use crate::raft::replica::ProposeError;
-use crate::store::{check_points, digest, VectorStore};
+use crate::store::{check_points, digest, StoreError, VectorStore};
 
 /// Longest a write waits for its entry to commit and apply.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,34 +228,38 @@ async fn search(
             (group, store)
         }
     };
-    let answer = search_replica(&group, store, r).await?;
+    let answer = search_replica(group, store, r).await?;
     Ok(queued(Encoded(SearchAnswer::new(answer, format), format)))
 }
 
-/// `r` on a replica, its hits kept to the slots the group serves here.
+/// `r` on a replica, on one of the node's search turns (see [`search_served`]).
 async fn search_replica(
-    group: &Hosted,
+    group: Arc<Hosted>,
     store: Arc<dyn VectorStore>,
     r: SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
-    let axum::Json(mut answer) = searching(store, move |st| {
-        st.search(&r).map(|results| SearchResponse { results })
-    })
-    .await?;
-    keep_served(group, &mut answer);
-    Ok(answer)
+    on_a_search_turn(move || search_served(&group, store.as_ref(), &r))
+        .await?
+        .map_err(ApiError::from)
 }
 
-/// Keeps `answer`'s hits to the slots the group serves here (slots being copied in, or
-/// already dropped here, are not this group's to serve).
-fn keep_served(group: &Hosted, answer: &mut SearchResponse) {
+/// `r` on a replica, its hits kept to the slots the group serves here (slots being copied
+/// in, or already dropped here, are not this group's to serve). Blocks: the engine's
+/// search does.
+fn search_served(
+    group: &Hosted,
+    store: &dyn VectorStore,
+    r: &SearchRequest,
+) -> Result<SearchResponse, StoreError> {
+    let mut results = store.search(r)?;
     group.with_slots(|slots| {
         if slots.states.is_some() {
-            for list in &mut answer.results {
+            for list in &mut results {
                 list.retain(|h| matches!(slots.of(&h.id), SlotState::Owned | SlotState::Fenced));
             }
         }
     });
+    Ok(SearchResponse { results })
 }
 
 /// `POST /v1/search/groups`: several groups' searches in one call, each on this node's
@@ -292,17 +296,13 @@ async fn search_groups(
     let found: Vec<Result<SearchResponse, ApiError>> = if search_turns_free() >= searchable {
         let at_once = searches.into_iter().map(|s| async move {
             let (group, store, search) = s?;
-            search_replica(&group, store, search).await
+            search_replica(group, store, search).await
         });
         futures::future::join_all(at_once).await
     } else {
         on_a_search_turn(move || {
-            let search = |(group, store, search): (Arc<Hosted>, Arc<dyn VectorStore>, _)| {
-                let mut answer = SearchResponse {
-                    results: store.search(&search)?,
-                };
-                keep_served(&group, &mut answer);
-                Ok(answer)
+            let search = |(group, store, r): (Arc<Hosted>, Arc<dyn VectorStore>, _)| {
+                Ok(search_served(&group, store.as_ref(), &r)?)
             };
             searches.into_iter().map(|s| s.and_then(search)).collect()
         })
