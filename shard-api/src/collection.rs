@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::points::PointIds;
+
 /// The similarity the towers are trained for. Both order higher scores first, which is
 /// what the router's max merge assumes; distances (lower first) are not offered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,10 @@ pub struct Collection {
     /// Unindexed vectors (in KiB) a segment may hold before an index build starts; below
     /// it a segment is searched exactly.
     pub indexing_threshold_kb: usize,
+    /// How item ids become point ids; fixed when the cluster is created. Maps written
+    /// before it existed read `hashed`, which their stores were made with.
+    #[serde(default = "PointIds::legacy")]
+    pub point_ids: PointIds,
 }
 
 impl Default for Collection {
@@ -80,6 +86,7 @@ impl Default for Collection {
             oversampling: 2.0,
             // 2 MB: 8k vectors of 64 floats, scanned exactly until indexed.
             indexing_threshold_kb: 2_000,
+            point_ids: PointIds::Direct,
         }
     }
 }
@@ -118,6 +125,12 @@ impl Collection {
             return Err(format!(
                 "distance is fixed when the cluster is created ({:?})",
                 self.distance
+            ));
+        }
+        if next.point_ids != self.point_ids {
+            return Err(format!(
+                "point_ids is fixed when the cluster is created ({:?})",
+                self.point_ids
             ));
         }
         Ok(())
@@ -162,5 +175,11 @@ mod tests {
         let c: Collection = serde_json::from_str(r#"{"quantization":"int8"}"#).unwrap();
         assert_eq!(c.quantization, Quantization::Int8);
         assert_eq!(c.hnsw_m, Collection::default().hnsw_m);
+        // Their stores hash every id; new clusters keep decimal ids as they are.
+        assert_eq!(c.point_ids, PointIds::Hashed);
+        assert_eq!(Collection::default().point_ids, PointIds::Direct);
+        let mut hashed = Collection::default();
+        hashed.point_ids = PointIds::Hashed;
+        assert!(Collection::default().check_change(&hashed).is_err());
     }
 }

@@ -9,8 +9,8 @@ use crate::users::Keyspace;
 
 pub type Payload = Map<String, Value>;
 
-/// The payload key under which a point keeps its item id (Qdrant's point ids are UUIDs);
-/// callers may not write it.
+/// The payload key under which a point keeps an item id that is not its point id (see
+/// [`PointIds`]); callers may not write it.
 pub const ID_KEY: &str = "_redrec_id";
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x7265_6472_6563_4000_8000_6974_656d_7321);
 
@@ -44,9 +44,56 @@ pub fn check_vector(vector: &[f32], dim: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The UUID behind an item's point id: scrolls return points in its order.
+/// The UUID an item id is hashed to (v5, in redrec's namespace).
 pub fn point_uuid(item_id: &str) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, item_id.as_bytes())
+}
+
+/// How a store turns item ids into point ids; fixed when the store is created (a store
+/// records it beside its files), and the same on every store of a cluster, since a slot
+/// move compares two stores in point-id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointIds {
+    /// Every id hashed to a UUID ([`point_uuid`]), the id itself kept in the payload: how
+    /// stores and clusters made before `direct` keep them.
+    Hashed,
+    /// An id written in canonical decimal below 2^64 ("0", "42"; not "042") is its own
+    /// point id, so a search answers it without reading any payload; other ids hashed.
+    Direct,
+}
+
+impl PointIds {
+    /// What a map or store that names no scheme was made with.
+    pub fn legacy() -> Self {
+        Self::Hashed
+    }
+
+    /// The point id of `item_id`. Scrolls return points in this key's order: numbers
+    /// (ascending) before UUIDs, as Qdrant orders its point ids.
+    pub fn key(self, item_id: &str) -> PointKey {
+        match self {
+            Self::Direct => match decimal_id(item_id) {
+                Some(n) => PointKey::Num(n),
+                None => PointKey::Uuid(point_uuid(item_id)),
+            },
+            Self::Hashed => PointKey::Uuid(point_uuid(item_id)),
+        }
+    }
+}
+
+/// A point id, ordered as scrolls return them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PointKey {
+    Num(u64),
+    Uuid(Uuid),
+}
+
+/// `item_id` as a number when it is written the one way [`u64::to_string`] writes it.
+pub fn decimal_id(item_id: &str) -> Option<u64> {
+    let canonical = item_id.bytes().all(|b| b.is_ascii_digit())
+        && (item_id == "0" || !item_id.starts_with('0'));
+    canonical.then(|| item_id.parse().ok()).flatten()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,6 +398,37 @@ pub struct Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_canonical_decimals_are_their_own_point_ids() {
+        for (id, n) in [("0", 0), ("42", 42), ("18446744073709551615", u64::MAX)] {
+            assert_eq!(decimal_id(id), Some(n), "{id}");
+            assert_eq!(PointIds::Direct.key(id), PointKey::Num(n));
+            assert_eq!(PointIds::Hashed.key(id), PointKey::Uuid(point_uuid(id)));
+        }
+        for id in [
+            "",
+            "042",
+            "00",
+            "-1",
+            "+1",
+            "1e3",
+            " 1",
+            "18446744073709551616",
+            "i1",
+        ] {
+            assert_eq!(decimal_id(id), None, "{id:?}");
+            assert_eq!(PointIds::Direct.key(id), PointKey::Uuid(point_uuid(id)));
+        }
+        // Numbers first, in numeric order, as Qdrant scrolls.
+        let mut keys: Vec<PointKey> = ["i1", "10", "9", "a"]
+            .iter()
+            .map(|id| PointIds::Direct.key(id))
+            .collect();
+        keys.sort();
+        assert_eq!(keys[..2], [PointKey::Num(9), PointKey::Num(10)]);
+        assert!(matches!(keys[2], PointKey::Uuid(_)));
+    }
 
     #[test]
     fn vectors_keep_scores_finite() {

@@ -18,6 +18,7 @@ use crate::group::EdgeGroups;
 use crate::node::{Node, NodeConfig};
 use crate::raft::driver::DriverConfig;
 use crate::store::edge::EdgeStore;
+use crate::store::VectorStore;
 
 pub struct ShardConfig {
     /// Where to listen; port 0 picks a free one (a lone shard only).
@@ -66,7 +67,7 @@ pub async fn serve(cfg: ShardConfig) -> Result<()> {
         let (store, users) = tokio::task::spawn_blocking(move || {
             let store = EdgeStore::open(&data, dim, &collection)
                 .with_context(|| format!("opening {}", data.display()))?;
-            let users = crate::users::open(&data.join("users"))?;
+            let users = crate::users::open(&data.join("users"), store.collection().point_ids)?;
             anyhow::Ok((store, users))
         })
         .await??;

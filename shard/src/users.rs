@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use redrec_shard_api::collection::Collection;
-use redrec_shard_api::points::{Payload, Point, StoredPoint};
+use redrec_shard_api::points::{Payload, Point, PointIds, StoredPoint};
 use redrec_shard_api::users::{StoredEvent, UserEvent, UserHistory};
 use serde_json::{json, Value};
 
@@ -18,10 +18,12 @@ const EVENTS_KEY: &str = "events";
 /// Longest user or item id, in bytes.
 const MAX_ID_BYTES: usize = 512;
 
-/// The users' store under `dir`: one-dimensional placeholders, never indexed.
-pub fn open(dir: &Path) -> anyhow::Result<EdgeStore> {
+/// The users' store under `dir`: one-dimensional placeholders, never indexed, its point
+/// ids (when new) kept as `point_ids` says, as the items' store beside it.
+pub fn open(dir: &Path, point_ids: PointIds) -> anyhow::Result<EdgeStore> {
     let collection = Collection {
         indexing_threshold_kb: 1 << 30,
+        point_ids,
         ..Collection::default()
     };
     Ok(EdgeStore::open(dir, 1, &collection)?)
@@ -143,7 +145,7 @@ mod tests {
     #[test]
     fn events_are_kept_in_time_order_once_each_newest_first_to_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path()).unwrap();
+        let store = open(dir.path(), PointIds::Direct).unwrap();
         let added = add(
             &store,
             vec![ev("u", "b", 20), ev("u", "a", 10), ev("v", "x", 5)],

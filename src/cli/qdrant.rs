@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use redrec_qdrant::QdrantSettings;
 use redrec_shard_api::collection::{Collection, Distance, Quantization};
+use redrec_shard_api::points::PointIds;
 
 /// Items on a Qdrant server or cluster instead of redrec's shard groups.
 #[derive(Args)]
@@ -111,6 +112,8 @@ impl QdrantArgs {
             on_disk: self.qdrant_vectors_on_disk,
             oversampling: self.qdrant_oversampling,
             indexing_threshold_kb: self.qdrant_indexing_threshold_kb,
+            // The Qdrant backend hashes every id and keeps it in the payload.
+            point_ids: PointIds::Hashed,
         };
         collection
             .check()

@@ -14,6 +14,7 @@ use redrec_shard::budget::MemoryBudget;
 use redrec_shard::serve::NodeSettings;
 use redrec_shard::ShardConfig;
 use redrec_shard_api::collection::{Collection, Distance, Quantization};
+use redrec_shard_api::points::PointIds;
 use redrec_shard_api::reads::{Hedge, ReadPolicy};
 use redrec_wire::auth::{ApiKeys, Guard, Secret};
 use redrec_wire::tls::ServerTls;
@@ -157,6 +158,7 @@ impl CollectionArgs {
             on_disk: self.vectors_on_disk,
             oversampling: self.oversampling,
             indexing_threshold_kb: self.indexing_threshold_kb,
+            point_ids: PointIds::Direct,
         };
         c.check().map_err(|e| anyhow!(e))?;
         Ok(c)

@@ -135,7 +135,7 @@ impl StateMachine {
     ) -> Result<Self, MachineError> {
         let path = dir.join("applied.json");
         let persisted: Persisted = load_json(&path)?;
-        let users = crate::users::open(&dir.join("users"))
+        let users = crate::users::open(&dir.join("users"), store.collection().point_ids)
             .map_err(|e| MachineError::State(format!("users' store: {e:#}")))?;
         Ok(Self {
             group,

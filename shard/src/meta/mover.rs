@@ -25,7 +25,7 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use redrec_shard_api::map::{ClusterMap, MetaCommand, MovePhase, SlotMove};
-use redrec_shard_api::points::{point_uuid, Point, StoredPoint};
+use redrec_shard_api::points::{Point, PointIds, PointKey, StoredPoint};
 use redrec_shard_api::slots::{MigrateRequest, SlotState};
 use redrec_shard_api::status::NodeStatus;
 use redrec_shard_api::users::Keyspace;
@@ -241,7 +241,7 @@ impl<C: MetaConsensus> Mover<'_, C> {
 
     async fn run_move(&self, map: &ClusterMap, m: &SlotMove) -> Result<(), StepError> {
         let (a, b) = (self.client(map, m.from), self.client(map, m.to));
-        let v = map.version;
+        let (v, ids) = (map.version, map.settings.collection.point_ids);
         let (err_a, err_b) = (on(m.from), on(m.to));
         let started = Instant::now();
         if m.phase == MovePhase::Copying {
@@ -254,7 +254,7 @@ impl<C: MetaConsensus> Mover<'_, C> {
             // Items, then users' histories, of the moving slots.
             let mut copied = 0;
             for keyspace in [Keyspace::Items, Keyspace::Users] {
-                copied += copy(&a, &b, &m.slots, keyspace).await.map_err(err_a)?;
+                copied += copy(&a, &b, ids, &m.slots, keyspace).await.map_err(err_a)?;
             }
             set_slots(&a, v, &m.slots, SlotState::Fenced)
                 .await
@@ -262,7 +262,7 @@ impl<C: MetaConsensus> Mover<'_, C> {
             let fenced = Instant::now();
             let mut caught_up = 0;
             for keyspace in [Keyspace::Items, Keyspace::Users] {
-                caught_up += reconcile(&a, &b, m, keyspace).await?;
+                caught_up += reconcile(&a, &b, ids, m, keyspace).await?;
             }
             self.propose(MetaCommand::FlipMove { id: m.id }).await?;
             tracing::info!(
@@ -343,18 +343,21 @@ async fn set_slots(
 /// applied the last slot change).
 struct Pages<'a> {
     group: &'a Group,
+    /// How the group's stores (every store of the cluster) key their points.
+    ids: PointIds,
     keyspace: Keyspace,
     slots: Vec<u16>,
     buf: VecDeque<StoredPoint>,
     cursor: Option<String>,
     done: bool,
-    last: Option<uuid::Uuid>,
+    last: Option<PointKey>,
 }
 
 impl<'a> Pages<'a> {
-    fn new(group: &'a Group, slots: &[u16], keyspace: Keyspace) -> Self {
+    fn new(group: &'a Group, ids: PointIds, slots: &[u16], keyspace: Keyspace) -> Self {
         Self {
             group,
+            ids,
             keyspace,
             slots: slots.to_vec(),
             buf: VecDeque::new(),
@@ -391,7 +394,7 @@ impl<'a> Pages<'a> {
     /// not: both sides of a comparison must come in point-id order).
     fn pop(&mut self) -> Result<StoredPoint, ()> {
         let p = self.buf.pop_front().ok_or(())?;
-        let key = point_uuid(&p.id);
+        let key = self.ids.key(&p.id);
         if self.last.is_some_and(|l| l >= key) {
             return Err(());
         }
@@ -428,10 +431,11 @@ async fn migrate(b: &Group, req: MigrateRequest) -> Result<usize, ShardClientErr
 async fn copy(
     a: &Group,
     b: &Group,
+    ids: PointIds,
     slots: &[u16],
     keyspace: Keyspace,
 ) -> Result<usize, ShardClientError> {
-    let mut pages = Pages::new(a, slots, keyspace);
+    let mut pages = Pages::new(a, ids, slots, keyspace);
     let mut copied = 0;
     loop {
         let page = pages.next_page().await?;
@@ -457,13 +461,14 @@ async fn copy(
 async fn reconcile(
     a: &Group,
     b: &Group,
+    ids: PointIds,
     m: &SlotMove,
     keyspace: Keyspace,
 ) -> Result<usize, StepError> {
     let (err_a, err_b) = (on(m.from), on(m.to));
     let (mut pa, mut pb) = (
-        Pages::new(a, &m.slots, keyspace),
-        Pages::new(b, &m.slots, keyspace),
+        Pages::new(a, ids, &m.slots, keyspace),
+        Pages::new(b, ids, &m.slots, keyspace),
     );
     let fresh = || MigrateRequest {
         keyspace,
@@ -472,8 +477,8 @@ async fn reconcile(
     let mut batch = fresh();
     let mut changed = 0;
     loop {
-        let ka = pa.peek().await.map_err(err_a)?.map(|p| point_uuid(&p.id));
-        let kb = pb.peek().await.map_err(err_b)?.map(|p| point_uuid(&p.id));
+        let ka = pa.peek().await.map_err(err_a)?.map(|p| ids.key(&p.id));
+        let kb = pb.peek().await.map_err(err_b)?.map(|p| ids.key(&p.id));
         let order = match (ka, kb) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,

@@ -19,23 +19,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use qdrant_edge::{
-    EdgeConfig, EdgeShard, Filter, JsonPath, NamedQuery, PointId, PointInsertOperations,
-    PointOperations, PointStructPersisted, QuantizationSearchParams, QueryEnum, ScrollRequest,
-    SearchParams, SearchRequest as EdgeSearch, UpdateOperation, VectorInternal,
-    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+    EdgeConfig, EdgeShard, Filter, NamedQuery, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QuantizationSearchParams, QueryEnum, ScrollRequest, SearchParams,
+    SearchRequest as EdgeSearch, UpdateOperation, VectorInternal, VectorStructInternal,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use redrec_shard_api::collection::{Collection, Quantization};
 use redrec_shard_api::points::{
-    Hit, Memory, Page, Payload, Point, SearchRequest, Stats, StoredPoint, ID_KEY,
+    Hit, Memory, Page, Point, PointIds, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
 use super::config::{edge_config, set_merge_cap, Writes, QUIET};
 use super::footprint;
+use super::ids::{self, point_id};
 use super::journal::{Journal, Op};
-use super::{check_points, check_vector, point_id, StoreError, StoreResult, VectorStore};
+use super::{check_points, check_vector, StoreError, StoreResult, VectorStore};
 
 /// Where the journal lives, beside the engine's own files.
 const JOURNAL_DIR: &str = "journal";
@@ -51,6 +52,8 @@ const MEASURE_EVERY: Duration = Duration::from_secs(5);
 pub(super) struct Core {
     path: PathBuf,
     dim: usize,
+    /// How item ids are point ids here.
+    ids: PointIds,
     /// The engine; `None` only while it is reopened with new settings.
     shard: RwLock<Option<EdgeShard>>,
     /// Serialises writes (and the flush, which qdrant-edge forbids during one).
@@ -234,7 +237,16 @@ impl EdgeStore {
     pub fn open(path: &Path, dim: usize, settings: &Collection) -> StoreResult<Self> {
         settings.check().map_err(StoreError::BadRequest)?;
         let config = edge_config(dim, settings)?;
-        let shard = if let Some(stored) = EdgeConfig::load(path) {
+        let stored = EdgeConfig::load(path);
+        if stored.is_none() {
+            std::fs::create_dir_all(path).map_err(engine)?;
+        }
+        let ids = ids::scheme(path, stored.is_some(), settings.point_ids)?;
+        let settings = &Collection {
+            point_ids: ids,
+            ..settings.clone()
+        };
+        let shard = if let Some(stored) = stored {
             let stored = stored.map_err(engine)?;
             let (size, distance) = stored.vectors.get("").map(|v| (v.size, v.distance)).unzip();
             if size != Some(dim) || distance != config.vectors.get("").map(|v| v.distance) {
@@ -246,17 +258,17 @@ impl EdgeStore {
             }
             EdgeShard::load(path, Some(config)).map_err(engine)?
         } else {
-            std::fs::create_dir_all(path).map_err(engine)?;
             EdgeShard::new(path, config).map_err(engine)?
         };
         let (journal, replay) = Journal::open(&path.join(JOURNAL_DIR))?;
         for op in replay {
-            apply(&shard, op)?;
+            apply(&shard, ids, op)?;
         }
         let catalogue = shard.info().points_count as u64;
         let core = Arc::new(Core {
             path: path.to_path_buf(),
             dim,
+            ids,
             shard: RwLock::new(Some(shard)),
             journal: Mutex::new(journal),
             settings: RwLock::new(settings.clone()),
@@ -281,7 +293,10 @@ impl EdgeStore {
         }
         let mut filter = json!({ "must": must });
         if !exclude.is_empty() {
-            let ids: Vec<_> = exclude.iter().map(|id| json!(point_id(id))).collect();
+            let ids: Vec<_> = exclude
+                .iter()
+                .map(|id| json!(point_id(self.core.ids, id)))
+                .collect();
             filter["must_not"] = json!([{ "has_id": ids }]);
         } else if must.is_empty() {
             return Ok(None);
@@ -310,17 +325,19 @@ fn spawn_indexer(core: Arc<Core>) -> StoreResult<(mpsc::Sender<()>, JoinHandle<(
     Ok((stop, handle))
 }
 
-/// Applies a journalled operation to the engine.
-fn apply(shard: &EdgeShard, op: Op) -> StoreResult<()> {
+/// Applies a journalled operation to the engine, whose point ids follow `ids`.
+fn apply(shard: &EdgeShard, ids: PointIds, op: Op) -> StoreResult<()> {
     let op = match op {
         Op::Upsert(points) => {
             let points = points
                 .into_iter()
                 .map(|p| {
                     let mut payload = p.payload;
-                    payload.insert(ID_KEY.into(), Value::String(p.id.clone()));
+                    if ids::kept_in_payload(ids, &p.id) {
+                        payload.insert(ID_KEY.into(), Value::String(p.id.clone()));
+                    }
                     PointStructPersisted {
-                        id: point_id(&p.id),
+                        id: point_id(ids, &p.id),
                         vector: VectorStructPersisted::Single(p.vector),
                         payload: Some(qdrant_edge::Payload(payload)),
                     }
@@ -328,8 +345,8 @@ fn apply(shard: &EdgeShard, op: Op) -> StoreResult<()> {
                 .collect();
             PointOperations::UpsertPoints(PointInsertOperations::PointsList(points))
         }
-        Op::Delete(ids) => PointOperations::DeletePoints {
-            ids: ids.iter().map(|id| point_id(id)).collect(),
+        Op::Delete(items) => PointOperations::DeletePoints {
+            ids: items.iter().map(|id| point_id(ids, id)).collect(),
         },
     };
     shard
@@ -373,8 +390,9 @@ impl VectorStore for EdgeStore {
         }
         // The journal keeps the points; the engine is given its own copy.
         let copy = Op::Upsert(points.clone());
+        let ids = self.core.ids;
         self.core
-            .write(Op::Upsert(points), |shard| apply(shard, copy))?;
+            .write(Op::Upsert(points), |shard| apply(shard, ids, copy))?;
         Ok(n)
     }
 
@@ -382,20 +400,21 @@ impl VectorStore for EdgeStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let pids: Vec<PointId> = ids.iter().map(|id| point_id(id)).collect();
+        let scheme = self.core.ids;
+        let pids: Vec<PointId> = ids.iter().map(|id| point_id(scheme, id)).collect();
         let mut existing = 0;
         self.core.write(Op::Delete(ids.to_vec()), |shard| {
             existing = shard
                 .retrieve(&pids, Some(WithPayloadInterface::Bool(false)), None)
                 .map_err(engine)?
                 .len();
-            apply(shard, Op::Delete(ids.to_vec()))
+            apply(shard, scheme, Op::Delete(ids.to_vec()))
         })?;
         Ok(existing)
     }
 
     fn get(&self, ids: &[String], with_vector: bool) -> StoreResult<Vec<StoredPoint>> {
-        let pids: Vec<PointId> = ids.iter().map(|id| point_id(id)).collect();
+        let pids: Vec<PointId> = ids.iter().map(|id| point_id(self.core.ids, id)).collect();
         let guard = self.core.engine()?;
         let records = guard
             .as_ref()
@@ -409,9 +428,9 @@ impl VectorStore for EdgeStore {
         Ok(records
             .into_iter()
             .map(|r| {
-                let (id, payload) = split_payload(r.payload);
+                let (id, payload) = ids::item_id(r.id, r.payload);
                 StoredPoint {
-                    id,
+                    id: id.unwrap_or_default(),
                     vector: if with_vector { dense(r.vector) } else { None },
                     payload,
                 }
@@ -439,21 +458,13 @@ impl VectorStore for EdgeStore {
             ),
             ..Default::default()
         };
-        // The item id is a payload field: without payloads, that field alone.
-        let with_payload = match request.with_payload {
-            true => WithPayloadInterface::Bool(true),
-            false => WithPayloadInterface::Fields(vec![
-                JsonPath::try_from(ID_KEY).expect("a plain key is a path")
-            ]),
-        };
+        let with_payload = ids::search_payload(self.core.ids, request.with_payload);
         let guard = self.core.engine()?;
         let shard = guard.as_ref().expect("checked by engine()");
         // No batch search in qdrant-edge: one search per query vector.
-        request
-            .queries
-            .iter()
+        let lists = (request.queries.iter())
             .map(|q| {
-                let hits = shard
+                shard
                     .search(EdgeSearch {
                         query: QueryEnum::Nearest(NamedQuery {
                             query: VectorInternal::from(q.clone()),
@@ -467,28 +478,20 @@ impl VectorStore for EdgeStore {
                         with_vector: None,
                         score_threshold: None,
                     })
-                    .map_err(engine)?;
-                Ok(hits
-                    .into_iter()
-                    .map(|h| {
-                        let (id, payload) = split_payload(h.payload);
-                        Hit {
-                            id,
-                            score: h.score,
-                            payload,
-                        }
-                    })
-                    .collect())
+                    .map_err(engine)
             })
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        ids::name_hits(shard, lists)
     }
 
     fn scroll(&self, cursor: Option<&str>, limit: usize) -> StoreResult<Page> {
+        // A cursor is the next point's id, a number or a UUID.
         let offset = cursor
-            .map(|c| {
-                Uuid::parse_str(c)
+            .map(|c| match c.parse::<u64>() {
+                Ok(n) => Ok(PointId::NumId(n)),
+                Err(_) => Uuid::parse_str(c)
                     .map(PointId::Uuid)
-                    .map_err(|e| StoreError::BadRequest(format!("invalid cursor {c:?}: {e}")))
+                    .map_err(|e| StoreError::BadRequest(format!("invalid cursor {c:?}: {e}"))),
             })
             .transpose()?;
         let guard = self.core.engine()?;
@@ -507,9 +510,9 @@ impl VectorStore for EdgeStore {
         let points = records
             .into_iter()
             .map(|r| {
-                let (id, payload) = split_payload(r.payload);
+                let (id, payload) = ids::item_id(r.id, r.payload);
                 StoredPoint {
-                    id,
+                    id: id.unwrap_or_default(),
                     vector: dense(r.vector),
                     payload,
                 }
@@ -546,6 +549,12 @@ impl VectorStore for EdgeStore {
     }
 
     fn configure(&self, collection: &Collection) -> StoreResult<()> {
+        // The store's own scheme stays whatever a change says (a store made before the
+        // cluster named one keeps hashing).
+        let collection = &Collection {
+            point_ids: self.core.ids,
+            ..collection.clone()
+        };
         self.core
             .settings()
             .check_change(collection)
@@ -575,16 +584,6 @@ impl VectorStore for EdgeStore {
 
 fn engine<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Engine(e.to_string())
-}
-
-/// Splits the caller's id back out of a stored payload.
-fn split_payload(payload: Option<qdrant_edge::Payload>) -> (String, Payload) {
-    let mut map = payload.map(|p| p.0).unwrap_or_default();
-    let id = match map.remove(ID_KEY) {
-        Some(Value::String(s)) => s,
-        _ => String::new(),
-    };
-    (id, map)
 }
 
 fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {

@@ -4,13 +4,13 @@
 mod config;
 pub mod edge;
 mod footprint;
+mod ids;
 mod journal;
 #[cfg(test)]
 mod tests;
 
-use qdrant_edge::PointId;
 use redrec_shard_api::collection::Collection;
-use redrec_shard_api::points::{point_uuid, Hit, Page, Point, SearchRequest, Stats, StoredPoint};
+use redrec_shard_api::points::{Hit, Page, Point, SearchRequest, Stats, StoredPoint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,11 +78,6 @@ pub fn digest(store: &dyn VectorStore) -> StoreResult<(usize, String)> {
             None => return Ok((points, format!("{:032x}", hasher.digest128()))),
         }
     }
-}
-
-/// Deterministic Qdrant point id of an item id.
-pub fn point_id(item_id: &str) -> PointId {
-    PointId::Uuid(point_uuid(item_id))
 }
 
 /// See [`redrec_shard_api::points::check_vector`]: the same rule as the router's.

@@ -415,3 +415,89 @@ fn a_stream_onto_the_indexed_catalogue_caps_merges_and_a_load_does_not() {
     store.upsert(points(&vectors[..1], 0)).unwrap();
     assert!(!store.stats().unwrap().settled);
 }
+
+/// Under `direct` (new stores), a decimal id is its own point id: hits are named without
+/// reading payloads, other ids keep theirs in the payload, scrolls go numbers first. A
+/// store made before schemes were recorded keeps hashing whatever it is asked.
+#[test]
+fn decimal_ids_are_point_ids_and_old_stores_keep_hashing() {
+    use redrec_shard_api::points::{PointIds, ID_KEY};
+    let ids = ["42", "7", "042", "item-a", "18446744073709551615"];
+    let search = |store: &EdgeStore, with_payload: bool, exclude: &[&str]| {
+        let queries = (0..ids.len()).map(|i| unit(8, i)).collect();
+        let exclude = exclude.iter().map(|s| s.to_string()).collect();
+        store
+            .search(&SearchRequest {
+                queries,
+                k: ids.len(),
+                filter: None,
+                exclude,
+                ef: None,
+                consistency: Default::default(),
+                with_payload,
+            })
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+        assert_eq!(store.collection().point_ids, PointIds::Direct);
+        let pts = (ids.iter().enumerate()).map(|(i, id)| point(id, unit(8, i), "x"));
+        store.upsert(pts.collect()).unwrap();
+        for with_payload in [false, true] {
+            let res = search(&store, with_payload, &[]);
+            let top: Vec<&str> = res.iter().map(|hits| hits[0].id.as_str()).collect();
+            assert_eq!(top, ids, "with_payload {with_payload}");
+            assert!(res.iter().flatten().all(|h| !h.payload.contains_key(ID_KEY)
+                && h.payload.contains_key("category") == with_payload));
+        }
+        let left: Vec<String> = search(&store, false, &["42", "item-a"])
+            .into_iter()
+            .flatten()
+            .map(|h| h.id)
+            .collect();
+        assert!(!left.is_empty() && left.iter().all(|id| id != "42" && id != "item-a"));
+        // One point a page, across the numbers' end.
+        let (mut cursor, mut seen) = (None, vec![]);
+        loop {
+            let page = store.scroll(cursor.as_deref(), 1).unwrap();
+            seen.extend(page.points.into_iter().map(|p| p.id));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen[..3], ["7", "42", "18446744073709551615"]);
+        let mut hashed = seen[3..].to_vec();
+        hashed.sort();
+        assert_eq!(hashed, ["042", "item-a"]);
+        let gone = ["7".into(), "item-a".into(), "8".into()];
+        assert_eq!(store.delete(&gone).unwrap(), 2);
+    }
+    // Reopened under another scheme: the store keeps its own.
+    let hashed = Collection {
+        point_ids: PointIds::Hashed,
+        ..Default::default()
+    };
+    let store = EdgeStore::open(dir.path(), 8, &hashed).unwrap();
+    assert_eq!(store.collection().point_ids, PointIds::Direct);
+    let got = store.get(&["42".into(), "042".into(), "7".into()], false);
+    let got: Vec<String> = got.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(got, ["42", "042"]);
+    assert_eq!(digest(&store).unwrap().0, 3);
+    drop(store);
+
+    // A store whose scheme file is missing was made before schemes: every id hashed.
+    let old = tempfile::tempdir().unwrap();
+    {
+        let store = EdgeStore::open(old.path(), 8, &hashed).unwrap();
+        store.upsert(vec![point("42", unit(8, 0), "x")]).unwrap();
+    }
+    std::fs::remove_file(old.path().join("point-ids")).unwrap();
+    let store = EdgeStore::open(old.path(), 8, &Default::default()).unwrap();
+    assert_eq!(store.collection().point_ids, PointIds::Hashed);
+    let res = search(&store, false, &[]);
+    assert_eq!(res[0][0].id, "42");
+    assert!(res[0][0].payload.is_empty());
+    assert_eq!(store.get(&["42".into()], false).unwrap().len(), 1);
+}

@@ -1,0 +1,128 @@
+//! Item ids and the engine's point ids: the scheme a store keeps them in (recorded beside
+//! its files when it is created, see [`PointIds`]), and item ids read back from points.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use qdrant_edge::{EdgeShard, JsonPath, PointId, ScoredPoint, WithPayloadInterface};
+use serde_json::Value;
+
+use redrec_shard_api::points::{Hit, Payload, PointIds, PointKey, ID_KEY};
+
+use super::{StoreError, StoreResult};
+
+/// The file beside the engine's that names the store's scheme.
+const SCHEME_FILE: &str = "point-ids";
+
+/// The scheme of the store at `path`: the one recorded there; `hashed` for a store made
+/// before schemes were recorded (`exists`, nothing recorded); for a new store, `wanted`,
+/// recorded before the engine writes anything.
+pub(super) fn scheme(path: &Path, exists: bool, wanted: PointIds) -> StoreResult<PointIds> {
+    let file = path.join(SCHEME_FILE);
+    match std::fs::read(&file) {
+        Ok(bytes) => {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Engine(format!("{}: unreadable: {e}", file.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Engine(format!("{}: {e}", file.display()))),
+    }
+    let scheme = if exists { PointIds::legacy() } else { wanted };
+    let json = serde_json::to_vec(&scheme).expect("an enum serialises");
+    let temp = path.join(format!("{SCHEME_FILE}.new"));
+    let written = std::fs::write(&temp, json)
+        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+        .and_then(|()| std::fs::rename(&temp, &file));
+    written.map_err(|e| StoreError::Engine(format!("{}: {e}", file.display())))?;
+    Ok(scheme)
+}
+
+/// The engine's point id of `item_id` under `ids`.
+pub(super) fn point_id(ids: PointIds, item_id: &str) -> PointId {
+    match ids.key(item_id) {
+        PointKey::Num(n) => PointId::NumId(n),
+        PointKey::Uuid(u) => PointId::Uuid(u),
+    }
+}
+
+/// Whether `item_id`'s point keeps the id in its payload (its point id is a hash).
+pub(super) fn kept_in_payload(ids: PointIds, item_id: &str) -> bool {
+    matches!(ids.key(item_id), PointKey::Uuid(_))
+}
+
+/// The item id of a point read with its payload, and the payload without the id key
+/// (empty if none was read). `None` for a hashed point read without its id key.
+pub(super) fn item_id(
+    id: PointId,
+    payload: Option<qdrant_edge::Payload>,
+) -> (Option<String>, Payload) {
+    let mut map = payload.map(|p| p.0).unwrap_or_default();
+    let kept = match map.remove(ID_KEY) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let id = match id {
+        PointId::NumId(n) => Some(n.to_string()),
+        PointId::Uuid(_) => kept,
+    };
+    (id, map)
+}
+
+/// What a search reads of each hit's payload: everything, or only what names the item.
+/// Under `direct`, reading nothing: the hits that need their id key are read after.
+pub(super) fn search_payload(ids: PointIds, with_payload: bool) -> WithPayloadInterface {
+    match (with_payload, ids) {
+        (true, _) => WithPayloadInterface::Bool(true),
+        (false, PointIds::Direct) => WithPayloadInterface::Bool(false),
+        (false, PointIds::Hashed) => WithPayloadInterface::Fields(vec![
+            JsonPath::try_from(ID_KEY).expect("a plain key is a path")
+        ]),
+    }
+}
+
+/// The hits of a request's searches, each named by its item id: the ids of hashed points
+/// searched without their payload are read in one call for all the lists.
+pub(super) fn name_hits(
+    shard: &EdgeShard,
+    lists: Vec<Vec<ScoredPoint>>,
+) -> StoreResult<Vec<Vec<Hit>>> {
+    let mut unnamed: Vec<PointId> = Vec::new();
+    let lists: Vec<Vec<(PointId, Option<String>, f32, Payload)>> = lists
+        .into_iter()
+        .map(|hits| {
+            hits.into_iter()
+                .map(|h| {
+                    let (id, payload) = item_id(h.id, h.payload);
+                    if id.is_none() {
+                        unnamed.push(h.id);
+                    }
+                    (h.id, id, h.score, payload)
+                })
+                .collect()
+        })
+        .collect();
+    let mut names: HashMap<PointId, String> = HashMap::new();
+    if !unnamed.is_empty() {
+        let only_id = WithPayloadInterface::Fields(vec![
+            JsonPath::try_from(ID_KEY).expect("a plain key is a path")
+        ]);
+        let records = shard
+            .retrieve(&unnamed, Some(only_id), None)
+            .map_err(|e| StoreError::Engine(e.to_string()))?;
+        names.extend(
+            (records.into_iter()).filter_map(|r| Some((r.id, item_id(r.id, r.payload).0?))),
+        );
+    }
+    Ok(lists
+        .into_iter()
+        .map(|hits| {
+            hits.into_iter()
+                // A point deleted between its search and the read of its id is left out.
+                .filter_map(|(pid, id, score, payload)| {
+                    let id = id.or_else(|| names.get(&pid).cloned())?;
+                    Some(Hit { id, score, payload })
+                })
+                .collect()
+        })
+        .collect())
+}
