@@ -178,8 +178,10 @@ mod tests {
         // Their stores hash every id; new clusters keep decimal ids as they are.
         assert_eq!(c.point_ids, PointIds::Hashed);
         assert_eq!(Collection::default().point_ids, PointIds::Direct);
-        let mut hashed = Collection::default();
-        hashed.point_ids = PointIds::Hashed;
+        let hashed = Collection {
+            point_ids: PointIds::Hashed,
+            ..Collection::default()
+        };
         assert!(Collection::default().check_change(&hashed).is_err());
     }
 }

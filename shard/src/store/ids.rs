@@ -86,43 +86,47 @@ pub(super) fn name_hits(
     shard: &EdgeShard,
     lists: Vec<Vec<ScoredPoint>>,
 ) -> StoreResult<Vec<Vec<Hit>>> {
-    let mut unnamed: Vec<PointId> = Vec::new();
-    let lists: Vec<Vec<(PointId, Option<String>, f32, Payload)>> = lists
-        .into_iter()
-        .map(|hits| {
-            hits.into_iter()
-                .map(|h| {
+    // Hits not named yet, by list and place (an item id is never empty).
+    let mut unnamed: Vec<(usize, usize, PointId)> = Vec::new();
+    let mut lists: Vec<Vec<Hit>> = (lists.into_iter().enumerate())
+        .map(|(l, hits)| {
+            (hits.into_iter().enumerate())
+                .map(|(i, h)| {
                     let (id, payload) = item_id(h.id, h.payload);
                     if id.is_none() {
-                        unnamed.push(h.id);
+                        unnamed.push((l, i, h.id));
                     }
-                    (h.id, id, h.score, payload)
+                    let id = id.unwrap_or_default();
+                    Hit {
+                        id,
+                        score: h.score,
+                        payload,
+                    }
                 })
                 .collect()
         })
         .collect();
-    let mut names: HashMap<PointId, String> = HashMap::new();
-    if !unnamed.is_empty() {
-        let only_id = WithPayloadInterface::Fields(vec![
-            JsonPath::try_from(ID_KEY).expect("a plain key is a path")
-        ]);
-        let records = shard
-            .retrieve(&unnamed, Some(only_id), None)
-            .map_err(|e| StoreError::Engine(e.to_string()))?;
-        names.extend(
-            (records.into_iter()).filter_map(|r| Some((r.id, item_id(r.id, r.payload).0?))),
-        );
+    if unnamed.is_empty() {
+        return Ok(lists);
     }
-    Ok(lists
-        .into_iter()
-        .map(|hits| {
-            hits.into_iter()
-                // A point deleted between its search and the read of its id is left out.
-                .filter_map(|(pid, id, score, payload)| {
-                    let id = id.or_else(|| names.get(&pid).cloned())?;
-                    Some(Hit { id, score, payload })
-                })
-                .collect()
-        })
-        .collect())
+    let only_id = WithPayloadInterface::Fields(vec![
+        JsonPath::try_from(ID_KEY).expect("a plain key is a path")
+    ]);
+    let pids: Vec<PointId> = unnamed.iter().map(|&(_, _, pid)| pid).collect();
+    let records = shard
+        .retrieve(&pids, Some(only_id), None)
+        .map_err(|e| StoreError::Engine(e.to_string()))?;
+    let names: HashMap<PointId, String> = (records.into_iter())
+        .filter_map(|r| Some((r.id, item_id(r.id, r.payload).0?)))
+        .collect();
+    for (l, i, pid) in unnamed {
+        if let Some(name) = names.get(&pid) {
+            lists[l][i].id = name.clone();
+        }
+    }
+    // A point deleted between its search and the read of its id is left out.
+    for hits in &mut lists {
+        hits.retain(|h| !h.id.is_empty());
+    }
+    Ok(lists)
 }
