@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -33,7 +33,15 @@ pub struct Group {
     outstanding: Vec<Outstanding>,
     /// Each replica's CPU pool: replicas in one are read as one (see [`reads::order`]).
     pools: Vec<usize>,
+    /// A replica that lost a hedge race to one on its own CPUs, and until when it is read
+    /// after the rest of its pool.
+    shunned: Mutex<Option<(usize, Instant)>>,
 }
+
+/// How long a replica that lost a hedge race to one on its own CPUs is read last in its
+/// pool: the CPUs were the same, so it was slow for its own reasons (a fault, a stall, a
+/// cold copy), and a replica slow for a while then takes few of the group's reads.
+const SHUN: Duration = Duration::from_secs(5);
 
 impl Group {
     /// A group read one replica at a time.
@@ -51,6 +59,7 @@ impl Group {
             leader: AtomicUsize::new(0),
             latency: Latency::new(),
             policy,
+            shunned: Mutex::new(None),
         }
     }
 
@@ -149,7 +158,8 @@ impl Group {
     /// one ([`reads::order`]). Among equals the group's own replica, its index modulo the
     /// replicas, comes first: groups spread over the nodes, and each node's copy of a
     /// group stays hot in memory for that group's reads instead of every node paging in
-    /// every group.
+    /// every group. A replica that lost a hedge race to one on its own CPUs is read after
+    /// the rest of its pool for [`SHUN`].
     pub async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, ShardClientError>
     where
         F: Fn(ShardClient, Duration) -> Fut,
@@ -160,7 +170,14 @@ impl Group {
             return Err(self.deadline_passed());
         }
         let in_flight: Vec<usize> = self.outstanding.iter().map(Outstanding::get).collect();
-        let order = reads::order(&in_flight, self.index % n.max(1), &self.pools);
+        let shunned = *self.shunned.lock().unwrap_or_else(|p| p.into_inner());
+        let shunned = shunned.filter(|&(_, until)| until > Instant::now());
+        let order = reads::order(
+            &in_flight,
+            self.index % n.max(1),
+            &self.pools,
+            shunned.map(|(i, _)| i),
+        );
         let policy = &*self.policy;
         metrics::counter!("redrec_group_reads_total").increment(1);
         let hedge = policy.hedge.as_ref().filter(|_| n > 1);
@@ -184,7 +201,7 @@ impl Group {
             async move {
                 let r = fut.await;
                 drop(guard);
-                (hedged, started.elapsed(), r)
+                (i, hedged, started.elapsed(), r)
             }
         };
         let mut attempts = FuturesUnordered::new();
@@ -202,7 +219,7 @@ impl Group {
                 }
             };
             tokio::select! {
-                Some((hedged, took, r)) = attempts.next() => match r {
+                Some((i, hedged, took, r)) = attempts.next() => match r {
                     Ok(v) => {
                         self.latency.record(took);
                         policy.all_groups.record(took);
@@ -211,6 +228,7 @@ impl Group {
                         if hedged {
                             metrics::counter!("redrec_hedged_reads_won_total",
                                 "group" => self.label.clone()).increment(1);
+                            self.shun_loser(order[0], i);
                         }
                         return Ok(v);
                     }
@@ -257,11 +275,21 @@ impl Group {
         }
         Err(last.unwrap_or_else(|| self.deadline_passed()))
     }
+
+    /// A hedge to `winner` answered before the first read, sent to `loser`: on the same
+    /// CPUs, the loser is read last in its pool for [`SHUN`].
+    fn shun_loser(&self, loser: usize, winner: usize) {
+        if loser != winner && self.pools[loser] == self.pools[winner] {
+            *self.shunned.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((loser, Instant::now() + SHUN));
+            metrics::counter!("redrec_replicas_shunned_total", "group" => self.label.clone())
+                .increment(1);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
 
     use super::*;
     use crate::reads::Hedge;
@@ -345,6 +373,50 @@ mod tests {
     async fn a_stalled_replica_is_hedged_on_the_same_cpus_at_once() {
         let (answer, called) = hedged_read(vec![0, 0], None, MS(60)).await;
         assert_eq!((answer, called), ("b", BOTH.to_vec()));
+    }
+
+    /// Two reads of group 0 of `a` (answers after 2 s) and `b` (at once) in `pools`,
+    /// hedged after 40 ms: which answered each, and the replicas called in turn.
+    async fn two_reads(pools: Vec<usize>) -> (Vec<&'static str>, Vec<&'static str>) {
+        let http = reqwest::Client::new();
+        let replicas = BOTH
+            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
+            .to_vec();
+        let policy = ReadPolicy {
+            hedge: Some(Hedge::new(Some(MS(40)), 1.0)),
+            by_cpus: true,
+            ..ReadPolicy::default()
+        };
+        let group = Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools);
+        let called = Arc::new(Mutex::new(Vec::new()));
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let answer = group.read(deadline, |replica, _| {
+                let addr = *BOTH.iter().find(|&&a| a == replica.addr()).unwrap();
+                called.lock().unwrap().push(addr);
+                async move {
+                    if addr == BOTH[0] {
+                        tokio::time::sleep(MS(2000)).await;
+                    }
+                    Ok::<_, ShardClientError>(addr)
+                }
+            });
+            answers.push(answer.await.unwrap());
+        }
+        let called = called.lock().unwrap().clone();
+        (answers, called)
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_lost_a_hedge_race_on_its_own_cpus_is_read_last_for_a_while() {
+        let (answers, called) = two_reads(vec![0, 0]).await;
+        assert_eq!(answers, [BOTH[1], BOTH[1]]);
+        assert_eq!(called, [BOTH[0], BOTH[1], BOTH[1]]);
+        // On other CPUs it may have been slow for want of CPU: read by load as before.
+        let (answers, called) = two_reads(vec![0, 1]).await;
+        assert_eq!(answers, [BOTH[1], BOTH[1]]);
+        assert_eq!(called, [BOTH[0], BOTH[1], BOTH[0], BOTH[1]]);
     }
 
     #[tokio::test]

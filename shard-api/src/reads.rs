@@ -231,15 +231,23 @@ impl Load {
 
 /// The order to try replicas in. Replicas in one CPU pool (`pools[i]`: replica `i`'s;
 /// nodes on the same CPUs) are read as one: each pool by its first replica in the group's
-/// own order starting at `first`, the pools fewest requests in flight first (their
-/// replicas' together), ties in that order; the pools' other replicas follow, for
-/// failover. Spreading reads over replicas that share CPUs adds no CPU to search with,
-/// only memory for the reads to touch; and an idle cluster reads each group from one
-/// replica, which keeps that copy hot.
-pub fn order(outstanding: &[usize], first: usize, pools: &[usize]) -> Vec<usize> {
+/// own order starting at `first` (the `shunned` replica last in that order), the pools
+/// fewest requests in flight first (their replicas' together), ties in that order; the
+/// pools' other replicas follow, for failover. Spreading reads over replicas that share
+/// CPUs adds no CPU to search with, only memory for the reads to touch; and an idle
+/// cluster reads each group from one replica, which keeps that copy hot.
+pub fn order(
+    outstanding: &[usize],
+    first: usize,
+    pools: &[usize],
+    shunned: Option<usize>,
+) -> Vec<usize> {
     let n = outstanding.len();
     let (mut heads, mut rest) = (Vec::with_capacity(n), Vec::new());
-    for i in (0..n).map(|k| (first + k) % n) {
+    let rotation = (0..n).map(|k| (first + k) % n);
+    let rotation = (rotation.clone().filter(|&i| Some(i) != shunned))
+        .chain(rotation.filter(|&i| Some(i) == shunned));
+    for i in rotation {
         match heads.iter().any(|&h: &usize| pools[h] == pools[i]) {
             true => rest.push(i),
             false => heads.push(i),
@@ -278,21 +286,30 @@ mod tests {
     #[test]
     fn replicas_with_fewer_requests_in_flight_come_first() {
         let own = [0, 1, 2];
-        assert_eq!(order(&[0, 0, 0], 1, &own), [1, 2, 0]);
-        assert_eq!(order(&[2, 0, 1], 0, &own), [1, 2, 0]);
-        assert_eq!(order(&[1, 1, 0], 2, &own), [2, 0, 1]);
+        assert_eq!(order(&[0, 0, 0], 1, &own, None), [1, 2, 0]);
+        assert_eq!(order(&[2, 0, 1], 0, &own, None), [1, 2, 0]);
+        assert_eq!(order(&[1, 1, 0], 2, &own, None), [2, 0, 1]);
     }
 
     #[test]
     fn replicas_on_the_same_cpus_are_read_as_one() {
         // All three on one machine's CPUs: the group's own replica however busy, the
         // others only to fail over to.
-        assert_eq!(order(&[9, 0, 0], 0, &[0, 0, 0]), [0, 1, 2]);
-        assert_eq!(order(&[0, 5, 0], 1, &[4, 4, 4]), [1, 2, 0]);
+        assert_eq!(order(&[9, 0, 0], 0, &[0, 0, 0], None), [0, 1, 2]);
+        assert_eq!(order(&[0, 5, 0], 1, &[4, 4, 4], None), [1, 2, 0]);
         // Replicas 0 and 1 share CPUs, 2 has its own: the two pools by their load (9
         // against 4), each read through its first replica from the group's own.
-        assert_eq!(order(&[5, 4, 4], 0, &[0, 0, 1]), [2, 0, 1]);
-        assert_eq!(order(&[1, 1, 4], 1, &[0, 0, 1]), [1, 2, 0]);
+        assert_eq!(order(&[5, 4, 4], 0, &[0, 0, 1], None), [2, 0, 1]);
+        assert_eq!(order(&[1, 1, 4], 1, &[0, 0, 1], None), [1, 2, 0]);
+    }
+
+    #[test]
+    fn a_shunned_replica_is_read_after_the_rest_of_its_pool() {
+        // The group's own replica (1) is shunned: its pool is read through the next.
+        assert_eq!(order(&[0, 0, 0], 1, &[0, 0, 0], Some(1)), [2, 0, 1]);
+        assert_eq!(order(&[0, 0, 0], 1, &[0, 0, 0], Some(0)), [1, 2, 0]);
+        // Alone in its pool, it still reads for it, by load.
+        assert_eq!(order(&[0, 3, 1], 0, &[0, 0, 1], Some(2)), [2, 0, 1]);
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub trait VectorStore: Send + Sync + 'static {
             if page.points.is_empty() {
                 return Ok(deleted);
             }
-            let ids: Vec<String> = page.points.into_iter().map(|p| p.id).collect();
-            deleted += self.delete(&ids)?;
+            let items: Vec<String> = page.points.into_iter().map(|p| p.id).collect();
+            deleted += self.delete(&items)?;
         }
     }
 }
