@@ -290,9 +290,22 @@ impl Group {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::reads::Hedge;
+
+    /// Group 0 of replicas `a` and `b` in `pools`, hedged after 40 ms.
+    fn hedged_group(pools: Vec<usize>) -> Group {
+        let http = reqwest::Client::new();
+        let replicas = BOTH
+            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
+            .to_vec();
+        let policy = ReadPolicy {
+            hedge: Some(Hedge::new(Some(Duration::from_millis(40)), 1.0)),
+            by_cpus: true,
+            ..ReadPolicy::default()
+        };
+        Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools)
+    }
 
     /// Reads group 0 of replicas `a` (answers after `a_takes`) and `b` (at once) in
     /// `pools`, hedging after 40 ms, while `a` answers reads sent before it every 2 ms,
@@ -303,16 +316,7 @@ mod tests {
         a_waits: Option<Duration>,
         a_takes: Duration,
     ) -> (&'static str, Vec<&'static str>) {
-        let http = reqwest::Client::new();
-        let replicas = BOTH
-            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
-            .to_vec();
-        let policy = ReadPolicy {
-            hedge: Some(Hedge::new(Some(Duration::from_millis(40)), 1.0)),
-            by_cpus: true,
-            ..ReadPolicy::default()
-        };
-        let group = Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools);
+        let group = hedged_group(pools);
         let a = group.replicas[0].clone();
         // Reads sent before this one, answered while it waits.
         let earlier = Instant::now();
@@ -378,16 +382,7 @@ mod tests {
     /// Two reads of group 0 of `a` (answers after 2 s) and `b` (at once) in `pools`,
     /// hedged after 40 ms: which answered each, and the replicas called in turn.
     async fn two_reads(pools: Vec<usize>) -> (Vec<&'static str>, Vec<&'static str>) {
-        let http = reqwest::Client::new();
-        let replicas = BOTH
-            .map(|addr| ShardClient::replica(addr, 0, http.clone()))
-            .to_vec();
-        let policy = ReadPolicy {
-            hedge: Some(Hedge::new(Some(MS(40)), 1.0)),
-            by_cpus: true,
-            ..ReadPolicy::default()
-        };
-        let group = Group::with_policy(0, replicas, Arc::new(policy)).in_pools(pools);
+        let group = hedged_group(pools);
         let called = Arc::new(Mutex::new(Vec::new()));
         let mut answers = Vec::new();
         for _ in 0..2 {

@@ -332,12 +332,13 @@ fn apply(shard: &EdgeShard, ids: PointIds, op: Op) -> StoreResult<()> {
             let points = points
                 .into_iter()
                 .map(|p| {
-                    let mut payload = p.payload;
-                    if ids::kept_in_payload(ids, &p.id) {
-                        payload.insert(ID_KEY.into(), Value::String(p.id.clone()));
+                    let (id, mut payload) = (point_id(ids, &p.id), p.payload);
+                    // A hashed point id does not give the item id back: the payload keeps it.
+                    if matches!(id, PointId::Uuid(_)) {
+                        payload.insert(ID_KEY.into(), Value::String(p.id));
                     }
                     PointStructPersisted {
-                        id: point_id(ids, &p.id),
+                        id,
                         vector: VectorStructPersisted::Single(p.vector),
                         payload: Some(qdrant_edge::Payload(payload)),
                     }

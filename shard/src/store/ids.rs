@@ -45,9 +45,11 @@ pub(super) fn point_id(ids: PointIds, item_id: &str) -> PointId {
     }
 }
 
-/// Whether `item_id`'s point keeps the id in its payload (its point id is a hash).
-pub(super) fn kept_in_payload(ids: PointIds, item_id: &str) -> bool {
-    matches!(ids.key(item_id), PointKey::Uuid(_))
+/// Only the payload field that keeps a hashed point's item id.
+fn only_id() -> WithPayloadInterface {
+    WithPayloadInterface::Fields(vec![
+        JsonPath::try_from(ID_KEY).expect("a plain key is a path")
+    ])
 }
 
 /// The item id of a point read with its payload, and the payload without the id key
@@ -74,9 +76,7 @@ pub(super) fn search_payload(ids: PointIds, with_payload: bool) -> WithPayloadIn
     match (with_payload, ids) {
         (true, _) => WithPayloadInterface::Bool(true),
         (false, PointIds::Direct) => WithPayloadInterface::Bool(false),
-        (false, PointIds::Hashed) => WithPayloadInterface::Fields(vec![
-            JsonPath::try_from(ID_KEY).expect("a plain key is a path")
-        ]),
+        (false, PointIds::Hashed) => only_id(),
     }
 }
 
@@ -109,12 +109,9 @@ pub(super) fn name_hits(
     if unnamed.is_empty() {
         return Ok(lists);
     }
-    let only_id = WithPayloadInterface::Fields(vec![
-        JsonPath::try_from(ID_KEY).expect("a plain key is a path")
-    ]);
     let pids: Vec<PointId> = unnamed.iter().map(|&(_, _, pid)| pid).collect();
     let records = shard
-        .retrieve(&pids, Some(only_id), None)
+        .retrieve(&pids, Some(only_id()), None)
         .map_err(|e| StoreError::Engine(e.to_string()))?;
     let names: HashMap<PointId, String> = (records.into_iter())
         .filter_map(|r| Some((r.id, item_id(r.id, r.payload).0?)))
