@@ -274,13 +274,16 @@ fn the_cluster_bench_measures_each_ef_and_searches_stores_it_left() {
     let ingest = bench_row(&first, "lone shard (JSON), ef 16")[1];
     assert!(ingest.parse::<f64>().is_ok(), "{ingest}");
     // Again on the stores the first run left: no ingest, the same answers; the stores on
-    // cores of their own where there are two.
+    // cores of their own where there are two; the load in two rounds of turns.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin: &[&str] = if cpus >= 2 { &["--pin"] } else { &[] };
-    let again = bench(&[&["--reuse"][..], pin].concat());
+    let again = bench(&[&["--reuse", "--rounds", "2"][..], pin].concat());
     let row = bench_row(&again, "lone shard (JSON), ef 16");
     assert_eq!((row[1], row[6]), ("-", "1.000"), "{row:?}");
     assert_eq!(again.contains("(--pin)"), cpus >= 2, "{again}");
+    assert!(again.contains("the load in 2 rounds of"), "{again}");
+    let row = bench_row(&again, "router + 1 lone shard, ef 64");
+    assert!(row[3].parse::<f64>().unwrap() > 0.0, "QPS in {row:?}");
 }
 
 #[test]

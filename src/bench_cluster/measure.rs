@@ -10,7 +10,8 @@ use redrec_shard_api::ShardClient;
 
 use super::data;
 use super::load::{self, cpu_seconds, machine_ticks, rss_bytes, Load, Target};
-use super::{Bench, Built, Row, Setup, DIM};
+use super::{Bench, Built, Ready, Row, Setup, DIM};
+use crate::bench_load::Completed;
 
 impl Bench {
     /// The `ef`s each setup is measured at: the collection's default (none sent), or the
@@ -101,9 +102,8 @@ impl Bench {
         Some((m.vectors_ram + m.quantized) as f64 / (self.data.len() * copies) as f64)
     }
 
-    /// Warm-up, recall, then load, at each `ef` of the sweep: one row each, kept. CPU of `router`
-    /// and `shards` over the load.
-    pub(super) async fn measure(
+    /// A setup built and serving: measured once every setup is ([`Bench::measure_all`]).
+    pub(super) fn ready(
         &mut self,
         setup: Setup,
         label: &str,
@@ -111,32 +111,76 @@ impl Bench {
         router: Option<i32>,
         shards: &[i32],
         built: Built,
-    ) -> Result<()> {
-        self.place(router, shards)?;
-        for ef in self.efs() {
-            let label = match ef {
-                Some(ef) => format!("{label}, ef {ef}"),
-                None => label.to_string(),
+    ) {
+        self.ready.push(Ready {
+            setup,
+            label: label.into(),
+            target: target.clone(),
+            router,
+            shards: shards.to_vec(),
+            built,
+        });
+    }
+
+    /// Every setup built, at each `ef` of the sweep: a warm-up and the recall pass before
+    /// its first share of the load, then its load in `--rounds` shares taken in turn with
+    /// the others' (every other round in reverse order); one row each, kept. CPU of its
+    /// router and shards over its shares.
+    pub(super) async fn measure_all(&mut self) -> Result<()> {
+        let ready = std::mem::take(&mut self.ready);
+        for r in &ready {
+            self.place(r.router, &r.shards)?;
+        }
+        let runs: Vec<(&Ready, Option<usize>, String)> = (ready.iter())
+            .flat_map(|r| {
+                self.efs().into_iter().map(move |ef| {
+                    let label = match ef {
+                        Some(ef) => format!("{}, ef {ef}", r.label),
+                        None => r.label.clone(),
+                    };
+                    (r, ef, label)
+                })
+            })
+            .collect();
+        let rounds = self.a.rounds as usize;
+        let share = self.a.seconds / rounds as f64;
+        let mut recalls = vec![0.0; runs.len()];
+        let mut tallies: Vec<Tally> = runs.iter().map(|_| Tally::default()).collect();
+        for round in 1..=rounds {
+            // Every other round in reverse, so that no setup always follows the same one.
+            let order: Vec<usize> = match round % 2 {
+                1 => (0..runs.len()).collect(),
+                _ => (0..runs.len()).rev().collect(),
             };
-            let row = self
-                .measure_at(setup, &label, target, ef, router, shards, built)
-                .await?;
+            for i in order {
+                let (r, ef, label) = &runs[i];
+                if round == 1 {
+                    recalls[i] = self.prime(&r.target, *ef, label).await?;
+                }
+                let slice = self.slice(&r.target, *ef, share, label, r).await?;
+                if rounds > 1 {
+                    eprintln!(
+                        "  {label}: round {round} of {rounds}: {:.0} QPS",
+                        slice.run.per_second()
+                    );
+                }
+                tallies[i].add(slice)?;
+            }
+        }
+        for ((r, _, label), (tally, recall)) in runs.iter().zip(tallies.into_iter().zip(recalls)) {
+            let row = tally.row(r, label, recall);
+            eprintln!(
+                "  {label:<28} {:>7.0} QPS  p50 {:>6.2} ms  p99 {:>6.2} ms  recall@{} {:.3}",
+                row.qps, row.p50_ms, row.p99_ms, self.a.k, row.recall
+            );
             self.rows.push(row);
         }
         self.unplace()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn measure_at(
-        &self,
-        setup: Setup,
-        label: &str,
-        target: &Target,
-        ef: Option<usize>,
-        router: Option<i32>,
-        shards: &[i32],
-        built: Built,
-    ) -> Result<Row> {
+    /// Every query once to warm the target, then once more for the recall against exact
+    /// search.
+    async fn prime(&self, target: &Target, ef: Option<usize>, label: &str) -> Result<f64> {
         let (k, concurrency) = (self.a.k, self.a.concurrency);
         let warming = Instant::now();
         let failed = load::warm(target, &self.data, k, ef, concurrency).await;
@@ -145,40 +189,93 @@ impl Bench {
             warming.elapsed().as_secs_f64()
         );
         let found = load::answers(target, &self.data, k, ef, concurrency).await?;
-        let recall = data::recall(&found, &self.data.truth);
+        Ok(data::recall(&found, &self.data.truth))
+    }
+
+    /// One share of a setup's load: `seconds` of it (after a warm-up of a fifth), with the
+    /// CPU its processes, the clients and the machine spent meanwhile.
+    async fn slice(
+        &self,
+        target: &Target,
+        ef: Option<usize>,
+        seconds: f64,
+        label: &str,
+        r: &Ready,
+    ) -> Result<Slice> {
         let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         let me = std::process::id() as i32;
-        let (r0, s0, c0) = (router.map(|p| cpu(&[p])), cpu(shards), cpu(&[me]));
+        let (r0, s0, c0) = (r.router.map(|p| cpu(&[p])), cpu(&r.shards), cpu(&[me]));
         let m0 = machine_ticks();
         let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
         spinner.enable_steady_tick(Duration::from_millis(200));
-        let run = load::drive(target, &self.data, k, ef, concurrency, self.a.seconds).await?;
-        let l = Load::of(&run);
+        let (k, concurrency) = (self.a.k, self.a.concurrency);
+        let run = load::drive(target, &self.data, k, ef, concurrency, seconds).await?;
         let m1 = machine_ticks();
         spinner.finish_and_clear();
-        // The warm-up's CPU is in the difference too: spread over its queries as well.
+        Ok(Slice {
+            run,
+            router: r0.map(|r0| cpu(&[r.router.unwrap_or(0)]) - r0),
+            shards: cpu(&r.shards) - s0,
+            clients: cpu(&[me]) - c0,
+            machine: (m1.0 - m0.0, m1.1 - m0.1),
+        })
+    }
+}
+
+/// One share of a setup's load and the CPU seconds spent meanwhile; `machine` in ticks
+/// (busy, all).
+struct Slice {
+    run: Completed,
+    router: Option<f64>,
+    shards: f64,
+    clients: f64,
+    machine: (u64, u64),
+}
+
+/// A setup's shares of the load, pooled.
+#[derive(Default)]
+struct Tally {
+    run: Completed,
+    router: Option<f64>,
+    shards: f64,
+    clients: f64,
+    machine: (u64, u64),
+    qps: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, s: Slice) -> Result<()> {
+        self.qps.push(s.run.per_second());
+        self.run.add(&s.run)?;
+        self.router = s.router.map(|r| r + self.router.unwrap_or(0.0));
+        self.shards += s.shards;
+        self.clients += s.clients;
+        self.machine = (self.machine.0 + s.machine.0, self.machine.1 + s.machine.1);
+        Ok(())
+    }
+
+    /// The row of setup `r` (memory read now).
+    fn row(self, r: &Ready, label: &str, recall: f64) -> Row {
+        let l = Load::of(&self.run);
+        // Each share's warm-up spent CPU too: spread over its queries as well.
         let queries = l.queries as f64 * 1.2;
         let per_query = |spent: f64| 1000.0 * spent / queries.max(1.0);
-        let row = Row {
-            setup,
+        Row {
+            setup: r.setup,
             label: label.into(),
-            built,
+            built: r.built,
             qps: l.qps,
             p50_ms: l.p50_ms,
             p99_ms: l.p99_ms,
             recall,
-            rss_shards: shards.iter().map(|&p| rss_bytes(p)).sum(),
-            rss_router: router.map_or(0, rss_bytes),
-            cpu_router_ms: r0.map(|r0| per_query(cpu(&[router.unwrap_or(0)]) - r0)),
-            cpu_shards_ms: per_query(cpu(shards) - s0),
-            cpu_clients_ms: per_query(cpu(&[me]) - c0),
-            busy: (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64,
+            rss_shards: r.shards.iter().map(|&p| rss_bytes(p)).sum(),
+            rss_router: r.router.map_or(0, rss_bytes),
+            cpu_router_ms: self.router.map(per_query),
+            cpu_shards_ms: per_query(self.shards),
+            cpu_clients_ms: per_query(self.clients),
+            busy: self.machine.0 as f64 / self.machine.1.max(1) as f64,
             errors: l.errors,
-        };
-        eprintln!(
-            "  {label:<28} {:>7.0} QPS  p50 {:>6.2} ms  p99 {:>6.2} ms  recall@{} {:.3}",
-            row.qps, row.p50_ms, row.p99_ms, self.a.k, row.recall
-        );
-        Ok(row)
+            round_qps: self.qps,
+        }
     }
 }

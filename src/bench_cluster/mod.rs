@@ -8,7 +8,9 @@
 //!
 //! For each: ingest rate, time until the indexes are built, QPS and latency under
 //! concurrent load, recall@k against exact search, resident memory and bytes per item,
-//! and CPU seconds per query in the router and in the shards.
+//! and CPU seconds per query in the router and in the shards. Every setup is built (or,
+//! with `--reuse`, found) before any is measured, and all stay up until the last is:
+//! then they are measured one after another, or, with `--rounds`, in turns.
 
 pub mod data;
 pub mod load;
@@ -93,6 +95,13 @@ pub struct ClusterBenchArgs {
     /// Seconds each setup is loaded (after a warm-up of a fifth of it).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Rounds the load is taken in: every setup is built first, then each gets a
+    /// `--seconds / --rounds` share of its load in turn, round after round, every other
+    /// round in reverse order (its figures pooled over the rounds), so that a machine
+    /// whose speed drifts over minutes weighs on every setup alike. 1: each setup's whole
+    /// load at once, one after another.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Results per query; recall@k is measured.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -125,7 +134,7 @@ pub struct ClusterBenchArgs {
     /// each search's `ef`; default: none sent, the collection's default `ef`).
     #[arg(long, value_delimiter = ',')]
     search_ef: Vec<usize>,
-    /// Give the stores cores of their own while each setup is measured: shard, node and
+    /// Give the stores cores of their own while the setups are measured: shard, node and
     /// Qdrant processes on the upper half of the CPUs, routers and the load's clients on
     /// the lower half (as when each tier has its own machines). Loading and index builds
     /// use every core either way. Default: every process on every core.
@@ -179,6 +188,18 @@ struct Row {
     /// Share of the machine's CPU time busy during the load (all processes).
     busy: f64,
     errors: u64,
+    /// QPS in each round of `--rounds`.
+    round_qps: Vec<f64>,
+}
+
+/// A setup built and serving, waiting for its load ([`Bench::measure_all`]).
+struct Ready {
+    setup: Setup,
+    label: String,
+    target: Target,
+    router: Option<i32>,
+    shards: Vec<i32>,
+    built: Built,
 }
 
 struct Bench {
@@ -192,6 +213,12 @@ struct Bench {
     placement: Option<pin::Placement>,
     /// The machine, as seen before any pinning.
     machine: String,
+    /// The setups built, in the order they were.
+    ready: Vec<Ready>,
+    /// Their processes (routers after what they route to) and Qdrant servers, kept
+    /// until every setup is measured.
+    procs: Vec<Proc>,
+    qdrants: Vec<Qdrant>,
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -374,31 +401,30 @@ impl Bench {
                 settle_s: Some(settle),
                 vector_ram_per_item: vector_ram,
             };
-            self.measure(setup, &row_label, target, None, &pids, built)
-                .await?;
+            self.ready(setup, &row_label, target, None, &pids, built);
             if setup == Setup::Lone {
                 let compact = format!("{label} (compact encoding)");
                 let target = Target::Shard(client);
-                self.measure(Setup::LoneCompact, &compact, &target, None, &pids, ram)
-                    .await?;
+                self.ready(Setup::LoneCompact, &compact, &target, None, &pids, ram);
             }
         }
         if with_router {
             let router = self.start_router(&layout, "--shards", &[shards[0].addr.clone()])?;
             let label = "router + 1 lone shard";
             let target = self.router_target(&router);
-            self.measure(
+            self.ready(
                 Setup::Router1,
                 label,
                 &target,
                 Some(router.pid()),
                 &pids,
                 ram,
-            )
-            .await?;
-            launch::stop_all(vec![router]);
+            );
+            self.procs.extend(shards);
+            self.procs.push(router);
+        } else {
+            self.procs.extend(shards);
         }
-        launch::stop_all(shards);
         Ok(())
     }
 
@@ -463,10 +489,9 @@ impl Bench {
             settle_s: Some(settle),
             vector_ram_per_item: self.vector_ram(&stores, copies).await,
         };
-        self.measure(setup, &label, &target, Some(router.pid()), &pids, built)
-            .await?;
-        launch::stop_all(vec![router]);
-        launch::stop_all(shards);
+        self.ready(setup, &label, &target, Some(router.pid()), &pids, built);
+        self.procs.extend(shards);
+        self.procs.push(router);
         Ok(())
     }
 
@@ -518,8 +543,8 @@ impl Bench {
             vector_ram_per_item: None,
         };
         let target = q.target(&self.collection);
-        self.measure(setup, &label, &target, None, &[q.pid()], built)
-            .await?;
+        self.ready(setup, &label, &target, None, &[q.pid()], built);
+        self.qdrants.push(q);
         Ok(())
     }
 }
@@ -552,6 +577,9 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
         placement: a.pin.then(pin::Placement::halves).transpose()?,
         machine,
         a,
+        ready: Vec::new(),
+        procs: Vec::new(),
+        qdrants: Vec::new(),
     };
     let setups = bench.a.setups.clone();
     let has = |s: Setup| setups.contains(&s);
@@ -587,6 +615,10 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
         }
         None => {}
     }
+    let measured = bench.measure_all().await;
+    launch::stop_all(std::mem::take(&mut bench.procs));
+    bench.qdrants.clear();
+    measured?;
     bench.report();
     let errors: u64 = bench.rows.iter().map(|r| r.errors).sum();
     if errors > 0 {

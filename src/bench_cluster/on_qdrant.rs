@@ -57,16 +57,16 @@ impl Bench {
             vector_ram_per_item: None,
         };
         let pids = [q.pid()];
-        self.measure(
+        self.ready(
             Setup::RouterQdrant,
             &label,
             &target,
             Some(router.pid()),
             &pids,
             built,
-        )
-        .await?;
-        redrec::launch::stop_all(vec![router]);
+        );
+        self.procs.push(router);
+        self.qdrants.push(q);
         Ok(())
     }
 }

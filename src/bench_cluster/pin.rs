@@ -1,4 +1,4 @@
-//! `--pin`: the stores on cores of their own while a setup is measured. Shard, node and
+//! `--pin`: the stores on cores of their own while the setups are measured. Shard, node and
 //! Qdrant processes run on the upper half of the machine's CPUs; routers and the bench's
 //! clients on the lower half, as when each tier has its own machine. Without it every
 //! process shares every core, and a router's work lands on the cores the shards search on.

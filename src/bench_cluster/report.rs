@@ -1,6 +1,32 @@
 //! The bench's table and the ratios its goals are stated in.
 
-use super::{Bench, Setup, DIM};
+use super::{Bench, Row, Setup, DIM};
+
+/// With `--rounds`, how the ratio of `a`'s QPS to `b`'s spread over the rounds: its
+/// median, range, and the rounds where `a` was at least as fast. Empty for one round.
+fn per_round(a: &Row, b: &Row) -> String {
+    spread(&a.round_qps, &b.round_qps)
+}
+
+/// [`per_round`] of QPS by round.
+fn spread(a: &[f64], b: &[f64]) -> String {
+    let mut ratios: Vec<f64> = (a.iter().zip(b)).map(|(a, b)| a / b).collect();
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = match n % 2 {
+        1 => ratios[n / 2],
+        _ => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+    };
+    let at_least = ratios.iter().filter(|&&r| r >= 1.0).count();
+    format!(
+        " (per round: median {median:.2}, {:.2} to {:.2}, at least 1 in {at_least} of {n})",
+        ratios[0],
+        ratios[n - 1]
+    )
+}
 
 impl Bench {
     pub(super) fn report(&self) {
@@ -21,13 +47,20 @@ impl Bench {
             if c.on_disk { "on disk" } else { "in RAM" },
         );
         println!(
-            "{}; {}\n",
+            "{}; {}; {}\n",
             self.machine,
             match self.placement {
                 Some(_) =>
                     "measured with the stores on the upper half of the CPUs, routers and clients \
                      on the lower (--pin)",
                 None => "every process on every core",
+            },
+            match self.a.rounds {
+                1 => "each setup's load at once, one setup after another".to_string(),
+                n => format!(
+                    "the load in {n} rounds of {:.1} s per setup, the setups in turn (--rounds)",
+                    self.a.seconds / n as f64
+                ),
             }
         );
         println!(
@@ -61,13 +94,15 @@ impl Bench {
         println!();
         if let (Some(lone), Some(r1)) = (find(Setup::Lone), find(Setup::Router1)) {
             println!(
-                "router + 1 shard / lone shard QPS: {:.2} (clients sending JSON to both)",
-                r1.qps / lone.qps
+                "router + 1 shard / lone shard QPS: {:.2}{} (clients sending JSON to both)",
+                r1.qps / lone.qps,
+                per_round(r1, lone)
             );
             if let Some(compact) = find(Setup::LoneCompact) {
                 println!(
-                    "router + 1 shard / lone shard in the compact encoding, QPS: {:.2}",
-                    r1.qps / compact.qps
+                    "router + 1 shard / lone shard in the compact encoding, QPS: {:.2}{}",
+                    r1.qps / compact.qps,
+                    per_round(r1, compact)
                 );
             }
             if let Some(cpu) = r1.cpu_router_ms {
@@ -79,9 +114,10 @@ impl Bench {
         }
         if let (Some(raft), Some(q)) = (find(Setup::RouterRaft), find(Setup::QdrantG)) {
             println!(
-                "Raft groups (R=3) / Qdrant {}-shard QPS: {:.2}; recall {:+.3}",
+                "Raft groups (R=3) / Qdrant {}-shard QPS: {:.2}{}; recall {:+.3}",
                 self.a.groups,
                 raft.qps / q.qps,
+                per_round(raft, q),
                 raft.recall - q.recall
             );
         }
@@ -121,5 +157,25 @@ impl Bench {
                 router_rss as f64 / (1 << 20) as f64
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn the_spread_over_rounds_names_the_median_the_range_and_the_rounds_at_least_even() {
+        let a = [110.0, 90.0, 100.0, 130.0];
+        let b = [100.0, 100.0, 100.0, 100.0];
+        assert_eq!(
+            spread(&a, &b),
+            " (per round: median 1.05, 0.90 to 1.30, at least 1 in 3 of 4)"
+        );
+        assert_eq!(
+            spread(&a[..3], &b[..3]),
+            " (per round: median 1.00, 0.90 to 1.10, at least 1 in 2 of 3)"
+        );
+        assert_eq!(spread(&[5.0], &[4.0]), "", "one round: no spread");
     }
 }
