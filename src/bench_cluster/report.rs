@@ -30,6 +30,9 @@ fn spread(a: &[f64], b: &[f64]) -> String {
 
 impl Bench {
     pub(super) fn report(&self) {
+        if self.rows.is_empty() {
+            return; // `stream` alone prints its own tables.
+        }
         let c = &self.collection;
         println!(
             "\n{} items × {DIM}-d ({} clusters), {} queries, k={}, {} clients × {} s; \
