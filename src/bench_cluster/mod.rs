@@ -363,8 +363,8 @@ pub async fn cluster(a: ClusterBenchArgs) -> Result<()> {
         procs: Vec::new(),
         qdrants: Vec::new(),
     };
-    let setups = bench.a.setups.clone();
-    let has = |s: Setup| setups.contains(&s);
+    let wanted = bench.a.setups.clone();
+    let has = |s: Setup| wanted.contains(&s);
     if has(Setup::Lone) || has(Setup::Router1) {
         bench.lone(has(Setup::Router1), !has(Setup::Lone)).await?;
     }
