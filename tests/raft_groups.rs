@@ -231,6 +231,13 @@ fn a_partitioned_replica_cannot_progress_alone_and_converges_after_healing() {
         c.status(cut).is_some_and(|s| s["is_leader"] == false),
         "the cut-off node still thinks it leads"
     );
+    // Nor does it hand out a slot move's pages, which must hold every acknowledged write;
+    // its replica's own pages (a snapshot source's) it still serves.
+    let scroll = format!("{}/v1/groups/0/scroll", c.addr(cut));
+    let (status, body) = post(&scroll, &json!({"limit": 10, "slots": [0, 1, 2]}));
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = post(&scroll, &json!({"limit": 10}));
+    assert_eq!(status, 200, "{body}");
 
     for j in 0..3 {
         if j != cut {

@@ -84,6 +84,27 @@ fn shard(node: &Node, g: u64) -> Result<(Arc<Hosted>, Arc<dyn VectorStore>), Api
     }
 }
 
+/// The group's leader, once it has applied everything the group committed before this
+/// call (Raft's ReadIndex): a read on it sees every acknowledged write.
+async fn linearizable(
+    node: &Node,
+    g: u64,
+) -> Result<(Arc<Hosted>, Arc<dyn VectorStore>), ApiError> {
+    let (group, store) = shard(node, g)?;
+    if !group.replica.status().is_leader {
+        return Err(propose_error(node, g, ProposeError::NotLeader(None)));
+    }
+    group
+        .replica
+        .catch_up(READ_INDEX_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            ProposeError::Timeout(m) => unavailable(NO_QUORUM, m),
+            other => propose_error(node, g, other),
+        })?;
+    Ok((group, store))
+}
+
 /// A replica serving default reads must have caught up with its group.
 fn readable(node: &Node, g: u64) -> Result<(Arc<Hosted>, Arc<dyn VectorStore>), ApiError> {
     let (group, store) = shard(node, g)?;
@@ -212,21 +233,7 @@ async fn search(
     node.faults.delay(g).await;
     let (group, store) = match r.consistency {
         Consistency::Any => readable(&node, g)?,
-        Consistency::Strong => {
-            let (group, store) = shard(&node, g)?;
-            if !group.replica.status().is_leader {
-                return Err(propose_error(&node, g, ProposeError::NotLeader(None)));
-            }
-            group
-                .replica
-                .catch_up(READ_INDEX_TIMEOUT)
-                .await
-                .map_err(|e| match e {
-                    ProposeError::Timeout(m) => unavailable(NO_QUORUM, m),
-                    other => propose_error(&node, g, other),
-                })?;
-            (group, store)
-        }
+        Consistency::Strong => linearizable(&node, g).await?,
     };
     let answer = search_replica(group, store, r).await?;
     Ok(queued(Encoded(SearchAnswer::new(answer, format), format)))
@@ -342,8 +349,13 @@ async fn scroll(
     Json(r): Json<ScrollRequest>,
 ) -> Reply<Page> {
     let limit = r.limit.clamp(1, 4096);
+    // A slot move copies, and deletes from its target, what these pages hold: they come
+    // from the leader, caught up, never from a replica that may lag (or a deposed leader).
+    let (group, items) = match r.slots {
+        Some(_) => linearizable(&node, g).await?,
+        None => shard(&node, g)?,
+    };
     let wanted: Option<HashSet<usize>> = r.slots.map(|s| s.into_iter().map(usize::from).collect());
-    let (group, items) = shard(&node, g)?;
     let store = match r.keyspace {
         Keyspace::Items => items,
         Keyspace::Users => users_of(&group, g)?,
