@@ -157,14 +157,15 @@ impl Bench {
                 if round == 1 {
                     recalls[i] = self.prime(&r.target, *ef, label).await?;
                 }
-                let slice = self.slice(&r.target, *ef, share, label, r).await?;
+                let slice = self.slice(r, *ef, share, label).await?;
                 if rounds > 1 {
                     eprintln!(
                         "  {label}: round {round} of {rounds}: {:.0} QPS",
                         slice.run.per_second()
                     );
                 }
-                tallies[i].add(slice)?;
+                tallies[i].qps.push(slice.run.per_second());
+                tallies[i].spent.add(slice)?;
             }
         }
         for ((r, _, label), (tally, recall)) in runs.iter().zip(tallies.into_iter().zip(recalls)) {
@@ -192,15 +193,14 @@ impl Bench {
         Ok(data::recall(&found, &self.data.truth))
     }
 
-    /// One share of a setup's load: `seconds` of it (after a warm-up of a fifth), with the
-    /// CPU its processes, the clients and the machine spent meanwhile.
+    /// One share of setup `r`'s load: `seconds` of it (after a warm-up of a fifth), with
+    /// the CPU its processes, the clients and the machine spent meanwhile.
     async fn slice(
         &self,
-        target: &Target,
+        r: &Ready,
         ef: Option<usize>,
         seconds: f64,
         label: &str,
-        r: &Ready,
     ) -> Result<Slice> {
         let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         let me = std::process::id() as i32;
@@ -209,12 +209,12 @@ impl Bench {
         let spinner = ProgressBar::new_spinner().with_message(format!("{label}: load"));
         spinner.enable_steady_tick(Duration::from_millis(200));
         let (k, concurrency) = (self.a.k, self.a.concurrency);
-        let run = load::drive(target, &self.data, k, ef, concurrency, seconds).await?;
+        let run = load::drive(&r.target, &self.data, k, ef, concurrency, seconds).await?;
         let m1 = machine_ticks();
         spinner.finish_and_clear();
         Ok(Slice {
             run,
-            router: r0.map(|r0| cpu(&[r.router.unwrap_or(0)]) - r0),
+            router: r.router.zip(r0).map(|(p, r0)| cpu(&[p]) - r0),
             shards: cpu(&r.shards) - s0,
             clients: cpu(&[me]) - c0,
             machine: (m1.0 - m0.0, m1.1 - m0.1),
@@ -222,8 +222,9 @@ impl Bench {
     }
 }
 
-/// One share of a setup's load and the CPU seconds spent meanwhile; `machine` in ticks
-/// (busy, all).
+/// A share of a setup's load (or its shares pooled) and the CPU seconds spent meanwhile;
+/// `machine` in ticks (busy, all).
+#[derive(Default)]
 struct Slice {
     run: Completed,
     router: Option<f64>,
@@ -232,20 +233,8 @@ struct Slice {
     machine: (u64, u64),
 }
 
-/// A setup's shares of the load, pooled.
-#[derive(Default)]
-struct Tally {
-    run: Completed,
-    router: Option<f64>,
-    shards: f64,
-    clients: f64,
-    machine: (u64, u64),
-    qps: Vec<f64>,
-}
-
-impl Tally {
+impl Slice {
     fn add(&mut self, s: Slice) -> Result<()> {
-        self.qps.push(s.run.per_second());
         self.run.add(&s.run)?;
         self.router = s.router.map(|r| r + self.router.unwrap_or(0.0));
         self.shards += s.shards;
@@ -253,13 +242,22 @@ impl Tally {
         self.machine = (self.machine.0 + s.machine.0, self.machine.1 + s.machine.1);
         Ok(())
     }
+}
 
+/// A setup's shares of the load, pooled, and its QPS in each.
+#[derive(Default)]
+struct Tally {
+    spent: Slice,
+    qps: Vec<f64>,
+}
+
+impl Tally {
     /// The row of setup `r` (memory read now).
     fn row(self, r: &Ready, label: &str, recall: f64) -> Row {
-        let l = Load::of(&self.run);
+        let (spent, l) = (&self.spent, Load::of(&self.spent.run));
         // Each share's warm-up spent CPU too: spread over its queries as well.
         let queries = l.queries as f64 * 1.2;
-        let per_query = |spent: f64| 1000.0 * spent / queries.max(1.0);
+        let per_query = |seconds: f64| 1000.0 * seconds / queries.max(1.0);
         Row {
             setup: r.setup,
             label: label.into(),
@@ -270,10 +268,10 @@ impl Tally {
             recall,
             rss_shards: r.shards.iter().map(|&p| rss_bytes(p)).sum(),
             rss_router: r.router.map_or(0, rss_bytes),
-            cpu_router_ms: self.router.map(per_query),
-            cpu_shards_ms: per_query(self.shards),
-            cpu_clients_ms: per_query(self.clients),
-            busy: self.machine.0 as f64 / self.machine.1.max(1) as f64,
+            cpu_router_ms: spent.router.map(per_query),
+            cpu_shards_ms: per_query(spent.shards),
+            cpu_clients_ms: per_query(spent.clients),
+            busy: spent.machine.0 as f64 / spent.machine.1.max(1) as f64,
             errors: l.errors,
             round_qps: self.qps,
         }

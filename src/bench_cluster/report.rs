@@ -10,22 +10,17 @@ fn per_round(a: &Row, b: &Row) -> String {
 
 /// [`per_round`] of QPS by round.
 fn spread(a: &[f64], b: &[f64]) -> String {
-    let mut ratios: Vec<f64> = (a.iter().zip(b)).map(|(a, b)| a / b).collect();
-    if ratios.len() < 2 {
+    let ratios: Vec<f64> = (a.iter().zip(b)).map(|(a, b)| a / b).collect();
+    let n = ratios.len();
+    if n < 2 {
         return String::new();
     }
-    ratios.sort_by(f64::total_cmp);
-    let n = ratios.len();
-    let median = match n % 2 {
-        1 => ratios[n / 2],
-        _ => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-    };
+    let (lo, hi) = (ratios.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+        (lo.min(r), hi.max(r))
+    });
     let at_least = ratios.iter().filter(|&&r| r >= 1.0).count();
-    format!(
-        " (per round: median {median:.2}, {:.2} to {:.2}, at least 1 in {at_least} of {n})",
-        ratios[0],
-        ratios[n - 1]
-    )
+    let median = crate::bench::median(ratios);
+    format!(" (per round: median {median:.2}, {lo:.2} to {hi:.2}, at least 1 in {at_least} of {n})")
 }
 
 impl Bench {
