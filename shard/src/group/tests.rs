@@ -75,6 +75,21 @@ mod loopback {
     }
 
     fn start_with(dir: &std::path::Path, id: u64, net: &Arc<Loopback>, voters: &[u64]) -> Driver {
+        start_compacting(dir, id, net, voters, 5)
+    }
+
+    /// A replica whose log is never compacted in a test's time.
+    fn start_late(dir: &std::path::Path, id: u64, net: &Arc<Loopback>, voters: &[u64]) -> Driver {
+        start_compacting(dir, id, net, voters, 10_000)
+    }
+
+    fn start_compacting(
+        dir: &std::path::Path,
+        id: u64,
+        net: &Arc<Loopback>,
+        voters: &[u64],
+        compact_after: u64,
+    ) -> Driver {
         let d = dir.join(format!("r{id}"));
         let log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 1).unwrap();
         let store: Arc<dyn VectorStore> =
@@ -83,7 +98,7 @@ mod loopback {
         let machine = StateMachine::open(1, store, net.clone(), &d).unwrap();
         let cfg = DriverConfig {
             tick: Duration::from_millis(20),
-            compact_after: 5,
+            compact_after,
             ..Default::default()
         };
         let driver = Driver::start(1, id, voters, log, machine, net.clone(), cfg).unwrap();
@@ -216,6 +231,59 @@ mod loopback {
         }
         let status = drivers.last().unwrap().replica().status();
         assert!(!status.halted, "{status:?}");
+    }
+
+    /// A bootstrap voter that comes up only after the other two formed the group (and
+    /// is re-added, as an empty replica of a group holding data is), before any
+    /// compaction: it must learn the group's configuration, never replay the membership
+    /// changes from index 1 onto an empty one and end the sole voter of a group of its own.
+    #[test]
+    fn a_late_voter_joining_an_uncompacted_group_learns_its_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(Loopback::default());
+        let mut drivers: Vec<Driver> = (1..=2)
+            .map(|id| start_late(dir.path(), id, &net, &[1, 2, 3]))
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for i in 0..5 {
+            let l = wait_leader(&drivers);
+            let r = rt.block_on(drivers[l].replica().propose(upsert(&format!("p{i}"))));
+            assert_eq!(r, Ok(1));
+        }
+        drivers.push(start_late(dir.path(), 3, &net, &[]));
+        for kind in [ConfChangeType::RemoveNode, ConfChangeType::AddNode] {
+            let l = wait_leader(&drivers);
+            let change = ConfChange {
+                change_type: kind,
+                node_id: 3,
+                ..Default::default()
+            };
+            rt.block_on(drivers[l].replica().change_membership(change))
+                .unwrap();
+        }
+        let l = wait_leader(&drivers);
+        rt.block_on(drivers[l].replica().propose(upsert("after")))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let caught_up = || {
+            let (st, lead) = (drivers[2].replica().status(), drivers[l].replica().status());
+            st.applied >= lead.applied && !st.restoring && count(&net, 3) == 6
+        };
+        while !caught_up() {
+            assert!(Instant::now() < until, "the late voter did not catch up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for d in &drivers {
+            let st = d.replica().status();
+            assert_eq!(
+                st.voters,
+                vec![1, 2, 3],
+                "replica {}: {st:?}",
+                d.replica().id()
+            );
+        }
+        let leaders = drivers.iter().filter(|d| d.replica().status().is_leader);
+        assert_eq!(leaders.count(), 1);
     }
 }
 

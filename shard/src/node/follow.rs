@@ -14,7 +14,7 @@ use redrec_shard_api::status::{GroupStatus, MembershipRequest};
 use redrec_shard_api::ShardClient;
 
 use super::Node;
-use crate::raft::driver::Transport;
+use crate::raft::driver::{Transport, BOOTSTRAP_INDEX};
 use crate::raft::transport::HttpTransport;
 
 /// How often a node looks at the cluster map for groups it should host.
@@ -38,8 +38,8 @@ impl Node {
         ));
     }
 
-    /// The groups of which some peer's replica has committed entries (`GET /v1/node` of
-    /// every peer, at once).
+    /// The groups of which some peer's replica has committed entries past the bootstrap
+    /// snapshot (`GET /v1/node` of every peer, at once).
     pub(super) async fn existing_groups(&self) -> HashSet<u64> {
         let asks = self.transport.peers().into_values().map(|addr| async move {
             let node = ShardClient::new(addr, self.http.clone());
@@ -50,7 +50,7 @@ impl Node {
             .into_iter()
             .flatten()
             .flat_map(|n| n.groups)
-            .filter(|g| g.raft.commit > 0)
+            .filter(|g| g.raft.commit > BOOTSTRAP_INDEX)
             .map(|g| g.group)
             .collect()
     }

@@ -25,6 +25,11 @@ use super::log::{LogWrite, RaftLog};
 use super::machine::{Applied, Machine, MachineError};
 use super::replica::{IndexReply, Input, ProposeError, Replica, Reply};
 
+/// A new group's first configuration: a snapshot at this index, in this term. A replica
+/// whose commit index is past it has seen the group elect a leader and commit.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+const BOOTSTRAP_TERM: u64 = 1;
+
 /// Sends Raft messages to other replicas; best effort, Raft retries what is lost.
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, group: u64, messages: Vec<Message>);
@@ -78,12 +83,34 @@ impl Driver {
             && log.snapshot_metadata().index == 0
             && voters.contains(&id)
         {
+            // The first configuration is a snapshot at index 1 (as TiKV bootstraps), not a
+            // bare conf state: the log then starts at 2, so a replica that joins later with
+            // an empty log (added, or re-added after losing its data) is always sent a
+            // snapshot, which carries the group's configuration. Replayed from index 1
+            // instead, the membership changes would apply to its empty configuration and
+            // could leave it the sole voter of one of its own (two leaders). The snapshot
+            // carries the empty machine's state, what a joiner restores before replaying
+            // the log from index 2.
             let mut w = LogWrite::default();
-            let cs = raft::eraftpb::ConfState {
-                voters: voters.to_vec(),
+            let mut meta = SnapshotMetadata {
+                index: BOOTSTRAP_INDEX,
+                term: BOOTSTRAP_TERM,
                 ..Default::default()
             };
-            log.set_conf_state(&mut w, &cs)?;
+            meta.set_conf_state(raft::eraftpb::ConfState {
+                voters: voters.to_vec(),
+                ..Default::default()
+            });
+            let mut snapshot = Snapshot {
+                data: machine.snapshot_data().into(),
+                ..Default::default()
+            };
+            snapshot.set_metadata(meta);
+            log.apply_snapshot(&mut w, &snapshot)?;
+            let mut hs = log.hard_state().clone();
+            hs.term = hs.term.max(BOOTSTRAP_TERM);
+            hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
+            log.set_hard_state(&mut w, &hs)?;
             log.commit(w, true)?;
         }
         // Entries the machine applied are committed, even where a crash kept the log's
