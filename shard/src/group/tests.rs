@@ -285,6 +285,62 @@ mod loopback {
         let leaders = drivers.iter().filter(|d| d.replica().status().is_leader);
         assert_eq!(leaders.count(), 1);
     }
+
+    /// A replica whose log began without the bootstrap snapshot (a group created by an
+    /// earlier build) drops what its machine applied when it starts, so that a joiner is
+    /// sent a snapshot rather than the log from index 1; it goes on committing.
+    #[test]
+    fn a_log_that_still_holds_its_first_entry_is_compacted_at_start() {
+        use crate::raft::log::LogWrite;
+        use crate::raft::machine::Machine;
+        use raft::eraftpb::{ConfState, Entry, HardState};
+
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("r1");
+        let mut log = RaftLog::open(open_engine(&d.join("log")).unwrap(), 1).unwrap();
+        let entries: Vec<Entry> = (1..=3)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        let mut w = LogWrite::default();
+        let voters = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        log.set_conf_state(&mut w, &voters).unwrap();
+        log.append(&mut w, &entries).unwrap();
+        let hs = HardState {
+            term: 1,
+            vote: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        log.set_hard_state(&mut w, &hs).unwrap();
+        log.commit(w, true).unwrap();
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::open(&d.join("shard"), 4, &Default::default()).unwrap());
+        let mut machine = StateMachine::open(1, store, Arc::new(NoSource), &d).unwrap();
+        machine.apply(&entries).unwrap();
+        assert_eq!(machine.applied().index, 3);
+
+        let net = Arc::new(Loopback::default());
+        let cfg = DriverConfig {
+            tick: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let driver = Driver::start(1, 1, &[1], log, machine, net, cfg).unwrap();
+        let drivers = [driver];
+        let l = wait_leader(&drivers);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(drivers[l].replica().propose(upsert("after")));
+        assert_eq!(r, Ok(1));
+        let status = drivers[l].replica().status();
+        assert_eq!(status.first_index, 4, "{status:?}");
+        assert_eq!(status.voters, vec![1]);
+    }
 }
 
 mod over_http {

@@ -113,6 +113,15 @@ impl Driver {
             log.set_hard_state(&mut w, &hs)?;
             log.commit(w, true)?;
         }
+        // A group created before logs began with that snapshot still holds entry 1: what
+        // the machine applied is dropped from it, so that from now on a joiner is sent a
+        // snapshot here too.
+        if raft::Storage::first_index(&log)? == 1 && machine.applied().index > 0 {
+            let (meta, data) = snapshot_point(&log, &machine);
+            let mut w = LogWrite::default();
+            log.compact(&mut w, &meta, &data)?;
+            log.commit(w, true)?;
+        }
         // Entries the machine applied are committed, even where a crash kept the log's
         // commit index from being written; raft only needs a floor it can check.
         let applied = machine.applied().index.min(log.hard_state().commit);
@@ -159,6 +168,19 @@ impl Driver {
     pub fn replica(&self) -> &Replica {
         &self.replica
     }
+}
+
+/// The snapshot point a compaction leaves: the machine's applied entry, the group's
+/// configuration, and the machine's small state.
+fn snapshot_point<M: Machine>(log: &RaftLog, machine: &M) -> (SnapshotMetadata, Vec<u8>) {
+    let applied = machine.applied();
+    let mut meta = SnapshotMetadata {
+        index: applied.index,
+        term: applied.term,
+        ..Default::default()
+    };
+    meta.set_conf_state(log.conf_state().clone());
+    (meta, machine.snapshot_data())
 }
 
 impl Drop for Driver {
@@ -412,14 +434,7 @@ impl<M: Machine> Loop<M> {
         if applied.index < store.snapshot_metadata().index + self.compact_after {
             return Ok(());
         }
-        let mut meta = SnapshotMetadata {
-            index: applied.index,
-            term: applied.term,
-            ..Default::default()
-        };
-        meta.set_conf_state(store.conf_state().clone());
-        let data = self.machine.snapshot_data();
-        let store = self.node.mut_store();
+        let (meta, data) = snapshot_point(store, &self.machine);
         let mut w = LogWrite::default();
         store.compact(&mut w, &meta, &data)?;
         store.commit(w, false)?;
