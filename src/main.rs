@@ -4,6 +4,7 @@
 mod bench;
 mod bench_cluster;
 mod bench_fanout;
+mod bench_ids;
 mod bench_ingest;
 mod bench_load;
 mod cli;
@@ -50,6 +51,7 @@ async fn main() -> Result<()> {
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::ingest(a).await,
         Command::Bench(BenchCommand::Cluster(a)) => bench_cluster::cluster(a).await,
         Command::Bench(BenchCommand::Fanout(a)) => bench_fanout::fanout(a).await,
+        Command::Bench(BenchCommand::Ids(a)) => bench_ids::ids(a).await,
         Command::Cluster(c) => {
             cluster::run(c, redrec_wire::http_client(token.as_ref(), ca.as_deref())?).await
         }

@@ -86,7 +86,7 @@ impl Default for Collection {
             oversampling: 2.0,
             // 2 MB: 8k vectors of 64 floats, scanned exactly until indexed.
             indexing_threshold_kb: 2_000,
-            point_ids: PointIds::Direct,
+            point_ids: PointIds::Packed,
         }
     }
 }
@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(c.hnsw_m, Collection::default().hnsw_m);
         // Their stores hash every id; new clusters keep decimal ids as they are.
         assert_eq!(c.point_ids, PointIds::Hashed);
-        assert_eq!(Collection::default().point_ids, PointIds::Direct);
+        assert_eq!(Collection::default().point_ids, PointIds::Packed);
         let hashed = Collection {
             point_ids: PointIds::Hashed,
             ..Collection::default()

@@ -61,6 +61,71 @@ pub enum PointIds {
     /// An id written in canonical decimal below 2^64 ("0", "42"; not "042") is its own
     /// point id, so a search answers it without reading any payload; other ids hashed.
     Direct,
+    /// As `direct`, and an id of 1 to [`MAX_PACKED`] lowercase hex digits (a 24-digit
+    /// ObjectId, a 16-digit hash) is packed whole into its point id ([`packed_uuid`]), so
+    /// it too is answered without a payload read and keeps no copy of itself in the
+    /// payload; other ids hashed. What new clusters use.
+    Packed,
+}
+
+/// The most hex digits an id packed into a point id may have.
+pub const MAX_PACKED: usize = 29;
+
+/// The UUID version a packed id's point id carries (RFC 9562's custom layout); a hashed
+/// id's is 5, so the two never meet.
+const PACKED_VERSION: u128 = 8;
+
+/// Bits of a UUID the packing may use: all but the version (4) and variant (2) bits.
+const LOW_BITS: u32 = 62;
+const MID_BITS: u32 = 12;
+
+/// `item_id` packed into a UUID, when it is 1 to [`MAX_PACKED`] lowercase hex digits:
+/// its length (5 bits) and its digits (4 bits each, from the top) in the 122 bits a
+/// version 8 UUID leaves free. [`unpacked_id`] gives it back.
+pub fn packed_uuid(item_id: &str) -> Option<Uuid> {
+    let digits = item_id.as_bytes();
+    if digits.is_empty()
+        || digits.len() > MAX_PACKED
+        || !digits
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    let mut v = (digits.len() as u128) << (4 * MAX_PACKED);
+    for (i, &b) in digits.iter().enumerate() {
+        let nibble = (b as char).to_digit(16).expect("checked above") as u128;
+        v |= nibble << (4 * (MAX_PACKED - 1 - i));
+    }
+    let high = v >> (LOW_BITS + MID_BITS);
+    let mid = (v >> LOW_BITS) & ((1 << MID_BITS) - 1);
+    let low = v & ((1 << LOW_BITS) - 1);
+    Some(Uuid::from_u128(
+        high << 80 | PACKED_VERSION << 76 | mid << 64 | 0b10 << 62 | low,
+    ))
+}
+
+/// The item id a point id of [`packed_uuid`]'s holds; `None` for any other UUID.
+pub fn unpacked_id(point: &Uuid) -> Option<String> {
+    let u = point.as_u128();
+    if (u >> 76) & 0xf != PACKED_VERSION || (u >> 62) & 0b11 != 0b10 {
+        return None;
+    }
+    let high = u >> 80;
+    let mid = (u >> 64) & ((1 << MID_BITS) - 1);
+    let low = u & ((1 << LOW_BITS) - 1);
+    let v = high << (LOW_BITS + MID_BITS) | mid << LOW_BITS | low;
+    let len = (v >> (4 * MAX_PACKED)) as usize;
+    if !(1..=MAX_PACKED).contains(&len) || v & ((1 << (4 * (MAX_PACKED - len))) - 1) != 0 {
+        return None;
+    }
+    let id: String = (0..len)
+        .map(|i| {
+            let nibble = (v >> (4 * (MAX_PACKED - 1 - i))) & 0xf;
+            char::from_digit(nibble as u32, 16).expect("a nibble")
+        })
+        .collect();
+    Some(id)
 }
 
 impl PointIds {
@@ -76,6 +141,11 @@ impl PointIds {
             Self::Direct => match decimal_id(item_id) {
                 Some(n) => PointKey::Num(n),
                 None => PointKey::Uuid(point_uuid(item_id)),
+            },
+            Self::Packed => match (decimal_id(item_id), packed_uuid(item_id)) {
+                (Some(n), _) => PointKey::Num(n),
+                (None, Some(u)) => PointKey::Uuid(u),
+                (None, None) => PointKey::Uuid(point_uuid(item_id)),
             },
             Self::Hashed => PointKey::Uuid(point_uuid(item_id)),
         }
@@ -428,6 +498,34 @@ mod tests {
         keys.sort();
         assert_eq!(keys[..2], [PointKey::Num(9), PointKey::Num(10)]);
         assert!(matches!(keys[2], PointKey::Uuid(_)));
+    }
+
+    #[test]
+    fn hex_ids_pack_into_point_ids_and_back() {
+        let oid = "65a1f0c2e4b0a1b2c3d4e5f6";
+        for id in ["0", "042", "00", "f", oid, "0123456789abcdef0123456789abc"] {
+            let u = packed_uuid(id).unwrap_or_else(|| panic!("{id} packs"));
+            assert_eq!(u.get_version_num(), 8, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(unpacked_id(&u).as_deref(), Some(id));
+        }
+        assert_eq!(
+            PointIds::Packed.key(oid),
+            PointKey::Uuid(packed_uuid(oid).unwrap())
+        );
+        // Decimals stay numbers; what does not pack is hashed, and no hash unpacks.
+        assert_eq!(PointIds::Packed.key("42"), PointKey::Num(42));
+        for id in ["", "A1", "item-1", "g", &"a".repeat(MAX_PACKED + 1)] {
+            assert_eq!(packed_uuid(id), None, "{id:?}");
+            assert_eq!(PointIds::Packed.key(id), PointKey::Uuid(point_uuid(id)));
+            assert_eq!(unpacked_id(&point_uuid(id)), None);
+        }
+        // Distinct ids, distinct point ids (lengths differ: "0" and "00").
+        let keys: std::collections::HashSet<_> = ["0", "00", "000", "1", "01", "10"]
+            .iter()
+            .map(|id| packed_uuid(id))
+            .collect();
+        assert_eq!(keys.len(), 6);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use redrec_wire::auth::Secret;
 use roles::{EncoderArgs, RouterArgs, ShardArgs};
 
-use crate::{bench, bench_cluster, bench_fanout, bench_ingest, cluster, demo, eval};
+use crate::{bench, bench_cluster, bench_fanout, bench_ids, bench_ingest, cluster, demo, eval};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +85,9 @@ pub enum BenchCommand {
     /// The tail of a wide fan-out: 32 groups, one replica slowed, hedging off and on, and
     /// the exact merge against per-group k' below k.
     Fanout(bench_fanout::FanoutBenchArgs),
+    /// Hex item ids packed into point ids against the same ids hashed and kept in the
+    /// payload (payload and disk bytes per item, searches per second).
+    Ids(bench_ids::IdsBenchArgs),
 }
 
 #[derive(Subcommand)]

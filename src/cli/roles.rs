@@ -158,7 +158,7 @@ impl CollectionArgs {
             on_disk: self.vectors_on_disk,
             oversampling: self.oversampling,
             indexing_threshold_kb: self.indexing_threshold_kb,
-            point_ids: PointIds::Direct,
+            point_ids: PointIds::Packed,
         };
         c.check().map_err(|e| anyhow!(e))?;
         Ok(c)

@@ -85,7 +85,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
-    fn engine(&self) -> StoreResult<RwLockReadGuard<'_, Option<EdgeShard>>> {
+    pub(super) fn engine(&self) -> StoreResult<RwLockReadGuard<'_, Option<EdgeShard>>> {
         let guard = self.shard.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             return Err(StoreError::Engine("the engine is being reopened".into()));
@@ -334,7 +334,7 @@ fn apply(shard: &EdgeShard, ids: PointIds, op: Op) -> StoreResult<()> {
                 .map(|p| {
                     let (id, mut payload) = (point_id(ids, &p.id), p.payload);
                     // A hashed point id does not give the item id back: the payload keeps it.
-                    if matches!(id, PointId::Uuid(_)) {
+                    if ids::named_by(&id).is_none() {
                         payload.insert(ID_KEY.into(), Value::String(p.id));
                     }
                     PointStructPersisted {

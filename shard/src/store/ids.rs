@@ -7,7 +7,7 @@ use std::path::Path;
 use qdrant_edge::{EdgeShard, JsonPath, PointId, ScoredPoint, WithPayloadInterface};
 use serde_json::Value;
 
-use redrec_shard_api::points::{Hit, Payload, PointIds, PointKey, ID_KEY};
+use redrec_shard_api::points::{unpacked_id, Hit, Payload, PointIds, PointKey, ID_KEY};
 
 use super::{StoreError, StoreResult};
 
@@ -45,11 +45,30 @@ pub(super) fn point_id(ids: PointIds, item_id: &str) -> PointId {
     }
 }
 
+/// Whether the engine keeps `item_id` in its point's payload (its point id does not give
+/// it back).
+#[cfg(test)]
+pub(super) fn kept_in_payload(shard: &EdgeShard, ids: PointIds, item_id: &str) -> bool {
+    let pid = point_id(ids, item_id);
+    let records =
+        (shard.retrieve(&[pid], Some(WithPayloadInterface::Bool(true)), None)).expect("retrieve");
+    (records.first().and_then(|r| r.payload.as_ref())).is_some_and(|p| p.0.contains_key(ID_KEY))
+}
+
 /// Only the payload field that keeps a hashed point's item id.
 fn only_id() -> WithPayloadInterface {
     WithPayloadInterface::Fields(vec![
         JsonPath::try_from(ID_KEY).expect("a plain key is a path")
     ])
+}
+
+/// The item id a point id gives back by itself: a number's, or a packed id's (under
+/// any scheme: a hashed id's UUID never unpacks). `None` for a hashed point.
+pub(super) fn named_by(id: &PointId) -> Option<String> {
+    match id {
+        PointId::NumId(n) => Some(n.to_string()),
+        PointId::Uuid(u) => unpacked_id(u),
+    }
 }
 
 /// The item id of a point read with its payload, and the payload without the id key
@@ -63,19 +82,16 @@ pub(super) fn item_id(
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
-    let id = match id {
-        PointId::NumId(n) => Some(n.to_string()),
-        PointId::Uuid(_) => kept,
-    };
-    (id, map)
+    (named_by(&id).or(kept), map)
 }
 
 /// What a search reads of each hit's payload: everything, or only what names the item.
-/// Under `direct`, reading nothing: the hits that need their id key are read after.
+/// Under `direct` and `packed`, reading nothing: the hits that need their id key are
+/// read after.
 pub(super) fn search_payload(ids: PointIds, with_payload: bool) -> WithPayloadInterface {
     match (with_payload, ids) {
         (true, _) => WithPayloadInterface::Bool(true),
-        (false, PointIds::Direct) => WithPayloadInterface::Bool(false),
+        (false, PointIds::Direct | PointIds::Packed) => WithPayloadInterface::Bool(false),
         (false, PointIds::Hashed) => only_id(),
     }
 }

@@ -416,9 +416,9 @@ fn a_stream_onto_the_indexed_catalogue_caps_merges_and_a_load_does_not() {
     assert!(!store.stats().unwrap().settled);
 }
 
-/// Under `direct` (new stores), a decimal id is its own point id: hits are named without
-/// reading payloads, other ids keep theirs in the payload, scrolls go numbers first. A
-/// store made before schemes were recorded keeps hashing whatever it is asked.
+/// Under `direct`, a decimal id is its own point id: hits are named without reading
+/// payloads, other ids keep theirs in the payload, scrolls go numbers first. A store made
+/// before schemes were recorded keeps hashing whatever it is asked.
 #[test]
 fn decimal_ids_are_point_ids_and_old_stores_keep_hashing() {
     use redrec_shard_api::points::{PointIds, ID_KEY};
@@ -440,7 +440,11 @@ fn decimal_ids_are_point_ids_and_old_stores_keep_hashing() {
     };
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+        let direct = Collection {
+            point_ids: PointIds::Direct,
+            ..Default::default()
+        };
+        let store = EdgeStore::open(dir.path(), 8, &direct).unwrap();
         assert_eq!(store.collection().point_ids, PointIds::Direct);
         let pts = (ids.iter().enumerate()).map(|(i, id)| point(id, unit(8, i), "x"));
         store.upsert(pts.collect()).unwrap();
@@ -500,4 +504,55 @@ fn decimal_ids_are_point_ids_and_old_stores_keep_hashing() {
     assert_eq!(res[0][0].id, "42");
     assert!(res[0][0].payload.is_empty());
     assert_eq!(store.get(&["42".into()], false).unwrap().len(), 1);
+}
+
+/// Under `packed` (new stores), an id of hex digits is packed into its point id: the
+/// engine keeps no copy of it in the payload, hits are named without reading payloads,
+/// and reads, scrolls and deletes give it back; other ids are hashed and kept as before.
+#[test]
+fn hex_ids_are_packed_into_point_ids() {
+    use redrec_shard_api::points::{PointIds, ID_KEY};
+    let oid = "65a1f0c2e4b0a1b2c3d4e5f6";
+    let ids = [oid, "042", "42", "Item-A"];
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path(), 8, &Default::default()).unwrap();
+    assert_eq!(store.collection().point_ids, PointIds::Packed);
+    let pts = (ids.iter().enumerate()).map(|(i, id)| point(id, unit(8, i), "x"));
+    store.upsert(pts.collect()).unwrap();
+    let engine = store.core.engine().unwrap();
+    let shard = engine.as_ref().unwrap();
+    let kept: Vec<bool> = (ids.iter())
+        .map(|id| ids::kept_in_payload(shard, PointIds::Packed, id))
+        .collect();
+    drop(engine);
+    assert_eq!(kept, [false, false, false, true]);
+    let res = store
+        .search(&SearchRequest {
+            queries: (0..ids.len()).map(|i| unit(8, i)).collect(),
+            k: 2,
+            filter: None,
+            exclude: vec![],
+            ef: None,
+            consistency: Default::default(),
+            with_payload: false,
+        })
+        .unwrap();
+    let top: Vec<&str> = res.iter().map(|hits| hits[0].id.as_str()).collect();
+    assert_eq!(top, ids);
+    let all: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    let got = store.get(&all, true).unwrap();
+    let mut named: Vec<&str> = got.iter().map(|p| p.id.as_str()).collect();
+    named.sort();
+    let mut want = ids.to_vec();
+    want.sort();
+    assert_eq!(named, want);
+    assert!(got
+        .iter()
+        .all(|p| !p.payload.contains_key(ID_KEY) && p.vector.is_some()));
+    let page = store.scroll(None, 10).unwrap();
+    let mut scrolled: Vec<&str> = page.points.iter().map(|p| p.id.as_str()).collect();
+    scrolled.sort();
+    assert_eq!(scrolled, want);
+    assert_eq!(store.delete(&[oid.into(), "Item-A".into()]).unwrap(), 2);
+    assert_eq!(digest(&store).unwrap().0, 2);
 }
