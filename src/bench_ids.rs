@@ -120,15 +120,8 @@ fn measure(
     }
     let started = Instant::now();
     for i in 0..a.searches {
-        store.search(&SearchRequest {
-            queries: vec![vectors[(i * 7919) % a.n].clone()],
-            k: 10,
-            filter: None,
-            exclude: vec![],
-            ef: None,
-            consistency: Default::default(),
-            with_payload: false,
-        })?;
+        let query = vectors[(i * 7919) % a.n].clone();
+        store.search(&SearchRequest::nearest(vec![query], 10))?;
     }
     let searches_per_s = a.searches as f64 / started.elapsed().as_secs_f64();
     let memory = store.stats()?.memory;

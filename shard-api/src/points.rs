@@ -241,6 +241,22 @@ pub struct SearchRequest {
     pub with_payload: bool,
 }
 
+impl SearchRequest {
+    /// The top `k` of each of `queries` by the shard's defaults: no filter, nothing
+    /// excluded, ids and scores only.
+    pub fn nearest(queries: Vec<Vec<f32>>, k: usize) -> Self {
+        Self {
+            queries,
+            k,
+            filter: None,
+            exclude: Vec::new(),
+            ef: None,
+            consistency: Consistency::default(),
+            with_payload: false,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -236,15 +236,7 @@ fn writes_are_acknowledged_during_an_index_build() {
     // Every point finds itself.
     for i in (0..vectors.len()).step_by(997) {
         let hits = store
-            .search(&SearchRequest {
-                queries: vec![vectors[i].clone()],
-                k: 1,
-                filter: None,
-                exclude: vec![],
-                ef: None,
-                consistency: Default::default(),
-                with_payload: false,
-            })
+            .search(&SearchRequest::nearest(vec![vectors[i].clone()], 1))
             .unwrap();
         assert_eq!(hits[0][0].id, format!("p{i}"));
     }
@@ -428,13 +420,9 @@ fn decimal_ids_are_point_ids_and_old_stores_keep_hashing() {
         let exclude = exclude.iter().map(|s| s.to_string()).collect();
         store
             .search(&SearchRequest {
-                queries,
-                k: ids.len(),
-                filter: None,
                 exclude,
-                ef: None,
-                consistency: Default::default(),
                 with_payload,
+                ..SearchRequest::nearest(queries, ids.len())
             })
             .unwrap()
     };
@@ -526,17 +514,8 @@ fn hex_ids_are_packed_into_point_ids() {
         .collect();
     drop(engine);
     assert_eq!(kept, [false, false, false, true]);
-    let res = store
-        .search(&SearchRequest {
-            queries: (0..ids.len()).map(|i| unit(8, i)).collect(),
-            k: 2,
-            filter: None,
-            exclude: vec![],
-            ef: None,
-            consistency: Default::default(),
-            with_payload: false,
-        })
-        .unwrap();
+    let queries = (0..ids.len()).map(|i| unit(8, i)).collect();
+    let res = store.search(&SearchRequest::nearest(queries, 2)).unwrap();
     let top: Vec<&str> = res.iter().map(|hits| hits[0].id.as_str()).collect();
     assert_eq!(top, ids);
     let all: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
