@@ -4,9 +4,11 @@
 //! if one does. Replicas that say the same share their CPUs: reading from more than one
 //! of them adds no CPU to search with, only memory for the reads to touch.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 /// The machine's boot id, which does not change while the process runs.
 static BOOT_ID: LazyLock<Option<String>> = LazyLock::new(|| {
@@ -14,22 +16,67 @@ static BOOT_ID: LazyLock<Option<String>> = LazyLock::new(|| {
     Some(id.trim().to_string())
 });
 
+/// How long a reading of the pool stands (it reads every thread's status).
+const FRESH: Duration = Duration::from_secs(2);
+
+/// The last reading of the pool, and when it was taken.
+static LAST: Mutex<Option<(Instant, Option<String>)>> = Mutex::new(None);
+
 /// This node's CPUs as the cluster map records them, or `None` where they cannot be told
-/// (no `/proc`). The CPU set and the cgroup are read again each call: both can change
-/// while the node runs.
+/// (no `/proc`). The CPU set and the cgroup are read again once the last reading is
+/// [`FRESH`] no more: both can change while the node runs.
 pub fn pool() -> Option<String> {
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match &*last {
+        Some((at, pool)) if at.elapsed() < FRESH => pool.clone(),
+        _ => {
+            let pool = read_pool();
+            *last = Some((Instant::now(), pool.clone()));
+            pool
+        }
+    }
+}
+
+fn read_pool() -> Option<String> {
     let boot = BOOT_ID.as_deref()?;
-    // This thread's: pinning a process pins each of its threads.
-    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
-    let cpus = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-        .trim();
+    let cpus = allowed_cpus()?;
     let mut pool = format!("{boot} cpus {cpus}");
     if let Some(cgroup) = capped_cgroup() {
         pool.push_str(&format!(" cgroup {cgroup}"));
     }
     Some(pool)
+}
+
+/// The CPUs any of this process's threads may run on, in the kernel's list format
+/// ("0-3,6"). Threads may be pinned apart (one pool for searches, another for the rest):
+/// the node's CPUs are their union, the same whichever thread asks.
+fn allowed_cpus() -> Option<String> {
+    let me = procfs::process::Process::myself().ok()?;
+    let mut cpus = BTreeSet::new();
+    for task in me.tasks().ok()?.flatten() {
+        // A thread that ended since the listing is passed over.
+        let Ok(status) = task.status() else { continue };
+        for (first, last) in status.cpus_allowed_list.unwrap_or_default() {
+            cpus.extend(first..=last);
+        }
+    }
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for cpu in cpus {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == cpu => *last = cpu,
+            _ => ranges.push((cpu, cpu)),
+        }
+    }
+    let list: Vec<String> = (ranges.iter())
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    (!list.is_empty()).then(|| list.join(","))
 }
 
 /// The cgroup (v2) whose `cpu.max` caps this process's CPU time, nearest first, by its
@@ -74,5 +121,35 @@ mod tests {
         assert!(said.starts_with(boot.trim()), "{said}");
         assert!(said.contains(" cpus "), "{said}");
         assert_eq!(pool(), Some(said));
+    }
+
+    /// A thread pinned to one CPU names the same pool as the others (before, it named
+    /// its own CPU, and a node whose threads were pinned apart re-registered each time
+    /// a different thread looked).
+    #[test]
+    fn a_thread_pinned_apart_names_the_whole_pool() {
+        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let Some(said) = read_pool() else {
+            eprintln!("skipped: no /proc here");
+            return;
+        };
+        let mine = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let allowed: Vec<usize> = (0..CpuSet::count())
+            .filter(|&c| mine.is_set(c).unwrap_or(false))
+            .collect();
+        if allowed.len() < 2 {
+            eprintln!("skipped: this process may run on one CPU only");
+            return;
+        }
+        let from_pinned = std::thread::spawn(move || {
+            let mut one = CpuSet::new();
+            one.set(allowed[0]).unwrap();
+            sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+            read_pool()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(from_pinned, Some(said));
     }
 }
