@@ -105,12 +105,19 @@ pub fn packed_uuid(item_id: &str) -> Option<Uuid> {
     ))
 }
 
+/// Whether `point` has a packed id's layout (its version and variant): a hashed id's
+/// UUID never has.
+pub fn is_packed(point: &Uuid) -> bool {
+    let u = point.as_u128();
+    (u >> 76) & 0xf == PACKED_VERSION && (u >> 62) & 0b11 == 0b10
+}
+
 /// The item id a point id of [`packed_uuid`]'s holds; `None` for any other UUID.
 pub fn unpacked_id(point: &Uuid) -> Option<String> {
-    let u = point.as_u128();
-    if (u >> 76) & 0xf != PACKED_VERSION || (u >> 62) & 0b11 != 0b10 {
+    if !is_packed(point) {
         return None;
     }
+    let u = point.as_u128();
     let high = u >> 80;
     let mid = (u >> 64) & ((1 << MID_BITS) - 1);
     let low = u & ((1 << LOW_BITS) - 1);
@@ -137,18 +144,13 @@ impl PointIds {
     /// The point id of `item_id`. Scrolls return points in this key's order: numbers
     /// (ascending) before UUIDs, as Qdrant orders its point ids.
     pub fn key(self, item_id: &str) -> PointKey {
-        match self {
-            Self::Direct => match decimal_id(item_id) {
-                Some(n) => PointKey::Num(n),
-                None => PointKey::Uuid(point_uuid(item_id)),
-            },
-            Self::Packed => match (decimal_id(item_id), packed_uuid(item_id)) {
-                (Some(n), _) => PointKey::Num(n),
-                (None, Some(u)) => PointKey::Uuid(u),
-                (None, None) => PointKey::Uuid(point_uuid(item_id)),
-            },
-            Self::Hashed => PointKey::Uuid(point_uuid(item_id)),
-        }
+        let decimal = || decimal_id(item_id).map(PointKey::Num);
+        let own = match self {
+            Self::Hashed => None,
+            Self::Direct => decimal(),
+            Self::Packed => decimal().or_else(|| packed_uuid(item_id).map(PointKey::Uuid)),
+        };
+        own.unwrap_or_else(|| PointKey::Uuid(point_uuid(item_id)))
     }
 }
 

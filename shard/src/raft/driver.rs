@@ -107,10 +107,6 @@ impl Driver {
             };
             snapshot.set_metadata(meta);
             log.apply_snapshot(&mut w, &snapshot)?;
-            let mut hs = log.hard_state().clone();
-            hs.term = hs.term.max(BOOTSTRAP_TERM);
-            hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
-            log.set_hard_state(&mut w, &hs)?;
             log.commit(w, true)?;
         }
         // A group created before logs began with that snapshot still holds entry 1: what

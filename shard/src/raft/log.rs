@@ -101,13 +101,18 @@ impl RaftLog {
         Ok(())
     }
 
-    /// A snapshot replaces the whole log: entries go, its metadata and conf state stay.
+    /// A snapshot replaces the whole log: entries go, its metadata and conf state stay,
+    /// and the hard state reaches at least its term and index.
     /// (`Clean` drops every key of the group, so the hard state is written again; a newer
     /// one set later in the same batch wins.)
     pub fn apply_snapshot(&self, w: &mut LogWrite, snapshot: &Snapshot) -> raft::Result<()> {
         let meta = snapshot.get_metadata();
         w.batch.add_command(self.group, Command::Clean);
         let mut hs = self.hard_state.clone();
+        if meta.term > hs.term {
+            // No vote was cast in a term this replica had not reached.
+            (hs.term, hs.vote) = (meta.term, 0);
+        }
         hs.commit = hs.commit.max(meta.index);
         self.set_hard_state(w, &hs)?;
         self.set_snapshot(w, meta, &snapshot.data)?;

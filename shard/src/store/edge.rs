@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use redrec_shard_api::collection::{Collection, Quantization};
 use redrec_shard_api::points::{
-    Hit, Memory, Page, Point, PointIds, SearchRequest, Stats, StoredPoint, ID_KEY,
+    is_packed, Hit, Memory, Page, Point, PointIds, SearchRequest, Stats, StoredPoint, ID_KEY,
 };
 
 use super::config::{edge_config, set_merge_cap, Writes, QUIET};
@@ -334,7 +334,7 @@ fn apply(shard: &EdgeShard, ids: PointIds, op: Op) -> StoreResult<()> {
                 .map(|p| {
                     let (id, mut payload) = (point_id(ids, &p.id), p.payload);
                     // A hashed point id does not give the item id back: the payload keeps it.
-                    if ids::named_by(&id).is_none() {
+                    if matches!(id, PointId::Uuid(u) if !is_packed(&u)) {
                         payload.insert(ID_KEY.into(), Value::String(p.id));
                     }
                     PointStructPersisted {
