@@ -187,7 +187,7 @@ impl Drop for InFlight<'_> {
 /// What a replica's answers say of its load: when it last answered a search, how long
 /// its node's latest search had waited for a turn on its CPUs then
 /// ([`crate::codes::SEARCH_WAIT_HEADER`]), and the latest time a read it answered was sent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Load {
     /// When the last answer came, microseconds since [`EPOCH`] (0: none yet).
     answered_us: AtomicU64,
@@ -202,6 +202,20 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn micros_since_epoch(t: Instant) -> u64 {
     t.saturating_duration_since(*EPOCH).as_micros() as u64 + 1
+}
+
+impl Default for Load {
+    /// A replica heard nothing from yet. Starts [`Load`]'s clock if this is the first, so
+    /// that any read sent to it later is timed after [`EPOCH`]: one sent before, its time
+    /// clamped to the epoch, would look sent no later than reads answered before it.
+    fn default() -> Self {
+        LazyLock::force(&EPOCH);
+        Load {
+            answered_us: AtomicU64::new(0),
+            waited_us: AtomicU64::new(0),
+            sent_us: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Load {
