@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,6 +30,9 @@ pub struct IdsBenchArgs {
     /// Dimension of the vectors.
     #[arg(long, default_value_t = 64)]
     dim: usize,
+    /// Longest a store may take to settle (index and merge) after its load.
+    #[arg(long, default_value_t = 3600)]
+    settle_timeout_s: u64,
 }
 
 struct Row {
@@ -115,7 +118,12 @@ fn measure(
             .collect();
         store.upsert(points)?;
     }
+    let limit = Duration::from_secs(a.settle_timeout_s);
+    let loaded = Instant::now();
     while !store.stats()?.settled {
+        if loaded.elapsed() > limit {
+            bail!("{scheme:?}: the store did not settle within {limit:?}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     let started = Instant::now();
