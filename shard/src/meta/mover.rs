@@ -385,16 +385,17 @@ impl<'a> Pages<'a> {
         Ok(())
     }
 
-    async fn peek(&mut self) -> Result<Option<&StoredPoint>, ShardClientError> {
+    /// The next point's key, `None` once the slots are read.
+    async fn peek(&mut self) -> Result<Option<PointKey>, ShardClientError> {
         self.fill().await?;
-        Ok(self.buf.front())
+        Ok(self.buf.front().map(|p| self.ids.key(&p.id)))
     }
 
-    /// The next point; `Err(())` if there is none or the scroll went backwards (it must
-    /// not: both sides of a comparison must come in point-id order).
-    fn pop(&mut self) -> Result<StoredPoint, ()> {
-        let p = self.buf.pop_front().ok_or(())?;
-        let key = self.ids.key(&p.id);
+    /// The next point, whose key [`Pages::peek`] gave; `Err(())` if there is none or the
+    /// scroll went backwards (it must not: both sides of a comparison must come in
+    /// point-id order).
+    fn pop(&mut self, key: Option<PointKey>) -> Result<StoredPoint, ()> {
+        let (p, key) = (self.buf.pop_front().ok_or(())?, key.ok_or(())?);
         if self.last.is_some_and(|l| l >= key) {
             return Err(());
         }
@@ -477,8 +478,8 @@ async fn reconcile(
     let mut batch = fresh();
     let mut changed = 0;
     loop {
-        let ka = pa.peek().await.map_err(err_a)?.map(|p| ids.key(&p.id));
-        let kb = pb.peek().await.map_err(err_b)?.map(|p| ids.key(&p.id));
+        let ka = pa.peek().await.map_err(err_a)?;
+        let kb = pb.peek().await.map_err(err_b)?;
         let order = match (ka, kb) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
@@ -488,17 +489,17 @@ async fn reconcile(
         match order {
             // Only at A: copy it.
             Ordering::Less => {
-                let p = pa.pop().map_err(|_| StepError::Order(m.from))?;
+                let p = pa.pop(ka).map_err(|_| StepError::Order(m.from))?;
                 batch.upsert.extend(to_point(p));
             }
             // Only at B: A deleted it meanwhile.
             Ordering::Greater => {
-                let p = pb.pop().map_err(|_| StepError::Order(m.to))?;
+                let p = pb.pop(kb).map_err(|_| StepError::Order(m.to))?;
                 batch.delete.push(p.id);
             }
             Ordering::Equal => {
-                let x = pa.pop().map_err(|_| StepError::Order(m.from))?;
-                let y = pb.pop().map_err(|_| StepError::Order(m.to))?;
+                let x = pa.pop(ka).map_err(|_| StepError::Order(m.from))?;
+                let y = pb.pop(kb).map_err(|_| StepError::Order(m.to))?;
                 if x != y {
                     batch.upsert.extend(to_point(x));
                 }
