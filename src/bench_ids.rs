@@ -16,6 +16,12 @@ use redrec_shard::store::VectorStore;
 use redrec_shard_api::collection::Collection;
 use redrec_shard_api::points::{Point, PointIds, SearchRequest};
 
+use crate::bench_cluster::data::Data;
+
+/// The catalogue's cluster centres, as `redrec bench cluster` draws them by default.
+const CLUSTERS: usize = 1024;
+const SEED: u64 = 7;
+
 #[derive(Args, Clone)]
 pub struct IdsBenchArgs {
     /// Points in each store.
@@ -47,21 +53,16 @@ pub async fn ids(a: IdsBenchArgs) -> Result<()> {
 }
 
 fn run(a: &IdsBenchArgs) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let vectors: Vec<Vec<f32>> = (0..a.n)
-        .map(|_| {
-            let v: Vec<f32> = (0..a.dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect();
+    // The cluster bench's catalogue (its queries and their truth are not needed here).
+    let data = Data::generate(a.n, 0, a.dim, CLUSTERS, 10, SEED);
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let ids: Vec<String> = (0..a.n)
         .map(|_| format!("{:024x}", rng.random::<u128>() >> 32))
         .collect();
     let mut rows = Vec::new();
     for round in 0..a.rounds {
         for scheme in [PointIds::Direct, PointIds::Packed] {
-            let row = measure(a, scheme, &ids, &vectors)?;
+            let row = measure(a, scheme, &ids, &data)?;
             eprintln!(
                 "  round {}: {scheme:?}: {:.1} B of payload per item, {:.0} searches/s",
                 round + 1,
@@ -95,12 +96,7 @@ fn run(a: &IdsBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure(
-    a: &IdsBenchArgs,
-    scheme: PointIds,
-    ids: &[String],
-    vectors: &[Vec<f32>],
-) -> Result<Row> {
+fn measure(a: &IdsBenchArgs, scheme: PointIds, ids: &[String], data: &Data) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let c = Collection {
         point_ids: scheme,
@@ -112,7 +108,7 @@ fn measure(
         let points = (from..to)
             .map(|i| Point {
                 id: ids[i].clone(),
-                vector: vectors[i].clone(),
+                vector: data.item(i).to_vec(),
                 payload: Default::default(),
             })
             .collect();
@@ -128,7 +124,7 @@ fn measure(
     }
     let started = Instant::now();
     for i in 0..a.searches {
-        let query = vectors[(i * 7919) % a.n].clone();
+        let query = data.item((i * 7919) % a.n).to_vec();
         store.search(&SearchRequest::nearest(vec![query], 10))?;
     }
     let searches_per_s = a.searches as f64 / started.elapsed().as_secs_f64();
